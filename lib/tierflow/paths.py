@@ -1,0 +1,80 @@
+"""Where tierflow keeps things: the project folder, service state, fetched JVM jars.
+
+Everything the project creates at run time lives under the ignored ``.local/`` folder of
+the project, so a clean checkout plus ``make setup`` rebuilds it. Environment variables
+move each part elsewhere (tests use this to keep their services apart from a developer's).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ENV = "TIERFLOW_PROJECT_DIR"
+STATE_ENV = "TIERFLOW_STATE_DIR"
+JARS_ENV = "TIERFLOW_JARS_DIR"
+
+
+def _looks_like_project(path: Path) -> bool:
+    return (path / "pyproject.toml").is_file() and (path / "lib" / "tierflow").is_dir()
+
+
+def find_project_dir() -> Path:
+    """Return the tierflow project folder.
+
+    Order: ``$TIERFLOW_PROJECT_DIR``; the checkout this package was installed from
+    (editable install); the current folder or one above it that holds the project.
+    """
+    env = os.environ.get(PROJECT_ENV)
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent.parent
+    if _looks_like_project(here):
+        return here
+    cwd = Path.cwd().resolve()
+    for candidate in (cwd, *cwd.parents):
+        if _looks_like_project(candidate):
+            return candidate
+    return cwd
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """The folders of one project checkout."""
+
+    project: Path
+    state: Path
+    jars: Path
+
+    @classmethod
+    def discover(cls) -> ProjectPaths:
+        """Resolve the folders from the environment and the project layout."""
+        project = find_project_dir()
+        state = Path(os.environ.get(STATE_ENV) or project / ".local" / "services")
+        jars = Path(os.environ.get(JARS_ENV) or project / ".local" / "jars")
+        return cls(project=project, state=state.resolve(), jars=jars.resolve())
+
+    @property
+    def conf(self) -> Path:
+        """The ``conf/`` folder of YAML configuration."""
+        return self.project / "conf"
+
+    @property
+    def spark_jars(self) -> Path:
+        """Jars added to Spark: Delta and spark-sql-kafka with their dependencies."""
+        return self.jars / "spark"
+
+    @property
+    def kafka_jars(self) -> Path:
+        """The Apache Kafka broker's classpath (kept apart from Spark's)."""
+        return self.jars / "kafka"
+
+    @property
+    def ivy(self) -> Path:
+        """Ivy cache for Spark, so nothing is written into the home folder."""
+        return self.project / ".local" / "ivy"
+
+    def service_dir(self, name: str) -> Path:
+        """Data, logs and process records of one local service."""
+        return self.state / name

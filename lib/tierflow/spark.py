@@ -1,0 +1,148 @@
+"""Spark sessions and ``spark-submit`` with the Delta and Kafka jars, offline.
+
+The pyspark package carries neither Delta nor spark-sql-kafka. ``make setup`` fetches
+them once with Maven into ``.local/jars/spark``; this module puts that folder on
+``spark.jars`` instead of resolving packages from Maven Central at every session start,
+so sessions start without network access.
+
+Example:
+    >>> from tierflow.spark import get_spark  # doctest: +SKIP
+    >>> spark = get_spark("my-job")  # local[*], Delta enabled, UTC  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from tierflow.errors import MissingDependencyError
+from tierflow.jvm import jars_in, java_executable, spark_home
+from tierflow.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+LOOPBACK = "127.0.0.1"
+
+
+def spark_jars(paths: ProjectPaths | None = None) -> list[str]:
+    """The fetched Delta and Kafka jars (and their dependencies) for ``spark.jars``."""
+    paths = paths or ProjectPaths.discover()
+    return [str(j) for j in jars_in(paths.spark_jars, "Spark (Delta, spark-sql-kafka)")]
+
+
+def spark_conf(
+    paths: ProjectPaths | None = None, *, driver_host: str | None = LOOPBACK
+) -> dict[str, str]:
+    """The settings every tierflow Spark application gets.
+
+    Args:
+        paths: Project folders; discovered when omitted.
+        driver_host: Address the driver binds and advertises; loopback for local work,
+            None to leave Spark's choice (a driver that remote executors must reach).
+    """
+    paths = paths or ProjectPaths.discover()
+    conf = {
+        "spark.jars": ",".join(spark_jars(paths)),
+        "spark.jars.ivy": str(paths.ivy),
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": str(paths.project / ".local" / "spark-warehouse"),
+    }
+    if driver_host:
+        conf["spark.driver.host"] = driver_host
+        conf["spark.driver.bindAddress"] = driver_host
+    return conf
+
+
+def _process_env(driver_host: str | None) -> dict[str, str]:
+    env = {"SPARK_HOME": str(spark_home()), "PYSPARK_PYTHON": sys.executable}
+    if driver_host:
+        # Otherwise Spark binds and advertises the machine's external address.
+        env["SPARK_LOCAL_IP"] = driver_host
+    return env
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was launched by ``spark-submit`` (its JVM is up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(
+    app_name: str = "tierflow",
+    *,
+    master: str | None = None,
+    conf: Mapping[str, str] | None = None,
+    paths: ProjectPaths | None = None,
+    driver_host: str | None = LOOPBACK,
+) -> SparkSession:
+    """Build (or reuse) a Spark session with Delta and Kafka support.
+
+    Args:
+        app_name: Shown in the Spark UI and the master's application list.
+        master: ``local[N]``, ``spark://host:port``; default ``local[*]``. Ignored under
+            ``spark-submit``, whose ``--master`` already applies.
+        conf: Extra settings, applied last.
+        paths: Project folders; discovered when omitted.
+        driver_host: See :func:`spark_conf`.
+
+    Raises:
+        MissingDependencyError: pyspark, Java or the fetched jars are missing, or the
+            application was submitted without the jars.
+    """
+    java_executable()
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise MissingDependencyError("pyspark is not installed; run `make setup`") from None
+
+    if under_spark_submit():
+        spark = SparkSession.builder.appName(app_name).getOrCreate()
+        extensions = spark.conf.get("spark.sql.extensions", "") or ""
+        if DELTA_EXTENSION not in extensions:
+            raise MissingDependencyError(
+                "this application was submitted without the Delta jars and extension; "
+                "submit it with `tierflow spark-submit ...` (it adds them)"
+            )
+        return spark
+
+    for key, value in _process_env(driver_host).items():
+        os.environ.setdefault(key, value)
+    builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
+    settings = spark_conf(paths, driver_host=driver_host)
+    settings.setdefault("spark.ui.enabled", "false")
+    settings.update(conf or {})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def spark_submit_command(
+    args: Sequence[str],
+    paths: ProjectPaths | None = None,
+    *,
+    driver_host: str | None = LOOPBACK,
+) -> tuple[list[str], dict[str, str]]:
+    """The ``spark-submit`` command line and extra environment for ``args``.
+
+    The Delta and Kafka jars and the session settings go in front of the user's
+    arguments; a ``--jars`` of the user's is merged with ours, and a ``--conf`` of the
+    user's wins over ours because spark-submit keeps the last one given.
+    """
+    paths = paths or ProjectPaths.discover()
+    conf = spark_conf(paths, driver_host=driver_host)
+    jars = conf.pop("spark.jars").split(",")
+    user = list(args)
+    if "--jars" in user:
+        at = user.index("--jars")
+        jars.extend(user[at + 1].split(","))
+        del user[at : at + 2]
+    argv = [str(spark_home() / "bin" / "spark-submit"), "--jars", ",".join(jars)]
+    for key, value in conf.items():
+        argv += ["--conf", f"{key}={value}"]
+    return argv + user, _process_env(driver_host)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One-command setup, idempotent and safe on a fresh machine:
+#   Debian packages (redis-server, iproute2) -> .venv with the locked Python set ->
+#   JVM jars from Maven Central (Spark extras, Kafka broker) into .local/jars.
+# Each step leaves a stamp holding a hash of its inputs; a second run on a ready machine
+# only compares hashes, so it takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+STAMPS=.local/stamps
+mkdir -p "$STAMPS"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+mark() { printf '%s\n' "$2" > "$STAMPS/$1"; }
+
+# --- what must already be there -------------------------------------------------------
+command -v "$PYTHON" >/dev/null 2>&1 \
+  || die "Python 3.10+ was not found (set PYTHON=...); Debian/Ubuntu: apt-get install python3 python3-venv"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || die "Python 3.10+ is needed; $PYTHON is $("$PYTHON" -V 2>&1)"
+command -v java >/dev/null 2>&1 \
+  || die "Java 17 was not found; Debian/Ubuntu: apt-get install openjdk-17-jdk-headless"
+java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')
+[ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is needed; found version ${java_major:-unknown}"
+command -v mvn >/dev/null 2>&1 \
+  || die "Maven was not found (it fetches the Delta, Kafka and Spark-Kafka jars); Debian/Ubuntu: apt-get install maven"
+
+# --- Debian packages --------------------------------------------------------------------
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } \
+      || die "apt-get could not install: ${missing[*]}"
+  else
+    die "missing Debian packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
+  fi
+fi
+# Debian's package starts a system-wide redis on 6379; tierflow runs its own, on its own port.
+
+# --- Python environment -------------------------------------------------------------------
+want=$(hash_of requirements.lock pyproject.toml)
+if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
+  say "creating .venv and installing requirements.lock (cached wheels make this quick)"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  mark venv "$want"
+fi
+
+# --- JVM jars -----------------------------------------------------------------------------
+for name in spark kafka; do
+  want=$(hash_of "scripts/jvm/$name/pom.xml" scripts/jvm/prune_spark_jars.py)
+  out="$ROOT/.local/jars/$name"
+  if ! fresh "jars-$name" "$want" || ! compgen -G "$out/*.jar" >/dev/null; then
+    say "fetching $name jars with Maven into .local/jars/$name"
+    rm -rf "$out"
+    mvn -q -B -f "scripts/jvm/$name/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$out" \
+      || die "Maven could not fetch the $name jars (is Maven Central reachable, or ~/.m2 filled?)"
+    rm -rf "scripts/jvm/$name/target"
+    if [ "$name" = spark ]; then
+      .venv/bin/python scripts/jvm/prune_spark_jars.py "$out"
+    fi
+    mark "jars-$name" "$want"
+  fi
+done
+say "ready"
