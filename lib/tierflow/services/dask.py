@@ -50,7 +50,8 @@ class DaskService(LocalService):
             "--nworkers", "1", "--nthreads", str(cfg.nthreads),
             "--memory-limit", cfg.memory_limit,
             "--local-directory", str(self.data / "worker"),
-            "--no-dashboard",
+            # The worker's HTTP server (health, metrics) binds 0.0.0.0 unless told otherwise.
+            "--dashboard-address", f"{self.host}:0",
         )  # fmt: skip
         return [Command("scheduler", scheduler, env), Command("worker", worker, env)]
 

@@ -7,7 +7,9 @@ exactly the processes ``up`` recorded, by PID.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,16 @@ class ServiceStatus:
     pids: tuple[int, ...] = ()
     detail: str = ""
     endpoints: dict[str, str] = field(default_factory=dict)
+
+
+def _python_env() -> dict[str, str]:
+    # Services that run Python on their own (Ray job entrypoints, Spark's Python workers)
+    # must find this environment's interpreter and packages first.
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "PYSPARK_PYTHON": sys.executable,
+    }
 
 
 class ServiceManager:
@@ -129,8 +141,9 @@ class ServiceManager:
         try:
             for command in service.commands():
                 log = service.logs / f"{command.name}.log"
+                env = _python_env() | dict(command.env)
                 records.append(
-                    launch(command.name, command.argv, log=log, env=command.env, cwd=command.cwd)
+                    launch(command.name, command.argv, log=log, env=env, cwd=command.cwd)
                 )
                 # Saved after every launch: a crash between launches still lets `down` find them.
                 save_records(path, records)

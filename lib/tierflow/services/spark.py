@@ -55,6 +55,8 @@ class SparkStandaloneService(LocalService):
             "SPARK_WORKER_DIR": str(self.data / "work"),
             "SPARK_DAEMON_MEMORY": self._cfg.daemon_memory,
             "SPARK_NO_DAEMONIZE": "1",
+            # The REST submission server accepts unauthenticated job submissions: off.
+            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
             "JAVA_HOME": str(_java_home()),
         }
 

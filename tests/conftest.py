@@ -1,0 +1,136 @@
+"""Session fixtures: real services started once by the project's own service manager.
+
+Each service starts the first time a test asks for it and stops when the session ends.
+Tests get fresh names (topics, key prefixes, folders) from factory fixtures, so they
+never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tierflow.config.services import ServicesConfig, load_services_config
+from tierflow.paths import ProjectPaths
+from tierflow.services.base import LocalService
+from tierflow.services.manager import ServiceManager
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Never share a state folder with a developer's own `tierflow services up`.
+os.environ.setdefault("TIERFLOW_STATE_DIR", str(PROJECT / ".local" / "test-services"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+class Services:
+    """Starts services on first use and remembers which to stop."""
+
+    def __init__(self, manager: ServiceManager) -> None:
+        self.manager = manager
+        self.started: list[str] = []
+
+    def ensure(self, name: str) -> LocalService:
+        if name not in self.started:
+            self.manager.up([name])
+            self.started.append(name)
+        return self.manager.service(name)
+
+
+@pytest.fixture(scope="session")
+def project_paths() -> ProjectPaths:
+    return ProjectPaths.discover()
+
+
+@pytest.fixture(scope="session")
+def services_config(project_paths: ProjectPaths) -> ServicesConfig:
+    return load_services_config(None, project_paths.conf / "services.yaml")
+
+
+@pytest.fixture(scope="session")
+def services(project_paths: ProjectPaths, services_config: ServicesConfig) -> Iterator[Services]:
+    svc = Services(ServiceManager(services_config, project_paths))
+    yield svc
+    if svc.started:
+        svc.manager.down(svc.started)
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Factory of names no other test (or earlier run) uses."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    return make
+
+
+# --- Kafka ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(services: Services) -> str:
+    return services.ensure("kafka").endpoints()["bootstrap_servers"]
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> Callable[..., str]:
+    """Factory: create a fresh topic with ``partitions`` partitions, return its name."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="tests-admin")
+
+    def make(partitions: int = 3) -> str:
+        name = unique_name("topic")
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        return name
+
+    yield make
+    admin.close()
+
+
+# --- Redis ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Services) -> str:
+    return services.ensure("redis").endpoints()["url"]
+
+
+# --- Spark ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def spark(project_paths: ProjectPaths):
+    """One local Spark session with Delta and Kafka for the whole run (start is ~10 s)."""
+    from tierflow.spark import get_spark
+
+    session = get_spark(
+        "tierflow-tests",
+        master="local[2]",
+        paths=project_paths,
+        conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"},
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(services: Services) -> LocalService:
+    return services.ensure("spark")
+
+
+# --- Dask and Ray ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler(services: Services) -> str:
+    return services.ensure("dask").endpoints()["scheduler"]
+
+
+@pytest.fixture(scope="session")
+def ray_head(services: Services) -> LocalService:
+    return services.ensure("ray")
