@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,14 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     env = actions.add_parser("env", help="print `export` lines a client of a service needs")
     env.add_argument("names", nargs="*", help=names_help)
 
-    submit = sub.add_parser(
-        "spark-submit",
-        help="spark-submit with the Delta and Kafka jars and tierflow's settings",
-        description="Everything after `spark-submit` goes to spark-submit unchanged.",
-    )
-    submit.add_argument("args", nargs=argparse.REMAINDER)
-    submit.add_argument("--print", action="store_true", help="print the command instead")
+    # These two take their arguments raw (see main); the parsers are here for --help.
+    for name, what in _PASSTHROUGH.items():
+        sub.add_parser(name, help=what, add_help=False).add_argument("args", nargs="*")
     return parser
+
+
+_PASSTHROUGH = {
+    "spark-submit": "spark-submit with the Delta and Kafka jars and tierflow's settings; "
+    "every argument after it goes to spark-submit unchanged",
+    "spark-command": "print the command line `tierflow spark-submit ARGS` would run",
+}
 
 
 def _services(args: argparse.Namespace) -> int:
@@ -82,23 +86,27 @@ def _services(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spark_submit(args: argparse.Namespace) -> int:  # noqa: RET503 - execve does not return
+def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:  # noqa: RET503
     from tierflow.spark import spark_submit_command
 
-    argv, env = spark_submit_command(args.args)
-    if args.print:
-        print(" ".join(f"{k}={v}" for k, v in env.items()), " ".join(argv))
+    argv, env = spark_submit_command(args)
+    if print_only:
+        print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0
-    os.execve(argv[0], argv, dict(os.environ) | env)  # replaces this process; no return
+    os.execve(
+        argv[0], argv, dict(os.environ) | env
+    )  # replaces this process  # replaces this process; no return
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "services":
-            return _services(args)
-        return _spark_submit(args)
+        if raw and raw[0] in _PASSTHROUGH:
+            # spark-submit's own options must reach it untouched, so no argparse here.
+            return _spark_submit(raw[1:], print_only=raw[0] == "spark-command")
+        args = _parser().parse_args(raw)
+        return _services(args)
     except TierflowError as exc:
         print(f"tierflow: error: {exc}", file=sys.stderr)
         return 2

@@ -116,6 +116,7 @@ def get_spark(
     builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
     settings = spark_conf(paths, driver_host=driver_host)
     settings.setdefault("spark.ui.enabled", "false")
+    settings.setdefault("spark.ui.showConsoleProgress", "false")
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -31,7 +31,11 @@ def client_env(ray_head) -> dict[str, str]:
 def test_ray_task_runs_on_the_head(ray_head):
     out = subprocess.run(
         [sys.executable, "-c", DRIVER],
-        env=client_env(ray_head), capture_output=True, text=True, timeout=180, check=True,
+        env=client_env(ray_head),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
     ).stdout
     assert "SUM 2470" in out
     assert "NODES 1" in out
@@ -40,13 +44,15 @@ def test_ray_task_runs_on_the_head(ray_head):
 
 def test_ray_job_submit_runs_a_job(ray_head, tmp_path):
     (tmp_path / "job.py").write_text(
-        "import ray\nray.init()\n"
-        "print('JOB-RESULT', ray.get(ray.remote(lambda: 6 * 7).remote()))\n"
+        "import ray\nray.init()\nprint('JOB-RESULT', ray.get(ray.remote(lambda: 6 * 7).remote()))\n"
     )
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     result = subprocess.run(
         [ray_cli, "job", "submit", "--working-dir", str(tmp_path), "--", "python", "job.py"],
-        env=client_env(ray_head), capture_output=True, text=True, timeout=300,
+        env=client_env(ray_head),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "JOB-RESULT 42" in result.stdout
@@ -59,7 +65,11 @@ def test_a_client_without_the_token_is_refused(ray_head):
     env["RAY_AUTH_TOKEN"] = "0" * 64
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     result = subprocess.run(
-        [ray_cli, "job", "list"], env=env, capture_output=True, text=True, timeout=120,
+        [ray_cli, "job", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "auth" in (result.stdout + result.stderr).lower()

@@ -32,7 +32,9 @@ def test_spark_writes_delta_that_deltalake_reads(spark, tmp_path):
     assert latest.schema.field("id").type == pa.int64()
 
     DeltaTable(path, version=0)
-    assert rows(DeltaTable(path, version=0).to_pyarrow_table(), "id", "name", "score") == expected[:-1]
+    assert (
+        rows(DeltaTable(path, version=0).to_pyarrow_table(), "id", "name", "score") == expected[:-1]
+    )
 
 
 def test_spark_reads_what_deltalake_wrote_with_time_travel(spark, tmp_path):

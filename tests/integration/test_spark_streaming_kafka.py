@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from deltalake import DeltaTable
 from kafka import KafkaProducer
+from kafka.serializer import DefaultSerializer, JsonSerializer
 
 pytestmark = [pytest.mark.spark, pytest.mark.kafka, pytest.mark.slow]
 
@@ -19,8 +18,8 @@ def test_kafka_topic_streams_into_delta(spark, kafka_bootstrap, kafka_topic, tmp
     topic = kafka_topic(partitions=2)
     producer = KafkaProducer(
         bootstrap_servers=kafka_bootstrap,
-        value_serializer=lambda v: json.dumps(v).encode(),
-        key_serializer=str.encode,
+        value_serializer=JsonSerializer(),
+        key_serializer=DefaultSerializer(),
     )
     for i in range(N):
         producer.send(topic, key=f"user-{i % 7}", value={"user": f"user-{i % 7}", "amount": i})
@@ -56,7 +55,5 @@ def test_kafka_topic_streams_into_delta(spark, kafka_bootstrap, kafka_topic, tmp
     per_user = {}
     for user, amount in zip(table["user"].to_pylist(), table["amount"].to_pylist(), strict=True):
         per_user[user] = per_user.get(user, 0) + amount
-    assert per_user == {
-        f"user-{u}": sum(i for i in range(N) if i % 7 == u) for u in range(7)
-    }
+    assert per_user == {f"user-{u}": sum(i for i in range(N) if i % 7 == u) for u in range(7)}
     assert set(table["partition"].to_pylist()) == {0, 1}

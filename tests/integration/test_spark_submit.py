@@ -34,9 +34,7 @@ def test_spark_submit_runs_on_the_standalone_master(spark_cluster, tmp_path):
 
     table = DeltaTable(str(out)).to_pyarrow_table().sort_by("bucket")
     assert table["n"].to_pylist() == [10_000] * 10
-    assert table["total"].to_pylist() == [
-        sum(range(b, 100_000, 10)) for b in range(10)
-    ]
+    assert table["total"].to_pylist() == [sum(range(b, 100_000, 10)) for b in range(10)]
 
     with urllib.request.urlopen(spark_cluster.endpoints()["ui"] + "/json/") as resp:
         state = json.load(resp)

@@ -58,7 +58,9 @@ def test_a_reused_pid_is_not_taken_for_the_recorded_process(tmp_path):
 
 
 def test_records_round_trip(tmp_path):
-    record = launch("py", [sys.executable, "-c", "import time; time.sleep(30)"], log=tmp_path / "p.log")
+    record = launch(
+        "py", [sys.executable, "-c", "import time; time.sleep(30)"], log=tmp_path / "p.log"
+    )
     try:
         path = tmp_path / "state" / "processes.json"
         save_records(path, [record])

@@ -47,7 +47,9 @@ def test_unknown_key_is_an_error(tmp_path):
 
 def test_clashing_ports_name_both_keys(tmp_path):
     path = write(tmp_path, "kafka:\n  port: 26379\n")
-    with pytest.raises(ConfigError, match=r"redis\.port and kafka\.port|kafka\.port and redis\.port"):
+    with pytest.raises(
+        ConfigError, match=r"redis\.port and kafka\.port|kafka\.port and redis\.port"
+    ):
         load_services_config(path, tmp_path / "unused.yaml")
 
 

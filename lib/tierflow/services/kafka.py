@@ -11,7 +11,7 @@ from pathlib import Path
 from tierflow.config.services import KafkaServiceConfig
 from tierflow.errors import ServiceError
 from tierflow.jvm import classpath, java_executable
-from tierflow.services.base import Command, LocalService, ProbeFailedError
+from tierflow.services.base import Command, LocalService, ProbeFailedError, port_answers
 from tierflow.services.process import tail
 
 _LOG4J2 = """\
@@ -147,6 +147,8 @@ class KafkaService(LocalService):
             from kafka.errors import KafkaError
         except ImportError as exc:  # pragma: no cover - part of the locked set
             raise ProbeFailedError(f"kafka-python is not installed: {exc}") from exc
+        if not port_answers(self.host, self._cfg.port):
+            raise ProbeFailedError(f"{self.bootstrap_servers} is not listening yet")
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap_servers,

@@ -94,6 +94,9 @@ class RayHeadService(LocalService):
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray's single-machine mode: node IP resolves to loopback instead of the address
+            # Ray would pick for other machines to reach (as on Windows and macOS).
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             "RAY_ADDRESS": self.address,
             "RAY_API_SERVER_ADDRESS": self.dashboard_url,
         }

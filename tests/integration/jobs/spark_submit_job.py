@@ -16,7 +16,7 @@ def main(out: str, report: str) -> None:
     agg = df.groupBy("bucket").agg(F.sum("id").alias("total"), F.count("*").alias("n"))
     agg.write.format("delta").mode("overwrite").save(out)
     sc = spark.sparkContext
-    executors = sc._jsc.sc().getExecutorMemoryStatus().keySet().toString()  # noqa: SLF001
+    executors = sc._jsc.sc().getExecutorMemoryStatus().keySet().toString()
     with open(report, "w") as f:
         json.dump({"master": sc.master, "app_id": sc.applicationId, "executors": executors}, f)
     spark.stop()

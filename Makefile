@@ -1,0 +1,57 @@
+# tierflow: `make help` lists the targets. Every target that needs the environment
+# depends on `setup`, which is idempotent and takes seconds once done.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+SERVICES ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: ## create .venv, install locked packages, fetch JVM jars, install redis-server
+	@scripts/setup.sh
+
+demo: setup ## run the main demo on embedded defaults (starts and stops its services)
+	@scripts/isolated.sh $(BIN)/python -m tierflow.demo
+
+test: setup lint ## lint, then the whole suite against real services in a private network namespace
+	@scripts/isolated.sh scripts/run-tests.sh $(PYTEST_ARGS)
+
+test-unit: setup ## fast tests that need no service
+	@$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
+
+lint: setup ## ruff (lint and format check) and mypy (strict on lib/tierflow)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+fmt: setup ## format and auto-fix with ruff
+	@$(BIN)/ruff format .
+	@$(BIN)/ruff check --fix .
+
+services-up: setup ## start local services (SERVICES="kafka redis" for some)
+	@$(BIN)/tierflow services up $(SERVICES)
+
+services-down: ## stop the local services started by services-up
+	@$(BIN)/tierflow services down $(SERVICES)
+
+services-status: ## show which local services run and answer
+	@$(BIN)/tierflow services status $(SERVICES)
+
+shell: setup ## a shell in a private network namespace holding only loopback
+	@scripts/isolated.sh bash
+
+lock: ## re-resolve pyproject.toml's dependencies into requirements.lock
+	@rm -rf .local/lock-venv && python3 -m venv .local/lock-venv
+	@.local/lock-venv/bin/pip install -q -e '.[spark,dask,single,delta,kafka,redis,ray,dev]'
+	@{ echo "# The tested set of Python packages. Regenerate with \`make lock\` after changing pyproject.toml."; \
+	  .local/lock-venv/bin/pip freeze --exclude-editable | grep -v '^tierflow'; } > requirements.lock
+	@rm -rf .local/lock-venv
+
+clean: ## stop services, remove .venv and everything under .local/
+	-@[ -x $(BIN)/tierflow ] && $(BIN)/tierflow services down
+	rm -rf $(VENV) .local
