@@ -53,7 +53,7 @@ def cli(tmp_path):
 
     run.config = config
     yield run
-    run("down")  # whatever a failed assertion left running
+    run("down", "--purge")  # whatever a failed assertion left running, and its folders
 
 
 def statuses(cli) -> dict[str, dict]:

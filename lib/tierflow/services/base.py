@@ -97,6 +97,10 @@ class LocalService(ABC):
         """Environment variables a client process needs (default: none)."""
         return {}
 
+    def purge(self) -> None:
+        """Delete the service's data and logs (only while it is stopped)."""
+        shutil.rmtree(self.home, ignore_errors=True)
+
 
 def require_executable(name: str, install_hint: str) -> str:
     """Return the path of executable ``name`` or fail with how to install it."""

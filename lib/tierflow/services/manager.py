@@ -8,7 +8,6 @@ exactly the processes ``up`` recorded, by PID.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -204,6 +203,6 @@ class ServiceManager:
                     self._progress(f"{name}: had to SIGKILL {killed}")
             self._records_path(name).unlink(missing_ok=True)
             if purge:
-                shutil.rmtree(self.paths.service_dir(name), ignore_errors=True)
+                self.service(name).purge()
             statuses.append(self._status_one(name, probe=False))
         return list(reversed(statuses))

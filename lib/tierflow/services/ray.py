@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,12 @@ class RayHeadService(LocalService):
         link = self.home / "tmp"
         if self.temp_dir != link and not link.exists():
             link.symlink_to(self.temp_dir, target_is_directory=True)
+
+    def purge(self) -> None:
+        """Delete the session folder too when it lives outside the project."""
+        if self.temp_dir != self.home / "tmp":
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        super().purge()
 
     def client_env(self) -> dict[str, str]:
         """What a driver, ``ray job submit`` or a worker process needs to be let in."""
