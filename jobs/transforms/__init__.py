@@ -1,0 +1,1 @@
+"""The project's transforms: pure functions over Narwhals frames, registered by name."""

@@ -1,0 +1,59 @@
+"""Transforms of the example retail jobs (conf/jobs/*.yaml).
+
+Pure functions over Narwhals lazy frames: no IO, no engine in sight. Each runs unchanged
+on Polars, Dask and Spark; the conformance suite checks that they agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import narwhals as nw
+
+from tierflow.jobs.registry import transform
+
+Frame = nw.LazyFrame[Any]
+
+
+@transform
+def enrich_orders(orders: Frame, customers: Frame) -> Frame:
+    """Orders with their customer's country and segment, line totals and the order date."""
+    people = customers.select("customer_id", "country", "segment")
+    return (
+        orders.join(people, on="customer_id", how="left")
+        .with_columns(
+            (nw.col("quantity") * nw.col("unit_price")).round(2).alias("total"),
+            nw.col("ordered_at").dt.date().alias("order_date"),
+            nw.col("country").fill_null("unknown"),
+        )
+        .select(
+            "order_id",
+            "customer_id",
+            "product_id",
+            "quantity",
+            "unit_price",
+            "total",
+            "status",
+            "ordered_at",
+            "order_date",
+            "country",
+            "segment",
+        )  # fmt: skip
+    )
+
+
+@transform
+def daily_revenue(orders: Frame, exclude_status: str = "returned") -> Frame:
+    """Revenue per day and country, and each country's share of the day's revenue."""
+    kept = orders.filter(nw.col("status") != exclude_status)
+    daily = kept.group_by("order_date", "country").agg(
+        nw.col("total").sum().round(2).alias("revenue"),
+        nw.len().cast(nw.Int64).alias("orders"),
+        nw.col("quantity").sum().cast(nw.Int64).alias("items"),
+        nw.col("total").mean().round(4).alias("mean_order_value"),
+    )
+    return daily.with_columns(
+        (nw.col("revenue") / nw.col("revenue").sum().over("order_date"))
+        .round(6)
+        .alias("share_of_day")
+    )

@@ -1,0 +1,60 @@
+"""Project-wide settings (``conf/tierflow.yaml``): data folder, transforms, tier thresholds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from tierflow.config.loader import FrozenModel, load_model
+
+GiB = 1024**3
+
+
+class TierThresholds(FrozenModel):
+    """When each engine is chosen, by the estimated in-memory size of a job's inputs.
+
+    Defaults follow the ML project checklist: pandas/Polars for data that fits
+    comfortably in memory, Dask for roughly 1-100 GB, Spark beyond. The single-node tier
+    is further capped by ``single_node_memory_fraction`` of this machine's RAM, because
+    joins and aggregations need several times the input size.
+    """
+
+    single_max_gb: Annotated[float, Field(gt=0)] = 1.0
+    dask_max_gb: Annotated[float, Field(gt=0)] = 100.0
+    single_node_memory_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TierThresholds:
+        if self.single_max_gb > self.dask_max_gb:
+            raise ValueError(
+                f"single_max_gb ({self.single_max_gb}) is above dask_max_gb ({self.dask_max_gb})"
+            )
+        return self
+
+
+class ProjectConfig(FrozenModel):
+    """Settings that apply to every job of the project."""
+
+    data_dir: str = "data"
+    logs_dir: str = "logs"
+    transform_modules: tuple[str, ...] = ("jobs.transforms",)
+    tiers: TierThresholds = TierThresholds()
+
+    @classmethod
+    def load(cls, conf_dir: Path) -> ProjectConfig:
+        """``conf/tierflow.yaml`` if present, else the defaults."""
+        path = conf_dir / "tierflow.yaml"
+        return load_model(cls, path) if path.is_file() else cls()
+
+
+DATA_DIR_ENV = "TIERFLOW_DATA_DIR"
+
+
+def resolve_data_dir(project: Path, config: ProjectConfig, override: str | None = None) -> Path:
+    """The data folder: ``--data-dir``, else ``$TIERFLOW_DATA_DIR``, else the config's."""
+    raw = override or os.environ.get(DATA_DIR_ENV) or config.data_dir
+    path = Path(raw)
+    return path if path.is_absolute() else (project / path).resolve()

@@ -1,0 +1,114 @@
+"""The engine contract: what a tier must do so that a job runs on it unchanged.
+
+A job talks to one :class:`Engine` and to Narwhals frames; it never asks which engine it
+has. Engines read sources into Narwhals lazy frames (text through the shared decoder,
+Parquet and Delta natively), run SQL, materialise a frame once, compute the portable
+split hash, and write Parquet or Delta tables. Everything between reading and writing
+(validation, transforms, splits) is engine-agnostic Narwhals code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import narwhals as nw
+
+from tierflow.config.jobs import EngineName, SinkConfig
+
+#: Separator between key values when hashing for splits (a control character, so it does
+#: not occur in ordinary keys).
+HASH_SEPARATOR = "\x1f"
+
+
+def split_hash(seed: int, values: Sequence[str]) -> float:
+    """The portable split hash in [0, 1): the first 32 bits of MD5 over seed and key text.
+
+    Every engine implements exactly this (Spark with its built-in ``md5``), so a row lands
+    in the same split whichever tier runs the job.
+    """
+    text = HASH_SEPARATOR.join([str(seed), *values])
+    return int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:8], 16) / 2**32
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to reach (or start) the engine's cluster."""
+
+    dask_scheduler: str | None = None
+    spark_master: str | None = None
+    spark_session: Any = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a sink write did."""
+
+    path: str
+    format: str
+    mode: str
+    rows: int
+    version: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """One tier. Implementations live in one module each; :func:`create_engine` picks."""
+
+    name: ClassVar[EngineName]
+
+    @abstractmethod
+    def read_text(
+        self,
+        files: Sequence[str],
+        fmt: str,
+        types: Mapping[str, str],
+        *,
+        extra_columns: str,
+        delimiter: str,
+    ) -> nw.LazyFrame[Any]:
+        """Decode CSV/JSON-lines files with :mod:`tierflow.io.textdecode`, a unit of work per file."""
+
+    @abstractmethod
+    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
+        """Read Parquet files, adding ``_tf_file`` (the file each row came from)."""
+
+    @abstractmethod
+    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
+        """Read a Delta table at exactly ``version``, adding ``_tf_file`` as ``path@vN``."""
+
+    @abstractmethod
+    def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
+        """Run a SQL statement over named frames."""
+
+    @abstractmethod
+    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
+        """Compute ``frame`` once and keep it, so several actions do not recompute it."""
+
+    def release(self, frame: nw.LazyFrame[Any]) -> None:  # noqa: B027 - optional hook
+        """Drop what :meth:`persist` kept (default: nothing to do)."""
+
+    @abstractmethod
+    def add_split_hash(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], seed: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """Add column ``name`` = :func:`split_hash` of the key ``columns``."""
+
+    @abstractmethod
+    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
+        """Write ``frame`` to the table at ``path`` as ``sink`` says."""
+
+    def count(self, frame: nw.LazyFrame[Any]) -> int:
+        """Number of rows."""
+        return int(frame.select(nw.len()).collect().item())
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the cluster or session this engine started (default: nothing)."""
+
+    def describe(self) -> str:
+        """One line for logs and run records."""
+        return self.name

@@ -1,0 +1,1 @@
+"""Example data for the example jobs in ``conf/jobs`` (generated, never committed)."""

@@ -1,0 +1,233 @@
+"""Write Arrow streams to Delta (through delta-rs) and Parquet (through pyarrow.dataset).
+
+The single-node and Dask tiers both hand their output here as a stream of record
+batches, so a table is written the same way whichever of the two computed it; Spark
+writes through delta-spark and its own Parquet writer. Arrow is the interchange.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from tierflow.config.jobs import SinkConfig, is_uri
+from tierflow.engines.base import WriteResult
+from tierflow.errors import TierflowError
+
+
+class SchemaMismatchError(TierflowError):
+    """The output does not fit the existing table's schema (and evolution does not allow it)."""
+
+
+class _Counter:
+    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._batches:
+            self.rows += batch.num_rows
+            yield batch
+
+
+def _reader(schema: pa.Schema, counter: _Counter) -> pa.RecordBatchReader:
+    return pa.RecordBatchReader.from_batches(schema, iter(counter))
+
+
+def sql_literal(value: Any) -> str:
+    """A value as a SQL literal for a Delta predicate."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, date):
+        return f"'{value.isoformat()}'"
+    text = str(value).replace("'", "''")
+    return f"'{text}'"
+
+
+def partition_predicate(columns: Sequence[str], values: Iterable[Sequence[Any]]) -> str:
+    """``(a = 1 AND b = 'x') OR ...`` matching exactly the given partition value tuples."""
+    terms = []
+    for row in values:
+        parts = [
+            f"{col} IS NULL" if v is None else f"{col} = {sql_literal(v)}"
+            for col, v in zip(columns, row, strict=True)
+        ]
+        terms.append("(" + " AND ".join(parts) + ")")
+    return " OR ".join(terms) if terms else "false"
+
+
+def _delta_exists(path: str) -> bool:
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(path)
+
+
+def write_delta(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    sink: SinkConfig,
+    path: str,
+    *,
+    partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
+) -> WriteResult:
+    """Write to a Delta table with delta-rs in the sink's mode.
+
+    Args:
+        batches: The output, streamed.
+        schema: Its Arrow schema.
+        sink: Mode, partitioning, merge keys, schema evolution.
+        path: Table location.
+        partition_values: For ``overwrite_partitions``: the distinct partition tuples of
+            the output (computed by the engine before the stream is consumed).
+    """
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import DeltaError
+
+    counter = _Counter(batches)
+    schema_mode = "merge" if sink.schema_evolution else None
+    partition_by = list(sink.partition_by) or None
+    exists = _delta_exists(path)
+    details: dict[str, Any] = {}
+    try:
+        if sink.mode == "merge" and exists:
+            predicate = " AND ".join(f"t.{k} = s.{k}" for k in sink.merge_keys)
+            metrics = (
+                DeltaTable(path)
+                .merge(
+                    _reader(schema, counter),
+                    predicate=predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    merge_schema=sink.schema_evolution,
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            details = {
+                k: metrics.get(k)
+                for k in ("num_target_rows_updated", "num_target_rows_inserted", "num_source_rows")
+            }
+        elif sink.mode == "overwrite_partitions" and exists:
+            if partition_values is None:
+                raise TierflowError("overwrite_partitions needs the output's partition values")
+            predicate = partition_predicate(sink.partition_by, partition_values())
+            details = {"replaced": predicate}
+            write_deltalake(
+                path,
+                _reader(schema, counter),
+                mode="overwrite",
+                predicate=predicate,
+                partition_by=partition_by,
+                schema_mode=schema_mode,
+            )
+        else:
+            mode = "append" if sink.mode in ("append", "merge") else "overwrite"
+            write_deltalake(
+                path,
+                _reader(schema, counter),
+                mode=mode,
+                partition_by=partition_by,
+                schema_mode=schema_mode,
+            )
+    except DeltaError as exc:
+        message = str(exc)
+        if "schema" in message.lower():
+            raise SchemaMismatchError(f"{path}: {message}") from exc
+        raise
+    version = DeltaTable(path).version()
+    return WriteResult(path, "delta", sink.mode, counter.rows, version, details)
+
+
+def _check_parquet_schema(path: str, schema: pa.Schema, sink: SinkConfig) -> None:
+    if is_uri(path) or not Path(path).exists() or not any(Path(path).rglob("*.parquet")):
+        return
+    existing = pads.dataset(path, format="parquet", partitioning="hive").schema
+    old = {f.name: f.type for f in existing if f.name not in sink.partition_by}
+    new = {f.name: f.type for f in schema if f.name not in sink.partition_by}
+    changed = {n: (old[n], new[n]) for n in old.keys() & new.keys() if old[n] != new[n]}
+    missing = sorted(old.keys() - new.keys())
+    added = sorted(new.keys() - old.keys())
+    problems = []
+    if changed:
+        problems.append(
+            "changed types: "
+            + ", ".join(f"{n} {a} -> {b}" for n, (a, b) in sorted(changed.items()))
+        )
+    if missing:
+        problems.append(f"missing columns: {', '.join(missing)}")
+    if added and not sink.schema_evolution:
+        problems.append(f"new columns {', '.join(added)} (set schema_evolution: true to allow)")
+    if problems and sink.mode != "overwrite":
+        raise SchemaMismatchError(
+            f"{path}: output does not fit the existing table: " + "; ".join(problems)
+        )
+    if problems and sink.mode == "overwrite" and not sink.schema_evolution and (changed or missing):
+        raise SchemaMismatchError(
+            f"{path}: overwrite would change the schema: " + "; ".join(problems)
+        )
+
+
+def write_parquet(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: SinkConfig, path: str
+) -> WriteResult:
+    """Write a Hive-partitioned Parquet dataset; overwrite swaps in a complete new folder."""
+    _check_parquet_schema(path, schema, sink)
+    counter = _Counter(batches)
+    partitioning = (
+        pads.partitioning(pa.schema([schema.field(c) for c in sink.partition_by]), flavor="hive")
+        if sink.partition_by
+        else None
+    )
+    token = uuid.uuid4().hex[:12]
+    target = Path(path)
+    if sink.mode == "overwrite" and not is_uri(path):
+        # Write beside the table, then swap: readers never see a half-written table.
+        staging = target.with_name(f".{target.name}.{token}.staging")
+        pads.write_dataset(
+            _reader(schema, counter), staging, format="parquet", partitioning=partitioning,
+            basename_template=f"part-{token}-{{i}}.parquet",
+        )  # fmt: skip
+        old = target.with_name(f".{target.name}.{token}.old")
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        behavior = (
+            "delete_matching"
+            if sink.mode in ("overwrite_partitions", "overwrite")
+            else "overwrite_or_ignore"
+        )
+        pads.write_dataset(
+            _reader(schema, counter), path, format="parquet", partitioning=partitioning,
+            basename_template=f"part-{token}-{{i}}.parquet", existing_data_behavior=behavior,
+        )  # fmt: skip
+    return WriteResult(path, "parquet", sink.mode, counter.rows)
+
+
+def write_arrow(
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    sink: SinkConfig,
+    path: str,
+    *,
+    partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
+) -> WriteResult:
+    """Write an Arrow stream in the sink's format."""
+    if sink.format == "delta":
+        return write_delta(batches, schema, sink, path, partition_values=partition_values)
+    return write_parquet(batches, schema, sink, path)

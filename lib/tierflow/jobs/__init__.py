@@ -1,0 +1,1 @@
+"""Batch jobs: sources, contracts, the tier planner, the runner and run records."""

@@ -1,0 +1,113 @@
+"""The project as the entry points see it: configuration, jobs, planning and running.
+
+The command line, ``jobs/run.py`` under spark-submit, and tests all go through here, so
+a job is loaded, validated, planned and run the same way whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierflow.config.jobs import EngineName, JobConfig
+from tierflow.config.loader import load_model
+from tierflow.config.project import ProjectConfig, resolve_data_dir
+from tierflow.engines.base import EngineOptions
+from tierflow.errors import ConfigError
+from tierflow.jobs.planner import TierPlan, plan_job
+from tierflow.jobs.records import RunRecord
+from tierflow.paths import ProjectPaths
+
+
+@dataclass(frozen=True)
+class Project:
+    """A tierflow project checkout with its settings resolved."""
+
+    paths: ProjectPaths
+    config: ProjectConfig
+    data_dir: Path
+    logs_dir: Path
+
+    @classmethod
+    def load(cls, *, data_dir: str | None = None, paths: ProjectPaths | None = None) -> Project:
+        """Read ``conf/tierflow.yaml`` (or defaults) and resolve the folders."""
+        paths = paths or ProjectPaths.discover()
+        config = ProjectConfig.load(paths.conf)
+        logs = Path(config.logs_dir)
+        return cls(
+            paths=paths,
+            config=config,
+            data_dir=resolve_data_dir(paths.project, config, data_dir),
+            logs_dir=logs if logs.is_absolute() else paths.project / logs,
+        )
+
+    def job_file(self, name_or_path: str) -> Path:
+        """``conf/jobs/<name>.yaml`` for a job name, or the path itself."""
+        candidate = Path(name_or_path)
+        if candidate.suffix in (".yaml", ".yml"):
+            return candidate if candidate.is_absolute() else Path.cwd() / candidate
+        return self.paths.conf / "jobs" / f"{name_or_path}.yaml"
+
+    def job_names(self) -> list[str]:
+        """Names of the jobs in ``conf/jobs``."""
+        return sorted(p.stem for p in (self.paths.conf / "jobs").glob("*.yaml"))
+
+    def load_job(self, name_or_path: str) -> JobConfig:
+        """Parse and check a job: its model, its transform and its check expressions.
+
+        Raises:
+            ConfigError: naming the file, the key and the offending value.
+        """
+        path = self.job_file(name_or_path)
+        if not path.is_file():
+            known = ", ".join(self.job_names()) or "none"
+            raise ConfigError(f"no job file {path} (jobs in conf/jobs: {known})")
+        job = load_model(JobConfig, path)
+        self._check_references(job, path)
+        return job
+
+    def _check_references(self, job: JobConfig, path: Path) -> None:
+        from tierflow.jobs.expressions import ExpressionError, to_expr
+        from tierflow.jobs.registry import get_transform, load_transforms
+
+        if job.transform is not None:
+            load_transforms(self.config.transform_modules, self.paths.project)
+            try:
+                get_transform(job.transform.function)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"invalid configuration in {path}:\n  transform.function = "
+                    f"{job.transform.function!r}: {exc}"
+                ) from None
+        for name, source in job.sources.items():
+            for i, check in enumerate(source.checks):
+                try:
+                    to_expr(check.expr, set(source.columns or {}))
+                except ExpressionError as exc:
+                    raise ConfigError(
+                        f"invalid configuration in {path}:\n  sources.{name}.checks[{i}].expr = "
+                        f"{check.expr!r}: {exc}"
+                    ) from None
+
+    def plan(self, job: JobConfig, engine: EngineName | None = None) -> TierPlan:
+        """Resolve the sources and choose the engine (``engine`` overrides)."""
+        return plan_job(job, self.data_dir, self.config.tiers, engine=engine)
+
+    def run(
+        self,
+        job: JobConfig,
+        *,
+        engine: EngineName | None = None,
+        options: EngineOptions | None = None,
+        echo: bool = True,
+    ) -> RunRecord:
+        """Plan and run ``job``; the engine is started for the run and closed after."""
+        from tierflow.engines import create_engine
+        from tierflow.jobs.runner import RunContext, run_job
+
+        plan = self.plan(job, engine)
+        runtime = create_engine(plan.engine, options)
+        try:
+            return run_job(job, plan, runtime, RunContext(self.data_dir, self.logs_dir), echo=echo)
+        finally:
+            runtime.close()
