@@ -15,6 +15,18 @@ from tierflow.jobs.registry import transform
 Frame = nw.LazyFrame[Any]
 
 
+OUTPUT_COLUMNS = (
+    "order_id", "customer_id", "product_id", "quantity", "unit_price", "total",
+    "status", "ordered_at", "order_date", "country", "segment",
+)  # fmt: skip
+
+
+OUTPUT_COLUMNS = (
+    "order_id", "customer_id", "product_id", "quantity", "unit_price", "total",
+    "status", "ordered_at", "order_date", "country", "segment",
+)  # fmt: skip
+
+
 @transform
 def enrich_orders(orders: Frame, customers: Frame) -> Frame:
     """Orders with their customer's country and segment, line totals and the order date."""
@@ -26,19 +38,7 @@ def enrich_orders(orders: Frame, customers: Frame) -> Frame:
             nw.col("ordered_at").dt.date().alias("order_date"),
             nw.col("country").fill_null("unknown"),
         )
-        .select(
-            "order_id",
-            "customer_id",
-            "product_id",
-            "quantity",
-            "unit_price",
-            "total",
-            "status",
-            "ordered_at",
-            "order_date",
-            "country",
-            "segment",
-        )  # fmt: skip
+        .select(*OUTPUT_COLUMNS)
     )
 
 
@@ -46,11 +46,19 @@ def enrich_orders(orders: Frame, customers: Frame) -> Frame:
 def daily_revenue(orders: Frame, exclude_status: str = "returned") -> Frame:
     """Revenue per day and country, and each country's share of the day's revenue."""
     kept = orders.filter(nw.col("status") != exclude_status)
+    # Aggregations stay elementary (one column, one function) so every engine can run
+    # them natively; rounding and casts come after.
     daily = kept.group_by("order_date", "country").agg(
-        nw.col("total").sum().round(2).alias("revenue"),
-        nw.len().cast(nw.Int64).alias("orders"),
-        nw.col("quantity").sum().cast(nw.Int64).alias("items"),
-        nw.col("total").mean().round(4).alias("mean_order_value"),
+        nw.col("total").sum().alias("revenue"),
+        nw.len().alias("orders"),
+        nw.col("quantity").sum().alias("items"),
+        nw.col("total").mean().alias("mean_order_value"),
+    )
+    daily = daily.with_columns(
+        nw.col("revenue").round(2),
+        nw.col("orders").cast(nw.Int64),
+        nw.col("items").cast(nw.Int64),
+        nw.col("mean_order_value").round(4),
     )
     return daily.with_columns(
         (nw.col("revenue") / nw.col("revenue").sum().over("order_date"))

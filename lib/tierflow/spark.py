@@ -113,8 +113,13 @@ def get_spark(
 
     for key, value in _process_env(driver_host).items():
         os.environ.setdefault(key, value)
-    builder = SparkSession.builder.appName(app_name).master(master or "local[*]")
+    master = master or "local[*]"
+    builder = SparkSession.builder.appName(app_name).master(master)
     settings = spark_conf(paths, driver_host=driver_host)
+    if master.startswith("local"):
+        # Spark's default of 200 shuffle partitions is sized for clusters; on one machine
+        # it turns every small shuffle into hundreds of tiny tasks.
+        settings.setdefault("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2))))
     settings.setdefault("spark.ui.enabled", "false")
     settings.setdefault("spark.ui.showConsoleProgress", "false")
     settings.update(conf or {})

@@ -24,6 +24,7 @@ SinkFormat = Literal["parquet", "delta"]
 WriteMode = Literal["append", "overwrite", "overwrite_partitions", "merge"]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
 EngineName = Literal["single", "dask", "spark"]
+ExtraPolicy = Literal["quarantine", "drop", "error"]
 
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
@@ -72,7 +73,7 @@ class SourceConfig(FrozenModel):
     columns: dict[Identifier, ColumnContract] | None = None
     checks: tuple[RowCheck, ...] = ()
     unique_key: tuple[Identifier, ...] = ()
-    extra_columns: Literal["quarantine", "drop", "error"] = "quarantine"
+    extra_columns: ExtraPolicy = "quarantine"
     csv_delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
 
     @model_validator(mode="after")
@@ -103,8 +104,10 @@ class TransformStep(FrozenModel):
 
 
 class RandomSplit(FrozenModel):
-    """Seeded random split by a hash of key columns: the same rows land in the same split
-    on every engine and every run."""
+    """Seeded random split by a hash of key columns.
+
+    The same rows land in the same split on every engine and every run.
+    """
 
     method: Literal["random"]
     key: tuple[Identifier, ...] = Field(min_length=1)

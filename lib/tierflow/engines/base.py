@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import narwhals as nw
 
-from tierflow.config.jobs import EngineName, SinkConfig
+from tierflow.config.jobs import EngineName, ExtraPolicy, SinkConfig
 
 #: Separator between key values when hashing for splits (a control character, so it does
 #: not occur in ordinary keys).
@@ -68,18 +68,18 @@ class Engine(ABC):
         fmt: str,
         types: Mapping[str, str],
         *,
-        extra_columns: str,
+        extra_columns: ExtraPolicy,
         delimiter: str,
     ) -> nw.LazyFrame[Any]:
-        """Decode CSV/JSON-lines files with :mod:`tierflow.io.textdecode`, a unit of work per file."""
+        """Decode CSV/JSON lines with :mod:`tierflow.io.textdecode`, one unit of work per file."""
 
     @abstractmethod
     def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
-        """Read Parquet files, adding ``_tf_file`` (the file each row came from)."""
+        """Read Parquet files; ``_tf_file`` is each row's file, ``_tf_record`` null."""
 
     @abstractmethod
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
-        """Read a Delta table at exactly ``version``, adding ``_tf_file`` as ``path@vN``."""
+        """Read a Delta table at ``version``; ``_tf_file`` is ``path@vN``, ``_tf_record`` null."""
 
     @abstractmethod
     def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:

@@ -13,10 +13,10 @@ from typing import Any
 
 import narwhals as nw
 
-from tierflow.config.jobs import SinkConfig
+from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, WriteResult
 from tierflow.io.arrow_sinks import write_arrow
-from tierflow.io.textdecode import META_FILE, decode_to_table
+from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -40,7 +40,7 @@ class PolarsEngine(Engine):
         fmt: str,
         types: Mapping[str, str],
         *,
-        extra_columns: str,
+        extra_columns: ExtraPolicy,
         delimiter: str,
     ) -> nw.LazyFrame[Any]:
         """Decode every file in this process into one Polars frame."""
@@ -51,7 +51,7 @@ class PolarsEngine(Engine):
             fmt,
             types,
             extra_columns=extra_columns,
-            delimiter=delimiter,  # type: ignore[arg-type]
+            delimiter=delimiter,
         )
         return nw.from_native(pl.from_arrow(table).lazy())  # type: ignore[union-attr]
 
@@ -59,7 +59,8 @@ class PolarsEngine(Engine):
         """Scan the files lazily, tagging rows with their file."""
         import polars as pl
 
-        return nw.from_native(pl.scan_parquet(list(files), include_file_paths=META_FILE))
+        frame = pl.scan_parquet(list(files), include_file_paths=META_FILE)
+        return nw.from_native(frame.with_columns(pl.lit(None, pl.Int64).alias(META_RECORD)))
 
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
         """Scan the table at ``version`` through delta-rs's Arrow dataset."""

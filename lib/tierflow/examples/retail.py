@@ -1,5 +1,7 @@
-"""A small synthetic retail dataset: raw order CSVs, customer JSON lines, a product
-Parquet file and an existing customers Delta table for the MERGE example.
+"""A small synthetic retail dataset for the example jobs.
+
+Raw order CSVs, customer JSON lines, a product Parquet file and an existing customers
+Delta table for the MERGE example.
 
 Deterministic for a given seed. With ``defects`` (the default) a few raw rows break
 their contracts on purpose, one of each kind, so the example jobs show quarantine at
@@ -56,7 +58,7 @@ def generate(
     rng = random.Random(seed)
     n_customers = max(50, orders // 20)
     customers = _customers(rng, n_customers)
-    products = [
+    products: list[dict[str, object]] = [
         {
             "product_id": f"P{i:04d}",
             "category": CATEGORIES[i % len(CATEGORIES)],
@@ -64,6 +66,7 @@ def generate(
         }
         for i in range(200)
     ]
+    prices = {str(p["product_id"]): float(str(p["list_price"])) for p in products}
     raw = data_dir / "raw"
     (raw / "orders").mkdir(parents=True, exist_ok=True)
     (data_dir / "ref").mkdir(parents=True, exist_ok=True)
@@ -84,15 +87,15 @@ def generate(
         ordered_at = start + timedelta(minutes=rng.randrange(60 * 24 * 90))
         rows.append([
             str(order_id), str(rng.randrange(1, n_customers + 1)), str(product["product_id"]),
-            str(rng.randrange(1, 6)), f"{float(product['list_price']) * rng.uniform(0.8, 1.0):.2f}",
+            str(rng.randrange(1, 6)), f"{prices[str(product['product_id'])] * rng.uniform(0.8, 1.0):.2f}",
             rng.choice(STATUSES), ordered_at.strftime("%Y-%m-%dT%H:%M:%S"),
         ])  # fmt: skip
     if defects:
-        rows[10][3] = "many"  # type: quantity not an integer
-        rows[20][3] = "0"  # range: quantity below 1
-        rows[30][5] = "lost"  # allowed: unknown status
-        rows[40][6] = ""  # not_null: no order time
-        rows[50][0] = rows[49][0]  # unique: order_id twice (both rows are quarantined)
+        rows[10][3] = "many"  # rule "type": quantity not an integer
+        rows[20][3] = "0"  # rule "range": quantity below 1
+        rows[30][5] = "lost"  # rule "allowed": unknown status
+        rows[40][6] = ""  # rule "not_null": no order time
+        rows[50][0] = rows[49][0]  # rule "unique": order_id twice (both rows quarantined)
     per_file = (len(rows) + files - 1) // files
     for i in range(files):
         chunk = rows[i * per_file : (i + 1) * per_file]

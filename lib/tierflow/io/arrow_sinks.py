@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -97,7 +97,7 @@ def write_delta(
     from deltalake.exceptions import DeltaError
 
     counter = _Counter(batches)
-    schema_mode = "merge" if sink.schema_evolution else None
+    schema_mode: Literal["merge"] | None = "merge" if sink.schema_evolution else None
     partition_by = list(sink.partition_by) or None
     exists = _delta_exists(path)
     details: dict[str, Any] = {}
@@ -134,12 +134,19 @@ def write_delta(
                 partition_by=partition_by,
                 schema_mode=schema_mode,
             )
-        else:
-            mode = "append" if sink.mode in ("append", "merge") else "overwrite"
+        elif sink.mode in ("append", "merge"):
             write_deltalake(
                 path,
                 _reader(schema, counter),
-                mode=mode,
+                mode="append",
+                partition_by=partition_by,
+                schema_mode=schema_mode,
+            )
+        else:
+            write_deltalake(
+                path,
+                _reader(schema, counter),
+                mode="overwrite",
                 partition_by=partition_by,
                 schema_mode=schema_mode,
             )
@@ -152,7 +159,8 @@ def write_delta(
     return WriteResult(path, "delta", sink.mode, counter.rows, version, details)
 
 
-def _check_parquet_schema(path: str, schema: pa.Schema, sink: SinkConfig) -> None:
+def check_parquet_schema(path: str, schema: pa.Schema, sink: SinkConfig) -> None:
+    """Enforce the existing Parquet dataset's schema (new columns only with evolution)."""
     if is_uri(path) or not Path(path).exists() or not any(Path(path).rglob("*.parquet")):
         return
     existing = pads.dataset(path, format="parquet", partitioning="hive").schema
@@ -185,7 +193,7 @@ def write_parquet(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: SinkConfig, path: str
 ) -> WriteResult:
     """Write a Hive-partitioned Parquet dataset; overwrite swaps in a complete new folder."""
-    _check_parquet_schema(path, schema, sink)
+    check_parquet_schema(path, schema, sink)
     counter = _Counter(batches)
     partitioning = (
         pads.partitioning(pa.schema([schema.field(c) for c in sink.partition_by]), flavor="hive")

@@ -233,9 +233,7 @@ def _csv_header(path: str, delimiter: str) -> list[str]:
             return []
 
 
-def _extra_reasons(
-    raw: Mapping[str, pa.Array], extras: Sequence[str], length: int
-) -> list[pa.Array]:
+def _extra_reasons(raw: Mapping[str, pa.Array], extras: Sequence[str]) -> list[pa.Array]:
     reasons = []
     for name in extras:
         values = _blank_to_null(raw[name].cast(pa.string()))
@@ -304,7 +302,7 @@ def decode_csv(
         # The invalid rows of this block were reported while it was parsed: valid rows
         # take the record numbers that are left, in order.
         taken = {r for r, _ in malformed}
-        numbers = []
+        numbers: list[int] = []
         candidate = last
         while len(numbers) < batch.num_rows:
             candidate += 1
@@ -313,7 +311,7 @@ def decode_csv(
         last = candidate
         raw = {name: batch.column(name) for name in header}
         length = batch.num_rows
-        reasons = _extra_reasons(raw, extras, length) if extra_columns == "quarantine" else []
+        reasons = _extra_reasons(raw, extras) if extra_columns == "quarantine" else []
         if schema_error:
             reasons.append(pa.array([schema_error] * length, pa.string()))
         yield typed_batch(

@@ -96,7 +96,8 @@ def _conform_columns(
     missing = [c for c in columns if c not in schema]
     if missing:
         raise ContractError(
-            f"source {name!r} has no column(s) {', '.join(missing)} (it has {', '.join(schema.names())})"
+            f"source {name!r} has no column(s) {', '.join(missing)} "
+            f"(it has {', '.join(schema.names())})"
         )
     casts = [
         nw.col(c).cast(nw_type(contract.type)).alias(c)
@@ -115,11 +116,8 @@ def validate(frame: nw.LazyFrame[Any], name: str, source: SourceConfig) -> nw.La
     schema = frame.collect_schema()
     text = META_ERROR in schema.names()
     columns = source.columns or {}
-    if not text:
-        if META_RECORD not in schema.names():
-            frame = frame.with_columns(nw.lit(None, nw.Int64).alias(META_RECORD))
-        if columns:
-            frame = _conform_columns(frame, source, name)
+    if not text and columns:
+        frame = _conform_columns(frame, source, name)
     reasons: list[Any] = []
     if text:
         reasons.append(_when(nw.col(META_ERROR) != "", nw.col(META_ERROR)))

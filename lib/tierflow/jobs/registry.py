@@ -36,7 +36,8 @@ def transform(fn: F | None = None, *, name: str | None = None) -> Any:
         existing = _TRANSFORMS.get(key)
         if existing is not None and existing.__module__ != func.__module__:
             raise ConfigError(
-                f"transform {key!r} is registered twice: {existing.__module__} and {func.__module__}"
+                f"transform {key!r} is registered twice: "
+                f"{existing.__module__} and {func.__module__}"
             )
         _TRANSFORMS[key] = func
         return func

@@ -135,7 +135,8 @@ def _run_step(
             result = result.lazy()
         if not isinstance(result, nw.LazyFrame):
             raise TierflowError(
-                f"transform {job.transform.function!r} returned {type(result).__name__}, not a Narwhals LazyFrame"
+                f"transform {job.transform.function!r} returned {type(result).__name__}, "
+                "not a Narwhals LazyFrame"
             )
         return result
     (only,) = valid.values()
@@ -233,7 +234,8 @@ def _execute(
         for rule, n in counts.items():
             by_rule[f"{source.name}.{rule}"] = n
         log.info(
-            f"{source.name}: {total:,} rows, {total - bad:,} valid, {bad:,} quarantined {counts or ''}"
+            f"{source.name}: {total:,} rows, {total - bad:,} valid, "
+            f"{bad:,} quarantined {counts or ''}"
         )
     record.rows_valid = record.rows_in - record.rows_quarantined
     record.quarantine_by_rule = by_rule

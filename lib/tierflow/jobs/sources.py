@@ -69,7 +69,8 @@ def _expand(location: str, fmt: str) -> list[str]:
     if path.is_dir():
         suffix = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}[fmt]
         return sorted(str(p) for p in path.rglob(f"*{suffix}") if not p.name.startswith((".", "_")))
-    return sorted(p for p in glob.glob(location, recursive=True) if Path(p).is_file())
+    # glob.glob, not Path.glob: the pattern may sit anywhere in an absolute path.
+    return sorted(p for p in glob.glob(location, recursive=True) if Path(p).is_file())  # noqa: PTH207
 
 
 def _size(files: list[str]) -> int:

@@ -1,0 +1,262 @@
+"""The Dask tier: a distributed scheduler, a LocalCluster by default or an existing one.
+
+Partitions are pandas frames with Arrow-backed dtypes, so nulls are real nulls (not NaN)
+and types match the other tiers. Text files are decoded one task per file; Parquet files
+and Delta fragments are read one task per file. Output is streamed partition by partition
+from the workers into the shared Arrow sinks (delta-rs, pyarrow), so the client never
+holds the whole table.
+
+SQL steps run in DuckDB on the client: Dask has no SQL engine of its own, and DuckDB
+executes out of core (spilling to a scratch database on disk) over the validated
+partitions that Dask streams into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import narwhals as nw
+
+from tierflow.config.jobs import ExtraPolicy, SinkConfig
+from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
+from tierflow.io.arrow_sinks import write_arrow
+from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table, output_schema
+
+# Narwhals announces that Dask support will move to a separate package; the built-in
+# support is what we use and test.
+warnings.filterwarnings("ignore", message=".*narwhals-dask.*", category=FutureWarning)
+# P2P shuffles log every start and stop at WARNING; they are routine here.
+logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+
+
+def _to_pandas(table: Any) -> Any:
+    import pandas as pd
+
+    return table.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _decode_task(
+    path: str, fmt: str, types: dict[str, str], extra: ExtraPolicy, delimiter: str
+) -> Any:
+    table = decode_to_table([path], fmt, types, extra_columns=extra, delimiter=delimiter)
+    return _to_pandas(table)
+
+
+def _tag(table: Any, label: str) -> Any:
+    import pyarrow as pa
+
+    table = table.append_column(META_FILE, pa.array([label] * table.num_rows, pa.string()))
+    return table.append_column(META_RECORD, pa.nulls(table.num_rows, pa.int64()))
+
+
+def _tagged_schema(schema: Any) -> Any:
+    import pyarrow as pa
+
+    return schema.append(pa.field(META_FILE, pa.string())).append(pa.field(META_RECORD, pa.int64()))
+
+
+def _parquet_task(path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return _to_pandas(_tag(pq.read_table(path), path))
+
+
+def _delta_task(index: int, path: str, version: int) -> Any:
+    from deltalake import DeltaTable
+
+    dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+    fragment = list(dataset.get_fragments())[index]
+    table = fragment.to_table(schema=dataset.schema)
+    return _to_pandas(_tag(table, f"{path}@v{version}"))
+
+
+def _hash_partition(frame: Any, columns: list[str], seed: int, name: str) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    texts = [frame[c].astype("string[pyarrow]").fillna("") for c in columns]
+    values = []
+    for parts in zip(*texts, strict=True) if texts else []:
+        text = HASH_SEPARATOR.join([str(seed), *parts])
+        values.append(
+            int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:8], 16) / 2**32
+        )
+    out = frame.copy()
+    out[name] = pd.Series(values, index=frame.index, dtype=pd.ArrowDtype(pa.float64()))
+    return out
+
+
+class DaskEngine(Engine):
+    """Runs a job on a Dask distributed cluster."""
+
+    name = "dask"
+
+    def __init__(self, options: EngineOptions) -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if options.dask_scheduler:
+            self.client = Client(options.dask_scheduler, set_as_default=True)
+        else:
+            workers = options.workers or os.cpu_count() or 2
+            self._cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
+            self.client = Client(self._cluster, set_as_default=True)
+
+    def describe(self) -> str:
+        """``dask (scheduler address, N workers)``."""
+        info = self.client.scheduler_info()
+        return f"dask ({info.get('address')}, {len(info.get('workers', {}))} workers)"
+
+    def _meta(self, schema: Any) -> Any:
+        return _to_pandas(schema.empty_table())
+
+    def read_text(
+        self,
+        files: Sequence[str],
+        fmt: str,
+        types: Mapping[str, str],
+        *,
+        extra_columns: ExtraPolicy,
+        delimiter: str,
+    ) -> nw.LazyFrame[Any]:
+        """One decode task per file."""
+        import dask.dataframe as dd
+
+        frame = dd.from_map(
+            _decode_task, list(files), fmt=fmt, types=dict(types), extra=extra_columns,
+            delimiter=delimiter, meta=self._meta(output_schema(types)), enforce_metadata=False,
+        )  # fmt: skip
+        return nw.from_native(frame)
+
+    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
+        """One read task per file, tagging rows with their file."""
+        import dask.dataframe as dd
+        import pyarrow.parquet as pq
+
+        schema = _tagged_schema(pq.read_schema(files[0]))
+        frame = dd.from_map(
+            _parquet_task, list(files), meta=self._meta(schema), enforce_metadata=False
+        )
+        return nw.from_native(frame)
+
+    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
+        """One read task per data file of the table at ``version``."""
+        import dask.dataframe as dd
+        from deltalake import DeltaTable
+
+        dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+        count = len(list(dataset.get_fragments()))
+        schema = _tagged_schema(dataset.schema)
+        if count == 0:
+            return nw.from_native(dd.from_pandas(self._meta(schema), npartitions=1))
+        frame = dd.from_map(
+            _delta_task, list(range(count)), path=path, version=version,
+            meta=self._meta(schema), enforce_metadata=False,
+        )  # fmt: skip
+        return nw.from_native(frame)
+
+    def _batches(self, frame: Any) -> Iterator[Any]:
+        """Compute partitions on the cluster and yield them as Arrow batches, as they finish."""
+        import pyarrow as pa
+        from distributed import as_completed
+
+        schema = pa.Schema.from_pandas(frame._meta, preserve_index=False)
+        futures = self.client.compute(frame.to_delayed())
+        for future in as_completed(futures):
+            part = future.result()
+            future.release()
+            yield from pa.Table.from_pandas(part, schema=schema, preserve_index=False).to_batches()
+
+    def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
+        """DuckDB on the client, out of core, over the partitions streamed from the cluster."""
+        import dask.dataframe as dd
+        import duckdb
+        import pyarrow as pa
+
+        with tempfile.TemporaryDirectory(prefix="tierflow-duckdb-") as scratch:
+            con = duckdb.connect(str(Path(scratch) / "sql.duckdb"))
+            try:
+                con.execute(f"SET temp_directory = '{scratch}'")
+                for name, frame in tables.items():
+                    native = frame.to_native()
+                    schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
+                    reader = pa.RecordBatchReader.from_batches(schema, self._batches(native))
+                    con.register(f"_tf_stream_{name}", reader)
+                    # Source names are identifiers (validated in the job config).
+                    copy = f'CREATE TABLE "{name}" AS SELECT * FROM "_tf_stream_{name}"'  # noqa: S608
+                    con.execute(copy)
+                    con.unregister(f"_tf_stream_{name}")
+                result = con.sql(query).arrow()
+                table = result.read_all() if hasattr(result, "read_all") else result
+            finally:
+                con.close()
+        partitions = max(
+            1, min(len(self.client.scheduler_info()["workers"]), table.num_rows // 100_000 + 1)
+        )
+        return nw.from_native(dd.from_pandas(_to_pandas(table), npartitions=partitions))
+
+    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
+        """Persist on the workers' memory (recomputed from its graph if a worker dies)."""
+        from distributed import wait
+
+        native = self.client.persist(frame.to_native())
+        wait(native)
+        return nw.from_native(native)
+
+    def add_split_hash(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], seed: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """MD5 of the seed and key text, row by row in each partition."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = frame.to_native()
+        meta = native._meta.copy()
+        meta[name] = pd.Series([], dtype=pd.ArrowDtype(pa.float64()))
+        return nw.from_native(
+            native.map_partitions(_hash_partition, list(columns), seed, name, meta=meta)
+        )
+
+    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
+        """Stream partitions from the workers into the Arrow sink."""
+        import pyarrow as pa
+
+        native = frame.to_native()
+        schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
+
+        def partition_values() -> list[tuple[Any, ...]]:
+            distinct = native[list(sink.partition_by)].drop_duplicates().compute()
+            return [
+                tuple(None if pd_isna(v) else v for v in row)
+                for row in distinct.itertuples(index=False)
+            ]
+
+        return write_arrow(
+            self._batches(native), schema, sink, path, partition_values=partition_values
+        )
+
+    def close(self) -> None:
+        """Close the client, and the LocalCluster if this engine started it."""
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+
+def pd_isna(value: Any) -> bool:
+    """True for pandas' missing-value markers (NA, NaT, None)."""
+    import pandas as pd
+
+    return bool(pd.isna(value))
