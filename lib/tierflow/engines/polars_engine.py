@@ -69,7 +69,7 @@ class PolarsEngine(Engine):
 
         dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
         frame = pl.scan_pyarrow_dataset(dataset).with_columns(
-            pl.lit(f"{path}@v{version}").alias(META_FILE)
+            pl.lit(f"{path}@v{version}").alias(META_FILE), pl.lit(None, pl.Int64).alias(META_RECORD)
         )
         return nw.from_native(frame)
 
