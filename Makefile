@@ -7,6 +7,8 @@ PYTEST_ARGS ?=
 SERVICES ?=
 
 .DEFAULT_GOAL := help
+
+.PHONY: dist examples
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -41,6 +43,12 @@ services-down: ## stop the local services started by services-up
 
 services-status: ## show which local services run and answer
 	@$(BIN)/tierflow services status $(SERVICES)
+
+dist: setup ## build dist/tierflow.zip (the library and transforms, for spark-submit --py-files)
+	@$(BIN)/python scripts/build_dist.py
+
+examples: setup ## generate the example jobs' data into data/
+	@$(BIN)/tierflow examples
 
 shell: setup ## a shell in a private network namespace holding only loopback
 	@scripts/isolated.sh bash

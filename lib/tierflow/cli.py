@@ -1,6 +1,8 @@
-"""The ``tierflow`` command line: local services and ``spark-submit`` with our jars.
+"""The ``tierflow`` command line.
 
-Configuration is parsed once here and handed down as typed objects.
+Jobs (``plan``, ``run``, ``runs``, ``profile``, ``table``, ``examples``), local services
+(``services``), and ``spark-submit`` with our jars. Configuration is parsed once here
+and handed down as typed objects.
 """
 
 from __future__ import annotations
@@ -12,16 +14,75 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from tierflow.config.services import load_services_config
 from tierflow.errors import TierflowError
 from tierflow.paths import ProjectPaths
 from tierflow.services import SERVICE_NAMES
 
+ENGINES = ("single", "dask", "spark")
 
-def _parser() -> argparse.ArgumentParser:
+_PASSTHROUGH = {
+    "spark-submit": "spark-submit with the Delta and Kafka jars and tierflow's settings; "
+    "every argument after it goes to spark-submit unchanged",
+    "spark-command": "print the command line `tierflow spark-submit ARGS` would run",
+}
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, help="override the planner's choice")
+    parser.add_argument("--master", help="Spark master URL (default: local[*])")
+    parser.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    parser.add_argument("--workers", type=int, help="LocalCluster workers (default: CPU count)")
+    parser.add_argument("--data-dir", help="data folder (default: conf/tierflow.yaml's data_dir)")
+
+
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per option
     parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="explain which engine a job would run on, and why")
+    plan.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
+    plan.add_argument("--engine", choices=ENGINES, help="override the planner's choice")
+    plan.add_argument("--data-dir", help="data folder")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    run = sub.add_parser("run", help="run a job on the engine the planner picks")
+    run.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
+    _add_engine_options(run)
+    run.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
+
+    runs = sub.add_parser("runs", help="list run records (newest first)")
+    runs.add_argument("--job", help="only this job")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true", help="print full records as JSON")
+
+    prof = sub.add_parser("profile", help="HTML profile of a Delta or Parquet table")
+    prof.add_argument("table", help="table path (relative to the data folder, or absolute)")
+    prof.add_argument("--format", choices=("delta", "parquet"), help="default: detected")
+    prof.add_argument("--target", help="column to correlate the others with")
+    prof.add_argument("--out", type=Path, help="report file (default: logs/profiles/NAME.html)")
+    _add_engine_options(prof)
+
+    table = sub.add_parser("table", help="Delta table maintenance")
+    table_actions = table.add_subparsers(dest="action", required=True)
+    hist = table_actions.add_parser("history", help="the table's commits, newest first")
+    hist.add_argument("path")
+    hist.add_argument("--limit", type=int, default=20)
+    opt = table_actions.add_parser("optimize", help="compact small files")
+    opt.add_argument("path")
+    opt.add_argument("--target-size-mb", type=int)
+    vac = table_actions.add_parser("vacuum", help="delete files no recent version needs")
+    vac.add_argument("path")
+    vac.add_argument("--retention-hours", type=int, default=168)
+    vac.add_argument("--apply", action="store_true", help="delete (default: dry run)")
+    vac.add_argument("--allow-short-retention", action="store_true", help="below 168 h")
+    for p in (hist, opt, vac):
+        p.add_argument("--data-dir", help="data folder")
+
+    examples = sub.add_parser("examples", help="generate the example jobs' data")
+    examples.add_argument("--data-dir", help="data folder (default: data/)")
+    examples.add_argument("--orders", type=int, default=20_000)
 
     services = sub.add_parser("services", help="start, stop and check the local services")
     services.add_argument(
@@ -43,20 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     env = actions.add_parser("env", help="print `export` lines a client of a service needs")
     env.add_argument("names", nargs="*", help=names_help)
 
-    # These two take their arguments raw (see main); the parsers are here for --help.
+    # These take their arguments raw (see main); the parsers are here for --help.
     for name, what in _PASSTHROUGH.items():
         sub.add_parser(name, help=what, add_help=False).add_argument("args", nargs="*")
     return parser
 
 
-_PASSTHROUGH = {
-    "spark-submit": "spark-submit with the Delta and Kafka jars and tierflow's settings; "
-    "every argument after it goes to spark-submit unchanged",
-    "spark-command": "print the command line `tierflow spark-submit ARGS` would run",
-}
-
-
 def _services(args: argparse.Namespace) -> int:
+    from tierflow.config.services import load_services_config
     from tierflow.services.manager import ServiceManager
 
     paths = ProjectPaths.discover()
@@ -74,7 +129,7 @@ def _services(args: argparse.Namespace) -> int:
     if args.action == "env":
         for name in manager.resolve(args.names):
             for key, value in manager.service(name).client_env().items():
-                print(f"export {key}={value}")
+                print(f"export {key}={shlex.quote(value)}")
         return 0
     statuses = manager.status(args.names)
     if args.json:
@@ -86,6 +141,94 @@ def _services(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine_options(args: argparse.Namespace) -> Any:
+    from tierflow.engines.base import EngineOptions
+
+    return EngineOptions(
+        dask_scheduler=getattr(args, "scheduler", None),
+        spark_master=getattr(args, "master", None),
+        workers=getattr(args, "workers", None),
+    )
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from tierflow.project import Project
+
+    project = Project.load(data_dir=getattr(args, "data_dir", None))
+    if args.command == "plan":
+        job = project.load_job(args.job)
+        plan = project.plan(job, args.engine)
+        print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.explain())
+        return 0
+    if args.command == "run":
+        job = project.load_job(args.job)
+        record = project.run(
+            job, engine=args.engine, options=_engine_options(args), echo=not args.quiet
+        )
+        print(
+            f"{record.run_id}: {record.status} on {record.engine} in {record.duration_s:.1f}s; "
+            f"{record.rows_in:,} rows in, {record.rows_quarantined:,} quarantined, "
+            f"{record.rows_out:,} written to {record.output.get('path')}"
+            + (
+                f" (version {record.output['version']})"
+                if record.output.get("version") is not None
+                else ""
+            )
+        )
+        return 0
+    if args.command == "runs":
+        from tierflow.jobs.records import list_runs
+
+        records = list_runs(project.logs_dir / "runs", args.job)[: args.limit]
+        if args.json:
+            print(json.dumps([r.__dict__ for r in records], indent=2, default=str))
+            return 0
+        print(
+            f"{'run':<50} {'status':<10} {'engine':<8} {'in':>9} {'bad':>6} {'out':>9} {'secs':>7}"
+        )
+        for r in records:
+            print(
+                f"{r.run_id:<50} {r.status:<10} {r.engine.split()[0]:<8} {r.rows_in:>9,} "
+                f"{r.rows_quarantined:>6,} {r.rows_out:>9,} {r.duration_s:>7.1f}"
+            )
+        return 0
+    if args.command == "profile":
+        out, _ = project.profile(
+            args.table, fmt=args.format, target=args.target, engine=args.engine,
+            options=_engine_options(args), out=args.out,
+        )  # fmt: skip
+        print(f"profile written to {out}")
+        return 0
+    if args.command == "examples":
+        from tierflow.examples.retail import generate
+
+        generate(project.data_dir, orders=args.orders)
+        print(f"example data written to {project.data_dir}")
+        return 0
+    return _table(args, project.data_dir)
+
+
+def _table(args: argparse.Namespace, data_dir: Path) -> int:
+    from tierflow import tables
+
+    path = args.path if Path(args.path).is_absolute() else str(data_dir / args.path)
+    if args.action == "history":
+        for entry in tables.history(path, args.limit):
+            print(json.dumps(entry, default=str))
+    elif args.action == "optimize":
+        print(json.dumps(tables.optimize(path, target_size_mb=args.target_size_mb), default=str))
+    else:
+        result = tables.vacuum(
+            path, retention_hours=args.retention_hours, dry_run=not args.apply,
+            allow_short_retention=args.allow_short_retention,
+        )  # fmt: skip
+        verb = "would delete" if result.dry_run else "deleted"
+        print(f"{verb} {len(result.files)} file(s) older than {result.retention_hours}h")
+        for file in result.files:
+            print(f"  {file}")
+    return 0
+
+
 def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:  # noqa: RET503
     from tierflow.spark import spark_submit_command
 
@@ -93,9 +236,7 @@ def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:  # noqa: RET
     if print_only:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0
-    os.execve(
-        argv[0], argv, dict(os.environ) | env
-    )  # replaces this process  # replaces this process; no return
+    os.execve(argv[0], argv, dict(os.environ) | env)  # replaces this process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # spark-submit's own options must reach it untouched, so no argparse here.
             return _spark_submit(raw[1:], print_only=raw[0] == "spark-command")
         args = _parser().parse_args(raw)
-        return _services(args)
+        if args.command == "services":
+            return _services(args)
+        return _jobs(args)
     except TierflowError as exc:
         print(f"tierflow: error: {exc}", file=sys.stderr)
         return 2

@@ -111,3 +111,54 @@ class Project:
             return run_job(job, plan, runtime, RunContext(self.data_dir, self.logs_dir), echo=echo)
         finally:
             runtime.close()
+
+    def profile(
+        self,
+        table: str,
+        *,
+        fmt: str | None = None,
+        target: str | None = None,
+        engine: EngineName | None = None,
+        options: EngineOptions | None = None,
+        out: Path | None = None,
+    ) -> tuple[Path, str]:
+        """Profile a Delta or Parquet table on the tier that fits it; returns (report, plan)."""
+        from tierflow.config.jobs import SourceConfig
+        from tierflow.engines import create_engine
+        from tierflow.jobs.planner import TierPlan, choose_engine, machine_memory
+        from tierflow.jobs.runner import read_source
+        from tierflow.jobs.sources import resolve_source
+        from tierflow.profile import profile_frame, render_html
+
+        if fmt is None:
+            from deltalake import DeltaTable
+
+            location = table if Path(table).is_absolute() else str(self.data_dir / table)
+            fmt = "delta" if DeltaTable.is_deltatable(location) else "parquet"
+        source = resolve_source("table", SourceConfig(format=fmt, path=table), self.data_dir)  # type: ignore[arg-type]
+        memory = machine_memory()
+        recommended, reason, limit = choose_engine(
+            source.in_memory_bytes, self.config.tiers, memory
+        )
+        plan = TierPlan(
+            job=f"profile {table}", engine=engine or recommended, reason=reason, sources=(source,),
+            total_in_memory_bytes=source.in_memory_bytes, thresholds=self.config.tiers,
+            memory_bytes=memory, single_limit_bytes=limit, recommended=recommended,
+        )  # fmt: skip
+        runtime = create_engine(plan.engine, options)
+        try:
+            result = profile_frame(
+                read_source(runtime, source),
+                title=source.label,
+                engine=runtime.describe(),
+                target=target,
+            )
+        finally:
+            runtime.close()
+        result.plan = plan.explain()
+        if out is None:
+            stem = Path(table.rstrip("/")).name or "table"
+            out = self.logs_dir / "profiles" / f"{stem}.html"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_html(result))
+        return out, plan.explain()
