@@ -106,12 +106,22 @@ def _parse_timestamps_slow(values: list[str | None]) -> list[datetime | None]:
     return out
 
 
+def _strict_strptime(values: pa.Array, fmt: str, unit: str) -> pa.Array:
+    """strptime that refuses what it would silently normalise (2023-02-29 -> 2023-03-01)."""
+    parsed = pc.strptime(values, fmt, unit, error_is_null=True)
+    same = pc.equal(pc.strftime(parsed, fmt), values)
+    return pc.if_else(same, parsed, pa.scalar(None, parsed.type))
+
+
 def _coerce(values: pa.Array, type_name: str) -> pa.Array:
     """Convert trimmed, blank-as-null strings; values that do not parse become null."""
     null = pa.scalar(None, pa.string())
+    if type_name in ("int32", "int64", "float32", "float64"):
+        # Arrow's casts reject an explicit plus sign.
+        unsigned = pc.replace_substring_regex(values, r"^\+", "")
     if type_name in ("int32", "int64"):
         ok = pc.match_substring_regex(values, _INT)
-        ints = pc.cast(pc.if_else(ok, values, null), pa.int64())
+        ints = pc.cast(pc.if_else(ok, unsigned, null), pa.int64())
         if type_name == "int32":
             in_range = pc.and_(pc.greater_equal(ints, _INT32[0]), pc.less_equal(ints, _INT32[1]))
             ints = pc.if_else(in_range, ints, pa.scalar(None, pa.int64()))
@@ -119,7 +129,7 @@ def _coerce(values: pa.Array, type_name: str) -> pa.Array:
         return ints
     if type_name in ("float32", "float64"):
         ok = pc.match_substring_regex(values, _FLOAT)
-        floats = pc.cast(pc.if_else(ok, values, null), pa.float64())
+        floats = pc.cast(pc.if_else(ok, unsigned, null), pa.float64())
         return pc.cast(floats, arrow_type(type_name))
     if type_name == "boolean":
         lowered = pc.utf8_lower(values)
@@ -128,11 +138,14 @@ def _coerce(values: pa.Array, type_name: str) -> pa.Array:
         return pc.if_else(truthy, True, pc.if_else(falsy, False, pa.scalar(None, pa.bool_())))
     if type_name == "date":
         ok = pc.match_substring_regex(values, r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-        parsed = pc.strptime(pc.if_else(ok, values, null), "%Y-%m-%d", "s", error_is_null=True)
+        parsed = _strict_strptime(pc.if_else(ok, values, null), "%Y-%m-%d", "s")
         return pc.cast(parsed, pa.date32())
     if type_name == "timestamp":
-        fast = pc.strptime(values, "%Y-%m-%dT%H:%M:%S", "us", error_is_null=True)
-        fast = pc.coalesce(fast, pc.strptime(values, "%Y-%m-%d %H:%M:%S", "us", error_is_null=True))
+        # Whole seconds take the vectorised path (unit "s", so the round trip through
+        # strftime has no fraction); the cast then gives microseconds.
+        fast = _strict_strptime(values, "%Y-%m-%dT%H:%M:%S", "s")
+        fast = pc.coalesce(fast, _strict_strptime(values, "%Y-%m-%d %H:%M:%S", "s"))
+        fast = pc.cast(fast, pa.timestamp("us"))
         result = pc.assume_timezone(fast, "UTC")
         missing = pc.and_(pc.is_null(result), pc.is_valid(values))
         if pc.any(missing).as_py():
