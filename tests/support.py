@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -64,7 +65,9 @@ def copy_data(source: Path, target: Path) -> Path:
     return target
 
 
-def engine_options(engine: str, *, spark: Any = None, dask_scheduler: str | None = None) -> EngineOptions:
+def engine_options(
+    engine: str, *, spark: Any = None, dask_scheduler: str | None = None
+) -> EngineOptions:
     """Options that point the engine at the session's services."""
     if engine == "spark":
         return EngineOptions(spark_session=spark)
@@ -74,5 +77,6 @@ def engine_options(engine: str, *, spark: Any = None, dask_scheduler: str | None
 
 
 def project_for(data_dir: Path) -> Project:
-    """The real project (its conf/ and transforms) on a private data folder."""
-    return Project.load(data_dir=str(data_dir))
+    """The real project (its conf/ and transforms) on a private data folder and log folder."""
+    project = Project.load(data_dir=str(data_dir))
+    return dataclasses.replace(project, logs_dir=data_dir / "_logs")

@@ -54,14 +54,12 @@ def daily_revenue(orders: Frame, exclude_status: str = "returned") -> Frame:
         nw.col("quantity").sum().alias("items"),
         nw.col("total").mean().alias("mean_order_value"),
     )
+    # Engines break rounding ties differently (Polars half to even, Spark half up), so
+    # only sums of cents are rounded: they have no ties. Means and shares stay exact.
     daily = daily.with_columns(
         nw.col("revenue").round(2),
         nw.col("orders").cast(nw.Int64),
         nw.col("items").cast(nw.Int64),
-        nw.col("mean_order_value").round(4),
     )
-    return daily.with_columns(
-        (nw.col("revenue") / nw.col("revenue").sum().over("order_date"))
-        .round(6)
-        .alias("share_of_day")
-    )
+    share = nw.col("revenue") / nw.col("revenue").sum().over("order_date")
+    return daily.with_columns(share.alias("share_of_day"))

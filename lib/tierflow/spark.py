@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,12 @@ from tierflow.paths import ProjectPaths
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+# PySpark 4.2 warns on every pandas import that pandas >= 3 is not fully supported; the
+# paths tierflow uses (Arrow in and out, mapInArrow) do not go through pandas.
+warnings.filterwarnings(
+    "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"

@@ -7,7 +7,9 @@ import pytest
 from tierflow.jobs.expressions import ExpressionError, referenced_columns, to_expr
 
 COLS = {"a", "b", "s"}
-FRAME = pl.DataFrame({"a": [1, 2, None, 4], "b": [1.5, 0.0, 2.0, -1.0], "s": ["x", "yy", "z", None]})
+FRAME = pl.DataFrame(
+    {"a": [1, 2, None, 4], "b": [1.5, 0.0, 2.0, -1.0], "s": ["x", "yy", "z", None]}
+)
 
 
 def evaluate(source: str) -> list:

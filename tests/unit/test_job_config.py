@@ -46,8 +46,16 @@ def test_good_job_parses_frozen(tmp_path):
     ("change", "key", "value"),
     [
         (("format: csv", "format: xlsx"), "sources.orders.format", "'xlsx'"),
-        (("{type: float64, min: 0}", "{type: float64, min: zero}"), "sources.orders.columns.amount.min", "'zero'"),
-        (("{type: int64, nullable: false, unique: true}", "{type: int65}"), "sources.orders.columns.id.type", "'int65'"),
+        (
+            ("{type: float64, min: 0}", "{type: float64, min: zero}"),
+            "sources.orders.columns.amount.min",
+            "'zero'",
+        ),
+        (
+            ("{type: int64, nullable: false, unique: true}", "{type: int65}"),
+            "sources.orders.columns.id.type",
+            "'int65'",
+        ),
         (("mode: merge", "mode: upsert"), "sink.mode", "'upsert'"),
         (("name: demo", "name: 9lives"), "name", "'9lives'"),
     ],
@@ -65,9 +73,15 @@ def test_bad_value_names_file_key_value(tmp_path, change, key, value):
     ("change", "message"),
     [
         (("mode: merge, merge_keys: [id]", "mode: merge"), "mode merge needs merge_keys"),
-        (("format: delta, path: out", "format: parquet, path: out"), "mode merge needs format delta"),
+        (
+            ("format: delta, path: out", "format: parquet, path: out"),
+            "mode merge needs format delta",
+        ),
         (("format: csv", "format: csv\n    version: 3"), "time travel"),
-        (("{type: string, allowed: [a, b]}", "{type: string, min: 1}"), "min/max need a numeric type"),
+        (
+            ("{type: string, allowed: [a, b]}", "{type: string, min: 1}"),
+            "min/max need a numeric type",
+        ),
         (("columns:", "unique_key: [nope]\n    columns:"), "unique_key names undeclared column"),
     ],
 )

@@ -19,7 +19,14 @@ MEMORY = 16 * GiB
 
 @pytest.mark.parametrize(
     ("size_gb", "engine"),
-    [(0.01, "single"), (0.99, "single"), (1.5, "dask"), (80, "dask"), (100.5, "spark"), (5000, "spark")],
+    [
+        (0.01, "single"),
+        (0.99, "single"),
+        (1.5, "dask"),
+        (80, "dask"),
+        (100.5, "spark"),
+        (5000, "spark"),
+    ],
 )
 def test_checklist_tiers(size_gb, engine):
     chosen, reason, _ = choose_engine(int(size_gb * GiB), TierThresholds(), MEMORY)
@@ -72,9 +79,19 @@ def test_estimates_come_from_footers_delta_log_and_file_sizes(tmp_path):
 def test_medium_and_large_through_thresholds_and_the_explanation(tmp_path):
     job, data = make_job(tmp_path)
     total_gb = plan_job(job, data, TierThresholds(), memory=MEMORY).total_in_memory_bytes / GiB
-    medium = plan_job(job, data, TierThresholds(single_max_gb=total_gb / 2, dask_max_gb=total_gb * 2), memory=MEMORY)
+    medium = plan_job(
+        job,
+        data,
+        TierThresholds(single_max_gb=total_gb / 2, dask_max_gb=total_gb * 2),
+        memory=MEMORY,
+    )
     assert medium.engine == "dask"
-    large = plan_job(job, data, TierThresholds(single_max_gb=total_gb / 4, dask_max_gb=total_gb / 2), memory=MEMORY)
+    large = plan_job(
+        job,
+        data,
+        TierThresholds(single_max_gb=total_gb / 4, dask_max_gb=total_gb / 2),
+        memory=MEMORY,
+    )
     assert large.engine == "spark"
     text = large.explain()
     for expected in ("job sizes", "inputs:", "pq/*.parquet", "dt@v0", "~150,000 rows", "Parquet footers",
@@ -98,6 +115,8 @@ def test_missing_sources_are_clear_errors(tmp_path):
     with pytest.raises(SourceError, match="no parquet files match"):
         resolve_source("x", job.sources["p"].model_copy(update={"path": "nope/*.parquet"}), data)
     with pytest.raises(SourceError, match="no Delta table"):
-        resolve_source("x", job.sources["d"].model_copy(update={"path": "nope", "version": None}), data)
+        resolve_source(
+            "x", job.sources["d"].model_copy(update={"path": "nope", "version": None}), data
+        )
     with pytest.raises(SourceError):
         resolve_source("x", job.sources["d"].model_copy(update={"version": 99}), data)

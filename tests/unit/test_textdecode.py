@@ -10,7 +10,14 @@ import pytest
 
 from tierflow.io.textdecode import DecodeError, decode_csv, decode_to_table
 
-TYPES = {"id": "int64", "name": "string", "amount": "float64", "ts": "timestamp", "ok": "boolean", "d": "date"}
+TYPES = {
+    "id": "int64",
+    "name": "string",
+    "amount": "float64",
+    "ts": "timestamp",
+    "ok": "boolean",
+    "d": "date",
+}
 UTC = timezone.utc
 
 
@@ -38,7 +45,9 @@ def test_csv_values_and_reasons(tmp_path):
     assert rows[1]["ts"].utcoffset().total_seconds() == 0
     assert rows[2]["name"] == "multi\nline"
     assert rows[2]["ts"] == datetime(2024, 1, 1, 10, 0, 0, 250000, tzinfo=UTC)
-    assert rows[2]["_tf_error"] == "type: amount='x' is not float64; type: d='2024-13-01' is not date"
+    assert (
+        rows[2]["_tf_error"] == "type: amount='x' is not float64; type: d='2024-13-01' is not date"
+    )
     assert rows[2]["_tf_bad_cols"] == ",amount,d,"
     assert rows[3]["_tf_error"] == "parse: expected 7 fields, got 2: 3,c"
     assert rows[3]["id"] is None

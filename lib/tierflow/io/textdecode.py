@@ -107,7 +107,7 @@ def _parse_timestamps_slow(values: list[str | None]) -> list[datetime | None]:
 
 
 def _strict_strptime(values: pa.Array, fmt: str, unit: str) -> pa.Array:
-    """strptime that refuses what it would silently normalise (2023-02-29 -> 2023-03-01)."""
+    """Parse like strptime, refusing what it would silently normalise (2023-02-29)."""
     parsed = pc.strptime(values, fmt, unit, error_is_null=True)
     same = pc.equal(pc.strftime(parsed, fmt), values)
     return pc.if_else(same, parsed, pa.scalar(None, parsed.type))
