@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable
 
 from tierflow.engines.base import EngineOptions
+from tierflow.io.arrow_sinks import unified_parquet_schema
 from tierflow.project import Project
 
 ENGINES = ("single", "dask", "spark")
@@ -23,7 +24,12 @@ def read_table(path: str | Path, fmt: str = "delta", version: int | None = None)
     """A Delta or Parquet table as one Arrow table (partition columns included)."""
     if fmt == "delta":
         return pa.table(DeltaTable(str(path), version=version).to_pyarrow_table())
-    return pads.dataset(str(path), format="parquet", partitioning="hive").to_table()
+    files = [str(p) for p in Path(path).rglob("*.parquet")]
+    data_schema = unified_parquet_schema(files)
+    partitions = pads.dataset(str(path), format="parquet", partitioning="hive").schema
+    extra = [f for f in partitions if f.name not in data_schema.names]
+    schema = pa.schema(list(data_schema) + extra)
+    return pads.dataset(str(path), format="parquet", partitioning="hive", schema=schema).to_table()
 
 
 def normalise(table: pa.Table, drop: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:

@@ -26,7 +26,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
-from tierflow.io.arrow_sinks import write_arrow
+from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table, output_schema
 
 # Narwhals announces that Dask support will move to a separate package; the built-in
@@ -62,10 +62,19 @@ def _tagged_schema(schema: Any) -> Any:
     return schema.append(pa.field(META_FILE, pa.string())).append(pa.field(META_RECORD, pa.int64()))
 
 
-def _parquet_task(path: str) -> Any:
+def _parquet_task(path: str, schema: Any) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return _to_pandas(_tag(pq.read_table(path), path))
+    table = pq.read_table(path)
+    # Files written before a column was added lack it: fill it with nulls.
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return _to_pandas(_tag(pa.Table.from_arrays(columns, schema=schema), path))
 
 
 def _delta_task(index: int, path: str, version: int) -> Any:
@@ -144,12 +153,12 @@ class DaskEngine(Engine):
     def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
         """One read task per file, tagging rows with their file."""
         import dask.dataframe as dd
-        import pyarrow.parquet as pq
 
-        schema = _tagged_schema(pq.read_schema(files[0]))
+        unified = unified_parquet_schema(files)
         frame = dd.from_map(
-            _parquet_task, list(files), meta=self._meta(schema), enforce_metadata=False
-        )
+            _parquet_task, list(files), schema=unified,
+            meta=self._meta(_tagged_schema(unified)), enforce_metadata=False,
+        )  # fmt: skip
         return nw.from_native(frame)
 
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:

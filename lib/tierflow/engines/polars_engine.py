@@ -15,7 +15,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, WriteResult
-from tierflow.io.arrow_sinks import write_arrow
+from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table
 
 
@@ -59,7 +59,11 @@ class PolarsEngine(Engine):
         """Scan the files lazily, tagging rows with their file."""
         import polars as pl
 
-        frame = pl.scan_parquet(list(files), include_file_paths=META_FILE)
+        # Files written before a column was added lack it: scan with the union of schemas.
+        unified = pl.DataFrame(unified_parquet_schema(files).empty_table()).schema
+        frame = pl.scan_parquet(
+            list(files), schema=unified, missing_columns="insert", include_file_paths=META_FILE
+        )
         return nw.from_native(frame.with_columns(pl.lit(None, pl.Int64).alias(META_RECORD)))
 
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:

@@ -19,7 +19,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
-from tierflow.io.arrow_sinks import SchemaMismatchError, check_parquet_schema
+from tierflow.io.arrow_sinks import SchemaMismatchError, check_schema, existing_schema
 from tierflow.io.textdecode import META_FILE, META_RECORD, decode_file, output_schema
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,14 @@ class SparkEngine(Engine):
     name = "spark"
 
     def __init__(self, options: EngineOptions) -> None:
+        from pyspark.sql import SparkSession
+
         from tierflow.spark import get_spark
 
-        self._owned = options.spark_session is None
-        self.spark = options.spark_session or get_spark("tierflow-job", master=options.spark_master)
+        # A session someone else started (a notebook's, a test's) is used, never stopped.
+        existing = options.spark_session or SparkSession.getActiveSession()
+        self._owned = existing is None
+        self.spark = existing or get_spark("tierflow-job", master=options.spark_master)
 
     def describe(self) -> str:
         """``spark (master, version)``."""
@@ -90,7 +94,8 @@ class SparkEngine(Engine):
         """Spark's Parquet reader; ``_tf_file`` from the file metadata column."""
         from pyspark.sql import functions as F
 
-        frame = self.spark.read.parquet(*files)
+        # Files written before a column was added lack it: read the union of the schemas.
+        frame = self.spark.read.option("mergeSchema", "true").parquet(*files)
         file_path = F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", "")
         return nw.from_native(
             frame.select(
@@ -142,7 +147,11 @@ class SparkEngine(Engine):
 
     def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
         """delta-spark for Delta (MERGE included), Spark's writer for Parquet."""
+        from pyspark.sql.pandas.types import to_arrow_schema
+
         native = frame.to_native()
+        arrow = to_arrow_schema(native.schema, timezone="UTC")
+        check_schema(existing_schema(path, sink.format), arrow, sink, path)
         if sink.format == "delta":
             return self._write_delta(native, sink, path)
         return self._write_parquet(native, sink, path)
@@ -196,9 +205,6 @@ class SparkEngine(Engine):
         return WriteResult(path, "delta", sink.mode, rows, metrics["version"], details)
 
     def _write_parquet(self, native: Any, sink: SinkConfig, path: str) -> WriteResult:
-        from pyspark.sql.pandas.types import to_arrow_schema
-
-        check_parquet_schema(path, to_arrow_schema(native.schema), sink)
         _, before = _parquet_rows(path)
         writer = native.write
         if sink.partition_by:

@@ -159,16 +159,37 @@ def write_delta(
     return WriteResult(path, "delta", sink.mode, counter.rows, version, details)
 
 
-def check_parquet_schema(path: str, schema: pa.Schema, sink: SinkConfig) -> None:
-    """Enforce the existing Parquet dataset's schema (new columns only with evolution)."""
-    if is_uri(path) or not Path(path).exists() or not any(Path(path).rglob("*.parquet")):
+def _comparable(dtype: pa.DataType) -> pa.DataType:
+    """Collapse representations that mean the same column type."""
+    if pa.types.is_dictionary(dtype):
+        return _comparable(dtype.value_type)
+    if pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return pa.string()
+    if pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype):
+        return pa.binary()
+    if pa.types.is_timestamp(dtype):
+        return pa.timestamp(dtype.unit, tz="UTC" if dtype.tz else None)
+    return dtype
+
+
+def check_schema(existing: pa.Schema | None, new: pa.Schema, sink: SinkConfig, path: str) -> None:
+    """Schema enforcement, the same for every engine and format.
+
+    The output must carry every column of the existing table with the same type; new
+    columns are allowed only with ``schema_evolution: true`` (they are null in old rows).
+
+    Raises:
+        SchemaMismatchError: naming the table and each offending column.
+    """
+    if existing is None:
         return
-    existing = pads.dataset(path, format="parquet", partitioning="hive").schema
-    old = {f.name: f.type for f in existing if f.name not in sink.partition_by}
-    new = {f.name: f.type for f in schema if f.name not in sink.partition_by}
-    changed = {n: (old[n], new[n]) for n in old.keys() & new.keys() if old[n] != new[n]}
-    missing = sorted(old.keys() - new.keys())
-    added = sorted(new.keys() - old.keys())
+    # Parquet partition values live in folder names, not in the files' schemas.
+    skip = set(sink.partition_by) if sink.format == "parquet" else set()
+    old = {f.name: _comparable(f.type) for f in existing if f.name not in skip}
+    fresh = {f.name: _comparable(f.type) for f in new if f.name not in skip}
+    changed = {n: (old[n], fresh[n]) for n in old.keys() & fresh.keys() if old[n] != fresh[n]}
+    missing = sorted(old.keys() - fresh.keys())
+    added = sorted(fresh.keys() - old.keys())
     problems = []
     if changed:
         problems.append(
@@ -178,22 +199,49 @@ def check_parquet_schema(path: str, schema: pa.Schema, sink: SinkConfig) -> None
     if missing:
         problems.append(f"missing columns: {', '.join(missing)}")
     if added and not sink.schema_evolution:
-        problems.append(f"new columns {', '.join(added)} (set schema_evolution: true to allow)")
-    if problems and sink.mode != "overwrite":
+        problems.append(f"new columns {', '.join(added)} (set schema_evolution: true to add them)")
+    if problems:
         raise SchemaMismatchError(
-            f"{path}: output does not fit the existing table: " + "; ".join(problems)
+            f"{path}: the output does not fit the table's schema: " + "; ".join(problems)
         )
-    if problems and sink.mode == "overwrite" and not sink.schema_evolution and (changed or missing):
-        raise SchemaMismatchError(
-            f"{path}: overwrite would change the schema: " + "; ".join(problems)
-        )
+
+
+def existing_schema(path: str, fmt: str) -> pa.Schema | None:
+    """The schema of the table at ``path``, or None when there is no table yet."""
+    if fmt == "delta":
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(path):
+            return None
+        # delta-rs returns an arro3 schema; pyarrow reads it through the C interface.
+        return pa.schema(DeltaTable(path).schema().to_arrow())
+    if is_uri(path) or not Path(path).exists():
+        return None
+    files = sorted(Path(path).rglob("*.parquet"))
+    if not files:
+        return None
+    return unified_parquet_schema([str(f) for f in files])
+
+
+def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
+    """The union of the files' schemas (files written before a column was added lack it)."""
+    import pyarrow.parquet as pq
+
+    schemas = []
+    seen = set()
+    for file in files:
+        schema = pq.read_schema(file).remove_metadata()
+        key = schema.to_string()
+        if key not in seen:
+            seen.add(key)
+            schemas.append(schema)
+    return pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
 
 
 def write_parquet(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema, sink: SinkConfig, path: str
 ) -> WriteResult:
     """Write a Hive-partitioned Parquet dataset; overwrite swaps in a complete new folder."""
-    check_parquet_schema(path, schema, sink)
     counter = _Counter(batches)
     partitioning = (
         pads.partitioning(pa.schema([schema.field(c) for c in sink.partition_by]), flavor="hive")
@@ -235,7 +283,8 @@ def write_arrow(
     *,
     partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
 ) -> WriteResult:
-    """Write an Arrow stream in the sink's format."""
+    """Write an Arrow stream in the sink's format, after enforcing the table's schema."""
+    check_schema(existing_schema(path, sink.format), schema, sink, path)
     if sink.format == "delta":
         return write_delta(batches, schema, sink, path, partition_values=partition_values)
     return write_parquet(batches, schema, sink, path)
