@@ -6,6 +6,7 @@ a job is loaded, validated, planned and run the same way whichever door it came 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from tierflow.errors import ConfigError
 from tierflow.jobs.planner import TierPlan, plan_job
 from tierflow.jobs.records import RunRecord
 from tierflow.paths import ProjectPaths
+
+LOGS_DIR_ENV = "TIERFLOW_LOGS_DIR"
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Project:
         """Read ``conf/tierflow.yaml`` (or defaults) and resolve the folders."""
         paths = paths or ProjectPaths.discover()
         config = ProjectConfig.load(paths.conf)
-        logs = Path(config.logs_dir)
+        logs = Path(os.environ.get(LOGS_DIR_ENV) or config.logs_dir)
         return cls(
             paths=paths,
             config=config,

@@ -60,6 +60,10 @@ def spark_conf(
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.warehouse.dir": str(paths.project / ".local" / "spark-warehouse"),
+        # Delta rebuilds a table's state from its log in this many tasks; its default of
+        # 50 makes every write to a small table pay for 50 tasks. Raise it for tables of
+        # many thousands of files.
+        "spark.databricks.delta.snapshotPartitions": "8",
     }
     if driver_host:
         conf["spark.driver.host"] = driver_host

@@ -121,12 +121,10 @@ class SparkEngine(Engine):
         return nw.from_native(self.spark.sql(query))
 
     def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
-        """Persist (memory, spilling to disk) and materialise once."""
+        """Persist (memory, spilling to disk); the next action fills the cache."""
         from pyspark import StorageLevel
 
-        native = frame.to_native().persist(StorageLevel.MEMORY_AND_DISK)
-        native.count()
-        return nw.from_native(native)
+        return nw.from_native(frame.to_native().persist(StorageLevel.MEMORY_AND_DISK))
 
     def release(self, frame: nw.LazyFrame[Any]) -> None:
         """Unpersist."""
