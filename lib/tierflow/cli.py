@@ -29,6 +29,16 @@ _PASSTHROUGH = {
 }
 
 
+def _timestamp(text: str) -> Any:
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, help="override the planner's choice")
     parser.add_argument("--master", help="Spark master URL (default: local[*])")
@@ -37,7 +47,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data folder (default: conf/tierflow.yaml's data_dir)")
 
 
-def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per option
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -79,6 +89,43 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one statement per o
     vac.add_argument("--allow-short-retention", action="store_true", help="below 168 h")
     for p in (hist, opt, vac):
         p.add_argument("--data-dir", help="data folder")
+
+    feats = sub.add_parser("features", help="feature views: list them, compute values")
+    feat_actions = feats.add_subparsers(dest="action", required=True)
+    feat_actions.add_parser("list", help="views, entities, features, windows")
+    values = feat_actions.add_parser("values", help="each entity's values as of a time (batch)")
+    values.add_argument("view")
+    values.add_argument("--as-of", type=_timestamp, help="ISO time (default: now)")
+    values.add_argument("--limit", type=int, default=20)
+    _add_engine_options(values)
+
+    mat = sub.add_parser("materialize", help="load a view's latest values into the online store")
+    mat.add_argument("view")
+    mat.add_argument("--start", type=_timestamp, help="ignore events before (ISO time)")
+    mat.add_argument("--end", type=_timestamp, help="values as of this time (default: now)")
+    mat.add_argument("--chunk-rows", type=int, help="source rows per bucket and rows per write")
+    mat.add_argument("--buckets", type=int, help="override the number of buckets")
+    mat.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
+    _add_engine_options(mat)
+
+    ts = sub.add_parser("training-set", help="build or rebuild point-in-time training sets")
+    ts_actions = ts.add_subparsers(dest="action", required=True)
+    build = ts_actions.add_parser("build", help="build conf/training_sets/NAME.yaml")
+    build.add_argument("name")
+    _add_engine_options(build)
+    rebuild = ts_actions.add_parser("rebuild", help="rebuild a snapshot from its recorded recipe")
+    rebuild.add_argument(
+        "path", help="the snapshot table (relative to the data folder, or absolute)"
+    )
+    rebuild.add_argument("--version", type=int, help="snapshot version (default: latest)")
+    rebuild.add_argument("--out", required=True, help="where to write the rebuilt snapshot")
+    _add_engine_options(rebuild)
+
+    srv = sub.add_parser("serve", help="serve online features over HTTP")
+    srv.add_argument("--host", help="bind address (default: conf, 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (default: conf, 28300)")
+    srv.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
+    srv.add_argument("--data-dir", help="data folder")
 
     examples = sub.add_parser("examples", help="generate the example jobs' data")
     examples.add_argument("--data-dir", help="data folder (default: data/)")
@@ -199,6 +246,8 @@ def _jobs(args: argparse.Namespace) -> int:
         )  # fmt: skip
         print(f"profile written to {out}")
         return 0
+    if args.command in ("features", "materialize", "training-set", "serve"):
+        return _features(args, project)
     if args.command == "examples":
         from tierflow.examples.retail import generate
 
@@ -206,6 +255,98 @@ def _jobs(args: argparse.Namespace) -> int:
         print(f"example data written to {project.data_dir}")
         return 0
     return _table(args, project.data_dir)
+
+
+def _features(args: argparse.Namespace, project: Any) -> int:
+    from tierflow.engines import create_engine
+
+    if args.command == "serve":
+        from tierflow.serving import serve
+
+        views = project.feature_views()
+        store = project.open_store(args.store)
+        cfg = project.config.serving
+        serve(
+            store,
+            views,
+            host=args.host or cfg.host,
+            port=args.port or cfg.port,
+            max_entities=cfg.max_entities,
+        )
+        return 0
+    if args.command == "features" and args.action == "list":
+        for name, view in sorted(project.feature_views().items()):
+            print(f"{name}: entities {', '.join(view.entities)}; step {view.step}; ttl {view.ttl}")
+            for f in view.features:
+                print(
+                    f"  {view.column_name(f):<40} {f.agg}({f.column or '*'}) over {f.window or view.step}"
+                )
+        return 0
+    if args.command == "training-set":
+        from tierflow.features import training
+
+        views = project.feature_views()
+        if args.action == "build":
+            config = project.training_set(args.name)
+            labels, sources = training.resolve_inputs(config, views, project.data_dir)
+            engine = create_engine(
+                project.choose_engine([labels, *sources.values()], args.engine),
+                _engine_options(args),
+            )
+            try:
+                out = (
+                    config.path
+                    if Path(config.path).is_absolute()
+                    else str(project.data_dir / config.path)
+                )
+                snap = training.build(config, views, engine, project.data_dir, out_path=out)
+            finally:
+                engine.close()
+        else:
+            engine = create_engine(args.engine or "single", _engine_options(args))
+            path = args.path if Path(args.path).is_absolute() else str(project.data_dir / args.path)
+            out = args.out if Path(args.out).is_absolute() else str(project.data_dir / args.out)
+            try:
+                snap = training.rebuild(
+                    path, engine, project.data_dir, out_path=out, version=args.version
+                )
+            finally:
+                engine.close()
+        print(f"training set written to {snap.path} version {snap.version}: {snap.rows:,} rows")
+        return 0
+    view = project.feature_view(args.view)
+    source = project.view_source(view)
+    engine = create_engine(project.choose_engine([source], args.engine), _engine_options(args))
+    try:
+        if args.command == "materialize":
+            from tierflow.features.materialize import materialize
+
+            with project.open_store(args.store) as store:
+                result = materialize(
+                    view, source, engine, store, start=args.start, end=args.end,
+                    chunk_rows=args.chunk_rows or project.config.materialize_chunk_rows,
+                    buckets=args.buckets, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                )  # fmt: skip
+            print(
+                f"{view.name}: {result.rows_written:,} rows in {result.seconds:.1f}s "
+                f"({result.rows_per_second:,.0f} rows/s), buckets {result.buckets_done_now}/{result.buckets}"
+                + (" (already done)" if result.already_done else "")
+            )
+            return 0
+        from datetime import datetime, timezone
+
+        from tierflow.features.batch import feature_rows, values_as_of
+        from tierflow.jobs.runner import read_source
+
+        moment = args.as_of or datetime.now(timezone.utc)
+        as_of_us = int(moment.timestamp() * 1_000_000)
+        rows = values_as_of(feature_rows(read_source(engine, source), view, engine), view, as_of_us)
+        table = engine.collect_arrow(rows)
+        print(table.slice(0, args.limit).to_pandas().to_string(index=False))
+        print(f"({table.num_rows:,} entities as of {moment.isoformat()}, engine {engine.name})")
+        return 0
+    finally:
+        engine.close()
 
 
 def _table(args: argparse.Namespace, data_dir: Path) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tierflow.config.jobs import EngineName, JobConfig
 from tierflow.config.loader import load_model
@@ -18,6 +19,11 @@ from tierflow.errors import ConfigError
 from tierflow.jobs.planner import TierPlan, plan_job
 from tierflow.jobs.records import RunRecord
 from tierflow.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from tierflow.config.features import FeatureViewConfig, TrainingSetConfig
+    from tierflow.jobs.sources import ResolvedSource
+    from tierflow.stores.base import OnlineStore
 
 LOGS_DIR_ENV = "TIERFLOW_LOGS_DIR"
 
@@ -165,3 +171,93 @@ class Project:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render_html(result))
         return out, plan.explain()
+
+    # --- feature views -------------------------------------------------------------------
+
+    def feature_views(self) -> dict[str, FeatureViewConfig]:
+        """Every view in ``conf/features``, validated (filter and derived expressions too).
+
+        Raises:
+            ConfigError: naming the file, the key and the value.
+        """
+        from tierflow.config.features import FeatureViewConfig
+        from tierflow.jobs.expressions import ExpressionError, to_expr
+
+        views: dict[str, FeatureViewConfig] = {}
+        for path in sorted((self.paths.conf / "features").glob("*.yaml")):
+            view = load_model(FeatureViewConfig, path)
+            known = set(view.source.columns)
+            checks = [(f"derived.{n}", e) for n, e in view.derived.items()]
+            checks += [("filter", view.filter)] if view.filter else []
+            for key, expr in checks:
+                try:
+                    to_expr(expr, known)
+                except ExpressionError as exc:
+                    raise ConfigError(
+                        f"invalid configuration in {path}:\n  {key} = {expr!r}: {exc}"
+                    ) from None
+                if key.startswith("derived."):
+                    known.add(key.removeprefix("derived."))
+            if view.name in views:
+                raise ConfigError(f"{path}: a feature view named {view.name!r} already exists")
+            views[view.name] = view
+        return views
+
+    def feature_view(self, name: str) -> FeatureViewConfig:
+        """One view by name."""
+        views = self.feature_views()
+        if name not in views:
+            raise ConfigError(
+                f"no feature view {name!r} (known: {', '.join(sorted(views)) or 'none'})"
+            )
+        return views[name]
+
+    def training_set(self, name: str) -> TrainingSetConfig:
+        """``conf/training_sets/<name>.yaml``, its views checked to exist."""
+        from tierflow.config.features import TrainingSetConfig
+
+        path = self.paths.conf / "training_sets" / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no training set file {path}")
+        config = load_model(TrainingSetConfig, path)
+        views = self.feature_views()
+        for i, join in enumerate(config.views):
+            if join.view not in views:
+                raise ConfigError(
+                    f"invalid configuration in {path}:\n  views[{i}].view = {join.view!r}: "
+                    f"no such feature view (known: {', '.join(sorted(views))})"
+                )
+        return config
+
+    def open_store(self, kind: str | None = None) -> OnlineStore:
+        """The configured online store (``kind`` or ``$TIERFLOW_ONLINE_STORE`` overrides)."""
+        from tierflow.stores import open_store
+
+        config = self.config.online_store
+        chosen = kind or os.environ.get("TIERFLOW_ONLINE_STORE")
+        url = os.environ.get("TIERFLOW_REDIS_URL")
+        updates: dict[str, Any] = {}
+        if chosen:
+            updates["kind"] = chosen
+        if url:
+            updates["url"] = url
+        return open_store(config.model_copy(update=updates), self.paths.project)
+
+    def view_source(self, view: FeatureViewConfig) -> ResolvedSource:
+        """The view's source table, version pinned."""
+        from tierflow.config.jobs import SourceConfig
+        from tierflow.jobs.sources import resolve_source
+
+        config = SourceConfig(
+            format=view.source.format, path=view.source.path, version=view.source.version
+        )
+        return resolve_source(view.name, config, self.data_dir)
+
+    def choose_engine(self, sources: list[ResolvedSource], engine: EngineName | None) -> EngineName:
+        """The tier for these inputs (the planner's rule), unless ``engine`` is given."""
+        from tierflow.jobs.planner import choose_engine, machine_memory
+
+        if engine:
+            return engine
+        total = sum(s.in_memory_bytes for s in sources)
+        return choose_engine(total, self.config.tiers, machine_memory())[0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from tierflow.config.loader import FrozenModel, load_model
 
@@ -35,6 +35,27 @@ class TierThresholds(FrozenModel):
         return self
 
 
+class OnlineStoreConfig(FrozenModel):
+    """Where online features live: an embedded SQLite file (default) or Redis.
+
+    A Redis password comes from ``TIERFLOW_REDIS_PASSWORD`` (or ``password`` in a file
+    outside ``conf/``); it is a secret and never printed.
+    """
+
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    path: str = ".local/online/features.db"
+    url: str = "redis://127.0.0.1:26379/0"
+    password: SecretStr | None = None
+
+
+class ServingConfig(FrozenModel):
+    """The online feature HTTP endpoint."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1024, le=65535)] = 28300
+    max_entities: Annotated[int, Field(ge=1)] = 1000
+
+
 class ProjectConfig(FrozenModel):
     """Settings that apply to every job of the project."""
 
@@ -42,6 +63,9 @@ class ProjectConfig(FrozenModel):
     logs_dir: str = "logs"
     transform_modules: tuple[str, ...] = ("jobs.transforms",)
     tiers: TierThresholds = TierThresholds()
+    online_store: OnlineStoreConfig = OnlineStoreConfig()
+    serving: ServingConfig = ServingConfig()
+    materialize_chunk_rows: Annotated[int, Field(ge=100)] = 200_000
 
     @classmethod
     def load(cls, conf_dir: Path) -> ProjectConfig:

@@ -82,6 +82,10 @@ class Engine(ABC):
         """Read a Delta table at ``version``; ``_tf_file`` is ``path@vN``, ``_tf_record`` null."""
 
     @abstractmethod
+    def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
+        """A small Arrow table (a lookup, a list of offsets) as a frame of this engine."""
+
+    @abstractmethod
     def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
         """Run a SQL statement over named frames."""
 
@@ -99,8 +103,35 @@ class Engine(ABC):
         """Add column ``name`` = :func:`split_hash` of the key ``columns``."""
 
     @abstractmethod
-    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
-        """Write ``frame`` to the table at ``path`` as ``sink`` says."""
+    def add_bucket(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], buckets: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """Add column ``name`` in ``[0, buckets)``: a fast, engine-native hash of ``columns``.
+
+        Stable within an engine (used to cut work into chunks), not across engines.
+        """
+
+    @abstractmethod
+    def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
+        """Compute ``frame`` into one Arrow table on the driver (for bounded results)."""
+
+    @abstractmethod
+    def write(
+        self,
+        frame: nw.LazyFrame[Any],
+        sink: SinkConfig,
+        path: str,
+        *,
+        commit_metadata: str | None = None,
+    ) -> WriteResult:
+        """Write ``frame`` to the table at ``path`` as ``sink`` says.
+
+        Args:
+            frame: The output.
+            sink: Format, mode, partitioning, merge keys, schema evolution.
+            path: Table location.
+            commit_metadata: Text stored with a Delta commit (``userMetadata``).
+        """
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""

@@ -102,6 +102,18 @@ def _hash_partition(frame: Any, columns: list[str], seed: int, name: str) -> Any
     return out
 
 
+def _bucket_partition(frame: Any, columns: list[str], buckets: int, name: str) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    hashed = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy() % buckets
+    out = frame.copy()
+    out[name] = pd.Series(
+        hashed.astype("int64"), index=frame.index, dtype=pd.ArrowDtype(pa.int64())
+    )
+    return out
+
+
 class DaskEngine(Engine):
     """Runs a job on a Dask distributed cluster."""
 
@@ -177,6 +189,12 @@ class DaskEngine(Engine):
         )  # fmt: skip
         return nw.from_native(frame)
 
+    def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
+        """One partition holding the Arrow table (Arrow dtypes)."""
+        import dask.dataframe as dd
+
+        return nw.from_native(dd.from_pandas(_to_pandas(table), npartitions=1))
+
     def _batches(self, frame: Any) -> Iterator[Any]:
         """Compute partitions on the cluster and yield them as Arrow batches, as they finish."""
         import pyarrow as pa
@@ -239,7 +257,36 @@ class DaskEngine(Engine):
             native.map_partitions(_hash_partition, list(columns), seed, name, meta=meta)
         )
 
-    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
+    def add_bucket(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], buckets: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """Pandas' row hash of the key columns, modulo ``buckets``, per partition."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = frame.to_native()
+        meta = native._meta.copy()
+        meta[name] = pd.Series([], dtype=pd.ArrowDtype(pa.int64()))
+        return nw.from_native(
+            native.map_partitions(_bucket_partition, list(columns), buckets, name, meta=meta)
+        )
+
+    def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
+        """Gather the partitions' Arrow batches on the client."""
+        import pyarrow as pa
+
+        native = frame.to_native()
+        schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
+        return pa.Table.from_batches(list(self._batches(native)), schema=schema)
+
+    def write(
+        self,
+        frame: nw.LazyFrame[Any],
+        sink: SinkConfig,
+        path: str,
+        *,
+        commit_metadata: str | None = None,
+    ) -> WriteResult:
         """Stream partitions from the workers into the Arrow sink."""
         import pyarrow as pa
 
@@ -254,8 +301,9 @@ class DaskEngine(Engine):
             ]
 
         return write_arrow(
-            self._batches(native), schema, sink, path, partition_values=partition_values
-        )
+            self._batches(native), schema, sink, path, partition_values=partition_values,
+            commit_metadata=commit_metadata,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Close the client, and the LocalCluster if this engine started it."""

@@ -77,6 +77,12 @@ class PolarsEngine(Engine):
         )
         return nw.from_native(frame)
 
+    def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
+        """A Polars lazy frame over the Arrow table."""
+        import polars as pl
+
+        return nw.from_native(pl.DataFrame(table).lazy())
+
     def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
         """Run ``query`` in an in-memory DuckDB over the collected frames."""
         import duckdb
@@ -109,7 +115,27 @@ class PolarsEngine(Engine):
             native.with_columns(text.map_batches(_md5_bucket, return_dtype=pl.Float64).alias(name))
         )
 
-    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
+    def add_bucket(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], buckets: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """Polars' own hash of the key columns, modulo ``buckets``."""
+        import polars as pl
+
+        bucket = (pl.struct(list(columns)).hash(seed=0) % buckets).cast(pl.Int64)
+        return nw.from_native(frame.to_native().with_columns(bucket.alias(name)))
+
+    def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
+        """Collect with Polars' streaming engine, so scans and filters run in batches."""
+        return frame.to_native().collect(engine="streaming").to_arrow()
+
+    def write(
+        self,
+        frame: nw.LazyFrame[Any],
+        sink: SinkConfig,
+        path: str,
+        *,
+        commit_metadata: str | None = None,
+    ) -> WriteResult:
         """Collect to Arrow and write through the shared Arrow sinks."""
         table = frame.collect().to_arrow()
 
@@ -122,5 +148,6 @@ class PolarsEngine(Engine):
             return [tuple(row.values()) for row in distinct.to_pylist()]
 
         return write_arrow(
-            table.to_batches(), table.schema, sink, path, partition_values=partition_values
-        )
+            table.to_batches(), table.schema, sink, path, partition_values=partition_values,
+            commit_metadata=commit_metadata,
+        )  # fmt: skip

@@ -114,6 +114,13 @@ class SparkEngine(Engine):
             )
         )
 
+    def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
+        """A Spark DataFrame of the (small) Arrow table."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = from_arrow_schema(table.schema)
+        return nw.from_native(self.spark.createDataFrame(table.to_pylist(), schema))
+
     def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
         """Spark SQL over temporary views named after the sources."""
         for name, frame in tables.items():
@@ -143,7 +150,27 @@ class SparkEngine(Engine):
         bucket = F.conv(F.substring(digest, 1, 8), 16, 10).cast("double") / float(2**32)
         return nw.from_native(frame.to_native().withColumn(name, bucket))
 
-    def write(self, frame: nw.LazyFrame[Any], sink: SinkConfig, path: str) -> WriteResult:
+    def add_bucket(
+        self, frame: nw.LazyFrame[Any], columns: Sequence[str], buckets: int, name: str
+    ) -> nw.LazyFrame[Any]:
+        """Spark's xxhash64 of the key columns, modulo ``buckets``."""
+        from pyspark.sql import functions as F
+
+        bucket = F.pmod(F.xxhash64(*columns), F.lit(buckets)).cast("long")
+        return nw.from_native(frame.to_native().withColumn(name, bucket))
+
+    def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
+        """``toArrow`` on the driver."""
+        return frame.to_native().toArrow()
+
+    def write(
+        self,
+        frame: nw.LazyFrame[Any],
+        sink: SinkConfig,
+        path: str,
+        *,
+        commit_metadata: str | None = None,
+    ) -> WriteResult:
         """delta-spark for Delta (MERGE included), Spark's writer for Parquet."""
         from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -151,10 +178,12 @@ class SparkEngine(Engine):
         arrow = to_arrow_schema(native.schema, timezone="UTC")
         check_schema(existing_schema(path, sink.format), arrow, sink, path)
         if sink.format == "delta":
-            return self._write_delta(native, sink, path)
+            return self._write_delta(native, sink, path, commit_metadata)
         return self._write_parquet(native, sink, path)
 
-    def _write_delta(self, native: Any, sink: SinkConfig, path: str) -> WriteResult:
+    def _write_delta(  # noqa: PLR0912 - one branch per mode and option
+        self, native: Any, sink: SinkConfig, path: str, commit_metadata: str | None
+    ) -> WriteResult:
         from delta.tables import DeltaTable
         from pyspark.errors import AnalysisException
 
@@ -174,6 +203,8 @@ class SparkEngine(Engine):
                 merge.execute()
             else:
                 writer = native.write.format("delta")
+                if commit_metadata:
+                    writer = writer.option("userMetadata", commit_metadata)
                 if sink.partition_by:
                     writer = writer.partitionBy(*sink.partition_by)
                 if sink.schema_evolution:

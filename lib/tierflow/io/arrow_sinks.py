@@ -82,6 +82,7 @@ def write_delta(
     path: str,
     *,
     partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
+    commit_metadata: str | None = None,
 ) -> WriteResult:
     """Write to a Delta table with delta-rs in the sink's mode.
 
@@ -92,11 +93,17 @@ def write_delta(
         path: Table location.
         partition_values: For ``overwrite_partitions``: the distinct partition tuples of
             the output (computed by the engine before the stream is consumed).
+        commit_metadata: Stored as the commit's ``userMetadata``.
     """
-    from deltalake import DeltaTable, write_deltalake
+    from deltalake import CommitProperties, DeltaTable, write_deltalake
     from deltalake.exceptions import DeltaError
 
     counter = _Counter(batches)
+    commit = (
+        CommitProperties(custom_metadata={"userMetadata": commit_metadata})
+        if commit_metadata
+        else None
+    )
     schema_mode: Literal["merge"] | None = "merge" if sink.schema_evolution else None
     partition_by = list(sink.partition_by) or None
     exists = _delta_exists(path)
@@ -112,6 +119,7 @@ def write_delta(
                     source_alias="s",
                     target_alias="t",
                     merge_schema=sink.schema_evolution,
+                    commit_properties=commit,
                 )
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
@@ -133,6 +141,7 @@ def write_delta(
                 predicate=predicate,
                 partition_by=partition_by,
                 schema_mode=schema_mode,
+                commit_properties=commit,
             )
         elif sink.mode in ("append", "merge"):
             write_deltalake(
@@ -141,6 +150,7 @@ def write_delta(
                 mode="append",
                 partition_by=partition_by,
                 schema_mode=schema_mode,
+                commit_properties=commit,
             )
         else:
             write_deltalake(
@@ -149,6 +159,7 @@ def write_delta(
                 mode="overwrite",
                 partition_by=partition_by,
                 schema_mode=schema_mode,
+                commit_properties=commit,
             )
     except DeltaError as exc:
         message = str(exc)
@@ -282,9 +293,13 @@ def write_arrow(
     path: str,
     *,
     partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
+    commit_metadata: str | None = None,
 ) -> WriteResult:
     """Write an Arrow stream in the sink's format, after enforcing the table's schema."""
     check_schema(existing_schema(path, sink.format), schema, sink, path)
     if sink.format == "delta":
-        return write_delta(batches, schema, sink, path, partition_values=partition_values)
+        return write_delta(
+            batches, schema, sink, path, partition_values=partition_values,
+            commit_metadata=commit_metadata,
+        )  # fmt: skip
     return write_parquet(batches, schema, sink, path)

@@ -1,0 +1,1 @@
+"""Feature views: one definition for batch and stream, training sets, online stores."""

@@ -1,0 +1,135 @@
+"""The embedded online store: one SQLite file, the default when no Redis is configured.
+
+WAL mode, one row per (view, entity). A batch and its checkpoint commit in one
+transaction; the upsert keeps the stored row when it belongs to a later window.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tierflow.stores.base import OnlineRow, OnlineStore, StoredValue, encode_values, entity_key
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_features (
+    view TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    window_end INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (view, entity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_UPSERT = """
+INSERT INTO online_features (view, entity, window_end, expires_at, payload)
+VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (view, entity) DO UPDATE SET
+    window_end = excluded.window_end,
+    expires_at = excluded.expires_at,
+    payload = excluded.payload
+WHERE excluded.window_end >= online_features.window_end
+"""
+_MAX_VARS = 900  # below SQLite's default limit on host parameters
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """An online store in a local SQLite file (safe to share between threads)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def write(
+        self,
+        view: str,
+        rows: Sequence[OnlineRow],
+        *,
+        ttl_us: int,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> int:
+        """One transaction: the upserts and the checkpoint."""
+        expires = _now_us() + ttl_us
+        params = [
+            (view, entity_key(r.entity), r.window_end_us, expires, encode_values(r.values))
+            for r in rows
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(_UPSERT, params)
+                applied = self._db.total_changes - before
+                if checkpoint is not None:
+                    self._db.execute(
+                        "INSERT INTO checkpoints (name, value) VALUES (?, ?) "
+                        "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        checkpoint,
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return applied
+
+    def read(self, view: str, entities: Sequence[Sequence[Any]]) -> list[StoredValue | None]:
+        """Live values of the entities, in order."""
+        keys = [entity_key(e) for e in entities]
+        found: dict[str, StoredValue] = {}
+        now = _now_us()
+        with self._lock:
+            for start in range(0, len(keys), _MAX_VARS):
+                chunk = keys[start : start + _MAX_VARS]
+                marks = ",".join("?" * len(chunk))
+                cursor = self._db.execute(
+                    "SELECT entity, window_end, payload FROM online_features "  # noqa: S608
+                    f"WHERE view = ? AND expires_at > ? AND entity IN ({marks})",
+                    (view, now, *chunk),
+                )
+                for entity, window_end, payload in cursor:
+                    found[entity] = StoredValue(json.loads(payload), int(window_end))
+        return [found.get(k) for k in keys]
+
+    def get_checkpoint(self, name: str) -> str | None:
+        """The checkpoint's value, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM checkpoints WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def count(self, view: str) -> int:
+        """Live entities of the view."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COUNT(*) FROM online_features WHERE view = ? AND expires_at > ?",
+                (view, _now_us()),
+            ).fetchone()
+        return int(row[0])
+
+    def clear(self, view: str) -> None:
+        """Delete the view's values."""
+        with self._lock:
+            self._db.execute("DELETE FROM online_features WHERE view = ?", (view,))
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
