@@ -148,9 +148,12 @@ class SinkConfig(FrozenModel):
     partition_by: tuple[Identifier, ...] = ()
     merge_keys: tuple[Identifier, ...] = ()
     schema_evolution: bool = False
+    replace_schema: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> SinkConfig:
+        if self.replace_schema and self.mode != "overwrite":
+            raise ValueError("replace_schema applies to mode overwrite only")
         if self.mode == "merge":
             if self.format != "delta":
                 raise ValueError("mode merge needs format delta")

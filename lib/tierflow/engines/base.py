@@ -133,6 +133,10 @@ class Engine(ABC):
             commit_metadata: Text stored with a Delta commit (``userMetadata``).
         """
 
+    def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
+        """Add column ``name``: timestamp ``column`` as microseconds since the epoch (UTC)."""
+        return frame.with_columns(nw.col(column).dt.timestamp("us").alias(name))
+
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""
         return int(frame.select(nw.len()).collect().item())

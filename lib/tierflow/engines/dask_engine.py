@@ -201,7 +201,11 @@ class DaskEngine(Engine):
         from distributed import as_completed
 
         schema = pa.Schema.from_pandas(frame._meta, preserve_index=False)
-        futures = self.client.compute(frame.to_delayed())
+        # Persist first: the graph is optimised once, on the cluster. Splitting an
+        # unpersisted dask-expr frame with to_delayed() re-optimises it and can take
+        # minutes for a wide expression graph.
+        persisted = self.client.persist(frame)
+        futures = self.client.compute(persisted.to_delayed())
         for future in as_completed(futures):
             part = future.result()
             future.release()

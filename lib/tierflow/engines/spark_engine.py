@@ -159,6 +159,12 @@ class SparkEngine(Engine):
         bucket = F.pmod(F.xxhash64(*columns), F.lit(buckets)).cast("long")
         return nw.from_native(frame.to_native().withColumn(name, bucket))
 
+    def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
+        """``unix_micros`` (Narwhals has no epoch conversion for Spark)."""
+        from pyspark.sql import functions as F
+
+        return nw.from_native(frame.to_native().withColumn(name, F.unix_micros(F.col(column))))
+
     def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
         """``toArrow`` on the driver."""
         return frame.to_native().toArrow()
@@ -209,6 +215,8 @@ class SparkEngine(Engine):
                     writer = writer.partitionBy(*sink.partition_by)
                 if sink.schema_evolution:
                     writer = writer.option("mergeSchema", "true")
+                if sink.replace_schema:
+                    writer = writer.option("overwriteSchema", "true")
                 if sink.mode == "overwrite_partitions" and exists:
                     writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
                 elif sink.mode in ("append", "merge"):

@@ -48,7 +48,9 @@ def _columns_used(view: FeatureViewConfig) -> list[str]:
     return seen
 
 
-def prepare_events(frame: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyFrame[Any]:
+def prepare_events(
+    frame: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
+) -> nw.LazyFrame[Any]:
     """Filter, derive, and keep the entities, the event time (as µs) and the used columns.
 
     Rows without an entity key or an event time cannot be placed in a window; they are
@@ -73,8 +75,8 @@ def prepare_events(frame: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.Lazy
     frame = frame.filter(
         *[~nw.col(e).is_null() for e in view.entities], ~nw.col(view.event_time).is_null()
     )
-    ts_us = nw.col(view.event_time).dt.timestamp("us")
-    return frame.with_columns(ts_us.alias(_TS), (ts_us // view.step_us).alias(_TILE))
+    frame = engine.epoch_us(frame, view.event_time, _TS)
+    return frame.with_columns((nw.col(_TS) // view.step_us).alias(_TILE))
 
 
 def _needs(view: FeatureViewConfig) -> dict[str, set[str]]:
@@ -111,12 +113,15 @@ def tile_partials(  # noqa: PLR0912 - one branch per partial kind
             present = ~nw.col(column).is_null()
             helpers.append(nw.when(present).then(nw.col(_TS)).alias(f"_tf_xts__{column}"))
     source = events.with_columns(*helpers) if helpers else events
-    aggs = [nw.len().cast(nw.Int64).alias(_part("rows", None))]
+    # Aggregations stay elementary (Dask needs that); casts come after.
+    aggs = [nw.len().alias(_part("rows", None))]
+    counts = [_part("rows", None)]
     for column, kinds in needs.items():
         if column == "*":
             continue
         if "count" in kinds:
-            aggs.append(nw.col(column).count().cast(nw.Int64).alias(_part("count", column)))
+            aggs.append(nw.col(column).count().alias(_part("count", column)))
+            counts.append(_part("count", column))
         if "sum" in kinds:
             aggs.append(nw.col(column).sum().alias(_part("sum", column)))
         if "sq" in kinds:
@@ -128,6 +133,7 @@ def tile_partials(  # noqa: PLR0912 - one branch per partial kind
         if "lts" in kinds:
             aggs.append(nw.col(f"_tf_xts__{column}").max().alias(_part("lts", column)))
     partials = source.group_by(*keys).agg(*aggs)
+    partials = partials.with_columns(*[nw.col(c).cast(nw.Int64) for c in counts])
     for column, kinds in needs.items():
         if "lts" in kinds:
             partials = _attach_last_value(partials, source, view, column)
@@ -237,7 +243,7 @@ def feature_rows(
     frame: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
 ) -> nw.LazyFrame[Any]:
     """From source rows to window rows: the whole batch computation of a view."""
-    events = prepare_events(frame, view)
+    events = prepare_events(frame, view, engine)
     return window_rows(tile_partials(events, view), view, engine)
 
 
@@ -256,6 +262,7 @@ def point_in_time(
     labels: nw.LazyFrame[Any],
     timestamp: str,
     views: Sequence[tuple[FeatureViewConfig, dict[str, str], nw.LazyFrame[Any]]],
+    engine: Engine,
 ) -> nw.LazyFrame[Any]:
     """Join each label row with every view's values at the label's time, never later.
 
@@ -263,8 +270,9 @@ def point_in_time(
         labels: Rows with entity keys, a timestamp and whatever else (labels, ids).
         timestamp: The labels' time column.
         views: (view, {view entity: label column}, window rows of the view).
+        engine: The engine (for its epoch conversion).
     """
-    out = labels.with_columns(nw.col(timestamp).dt.timestamp("us").alias(_TS))
+    out = engine.epoch_us(labels, timestamp, _TS)
     for view, keys, rows in views:
         end = f"_tf_end__{view.name}"
         out = out.with_columns(((nw.col(_TS) // view.step_us) * view.step_us).alias(end))
@@ -277,7 +285,9 @@ def point_in_time(
         right_on = [f"_tf_key__{view.name}__{e}" for e in view.entities] + [end]
         out = out.join(renamed, left_on=left_on, right_on=right_on, how="left")
         defaults = [
-            nw.col(view.column_name(f)).fill_null(0) for f in view.features if f.agg == "count"
+            nw.col(view.column_name(f)).fill_null(0).cast(nw.Int64)
+            for f in view.features
+            if f.agg == "count"
         ]
         drop = [end] + [c for c in right_on if c != end and c in out.collect_schema().names()]
         out = out.drop(*drop)

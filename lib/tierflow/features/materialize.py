@@ -34,6 +34,7 @@ from tierflow.jobs.sources import ResolvedSource
 from tierflow.stores.base import OnlineRow, OnlineStore
 
 _BUCKET = "_tf_bucket"
+_TS = "_tf_event_us"
 
 
 @dataclass(frozen=True)
@@ -165,10 +166,11 @@ def _bucket_values(
     if buckets > 1:
         frame = engine.add_bucket(frame, view.entities, buckets, _BUCKET)
         frame = frame.filter(nw.col(_BUCKET) == bucket)
-    ts_us = nw.col(view.event_time).dt.timestamp("us")
-    frame = frame.filter(ts_us < end_us)
+    frame = engine.epoch_us(frame, view.event_time, _TS)
+    frame = frame.filter(nw.col(_TS) < end_us)
     if start is not None:
-        frame = frame.filter(ts_us >= _us(start))
+        frame = frame.filter(nw.col(_TS) >= _us(start))
+    frame = frame.drop(_TS)
     rows = values_as_of(feature_rows(frame, view, engine), view, as_of)
     return engine.collect_arrow(rows)
 

@@ -83,7 +83,7 @@ def build(
         view = views[join.view]
         frame = read_source(engine, sources[join.view])
         joins.append((view, dict(join.keys), feature_rows(frame, view, engine)))
-    output = point_in_time(label_frame, config.timestamp, joins)
+    output = point_in_time(label_frame, config.timestamp, joins, engine)
     recipe = {
         RECIPE_KEY: config.model_dump(mode="json"),
         "views": {name: views[name].model_dump(mode="json") for name in sources},
@@ -94,7 +94,8 @@ def build(
         "engine": engine.name,
         "built_at": datetime.now(timezone.utc).isoformat(),
     }
-    sink = SinkConfig(format="delta", path=out_path, mode="overwrite", schema_evolution=True)
+    # Each build is a new version of the snapshot table; its columns follow the views.
+    sink = SinkConfig(format="delta", path=out_path, mode="overwrite", replace_schema=True)
     result = engine.write(
         output, sink, out_path, commit_metadata=json.dumps(recipe, sort_keys=True)
     )

@@ -104,7 +104,9 @@ def write_delta(
         if commit_metadata
         else None
     )
-    schema_mode: Literal["merge"] | None = "merge" if sink.schema_evolution else None
+    schema_mode: Literal["merge", "overwrite"] | None = "merge" if sink.schema_evolution else None
+    if sink.replace_schema:
+        schema_mode = "overwrite"
     partition_by = list(sink.partition_by) or None
     exists = _delta_exists(path)
     details: dict[str, Any] = {}
@@ -192,7 +194,7 @@ def check_schema(existing: pa.Schema | None, new: pa.Schema, sink: SinkConfig, p
     Raises:
         SchemaMismatchError: naming the table and each offending column.
     """
-    if existing is None:
+    if existing is None or sink.replace_schema:
         return
     # Parquet partition values live in folder names, not in the files' schemas.
     skip = set(sink.partition_by) if sink.format == "parquet" else set()
