@@ -102,6 +102,19 @@ def _hash_partition(frame: Any, columns: list[str], seed: int, name: str) -> Any
     return out
 
 
+def _epoch_partition(frame: Any, column: str, name: str) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array(frame[column]).cast(pa.timestamp("us", tz="UTC"))
+    out = frame.copy()
+    out[name] = pd.Series(
+        pd.arrays.ArrowExtensionArray(pc.cast(values, pa.int64())), index=frame.index
+    )
+    return out
+
+
 def _bucket_partition(frame: Any, columns: list[str], buckets: int, name: str) -> Any:
     import pandas as pd
     import pyarrow as pa
@@ -274,6 +287,16 @@ class DaskEngine(Engine):
         return nw.from_native(
             native.map_partitions(_bucket_partition, list(columns), buckets, name, meta=meta)
         )
+
+    def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
+        """Microseconds since the epoch as an Arrow-backed int64 (like every other column)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = frame.to_native()
+        meta = native._meta.copy()
+        meta[name] = pd.Series([], dtype=pd.ArrowDtype(pa.int64()))
+        return nw.from_native(native.map_partitions(_epoch_partition, column, name, meta=meta))
 
     def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
         """Gather the partitions' Arrow batches on the client."""
