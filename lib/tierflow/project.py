@@ -230,17 +230,24 @@ class Project:
         return config
 
     def open_store(self, kind: str | None = None) -> OnlineStore:
-        """The configured online store (``kind`` or ``$TIERFLOW_ONLINE_STORE`` overrides)."""
+        """The configured online store.
+
+        ``kind`` or ``$TIERFLOW_ONLINE_STORE`` pick sqlite or redis; ``$TIERFLOW_REDIS_URL``
+        and ``$TIERFLOW_ONLINE_DB`` override the Redis URL and the SQLite file.
+        """
         from tierflow.stores import open_store
 
         config = self.config.online_store
         chosen = kind or os.environ.get("TIERFLOW_ONLINE_STORE")
         url = os.environ.get("TIERFLOW_REDIS_URL")
+        db = os.environ.get("TIERFLOW_ONLINE_DB")
         updates: dict[str, Any] = {}
         if chosen:
             updates["kind"] = chosen
         if url:
             updates["url"] = url
+        if db:
+            updates["path"] = db
         return open_store(config.model_copy(update=updates), self.paths.project)
 
     def view_source(self, view: FeatureViewConfig) -> ResolvedSource:
