@@ -98,7 +98,9 @@ def test_redis_and_sqlite_hold_and_return_the_same_values(
         [r | {"carrier": "AA"} for r in routes],
     )
     assert both[0]["route_history__arrivals_7d"] > 0
-    assert redis_store.count("carrier_delays") == sqlite_store.count("carrier_delays") == 15  # carriers flying in January
+    assert (
+        redis_store.count("carrier_delays") == sqlite_store.count("carrier_delays") == 15
+    )  # carriers flying in January
 
     # Writes never go back in time; checkpoints land with their batch.
     for store in (redis_store, sqlite_store):
@@ -159,12 +161,9 @@ def test_http_endpoint_serves_features_and_rejects_bad_requests(flights, tmp_pat
             store, project.feature_views(), ["carrier_delays"], [{"carrier": "AA"}]
         )
     port = free_port()
+    env["TIERFLOW_ONLINE_DB"] = str(store_path)
     server = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; from pathlib import Path; from tierflow.project import Project; "
-         "from tierflow.stores.sqlite_store import SQLiteOnlineStore; from tierflow.serving import serve; "
-         "p = Project.load(); serve(SQLiteOnlineStore(Path(sys.argv[1])), p.feature_views(), "
-         "host='127.0.0.1', port=int(sys.argv[2]), max_entities=50)", str(store_path), str(port)],
+        [TIERFLOW, "serve", "--port", str(port)],
         cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -210,7 +209,7 @@ def test_http_endpoint_serves_features_and_rejects_bad_requests(flights, tmp_pat
             ),
             (
                 json.dumps(
-                    {"views": ["carrier_delays"], "entities": [{"carrier": "AA"}] * 51}
+                    {"views": ["carrier_delays"], "entities": [{"carrier": "AA"}] * 1001}
                 ).encode(),
                 400,
                 "above the limit",
@@ -321,3 +320,32 @@ def test_materialize_memory_follows_the_chunk_not_the_table(tmp_path):
         peaks[rows] = peak_kb
     # Four times the rows (and sixteen times the chunk) must not take four times the memory.
     assert peaks[1_600_000] < peaks[400_000] * 1.35, peaks
+
+
+def test_feature_commands_end_to_end(flights, tmp_path):
+    from tierflow.examples.flights import write_labels
+
+    write_labels(flights, months=(1,))
+    env = dict(os.environ, TIERFLOW_DATA_DIR=str(flights), TIERFLOW_LOGS_DIR=str(tmp_path / "logs"))
+
+    def tierflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TIERFLOW, *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    listing = tierflow("features", "list")
+    assert listing.returncode == 0 and "carrier_delays__late_rate_24h" in listing.stdout
+    values = tierflow(
+        "features", "values", "carrier_delays", "--as-of", "2013-01-10T08:15:00Z", "--limit", "3"
+    )
+    assert values.returncode == 0, values.stderr
+    assert "15 entities as of 2013-01-10T08:15:00+00:00" in values.stdout
+    built = tierflow("training-set", "build", "flight_delays")
+    assert built.returncode == 0, built.stderr
+    assert "gold/training/flight_delays version 0" in built.stdout
+    rebuilt = tierflow(
+        "training-set", "rebuild", "gold/training/flight_delays", "--out", "gold/training/rebuilt"
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    unknown = tierflow("materialize", "no_such_view")
+    assert unknown.returncode == 2 and "no feature view 'no_such_view'" in unknown.stderr
