@@ -8,7 +8,7 @@ SERVICES ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples
+.PHONY: dist examples bench-features
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -43,6 +43,9 @@ services-down: ## stop the local services started by services-up
 
 services-status: ## show which local services run and answer
 	@$(BIN)/tierflow services status $(SERVICES)
+
+bench-features: setup ## benchmark online-store loading and reads against raw redis-py
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
 
 dist: setup ## build dist/tierflow.zip (the library and transforms, for spark-submit --py-files)
 	@$(BIN)/python scripts/build_dist.py

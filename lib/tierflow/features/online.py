@@ -89,9 +89,12 @@ def get_online_features(
     found = store.read_many([(view.name, k) for view, k in zip(chosen, keys, strict=True)])
     results: list[dict[str, Any]] = [dict(row) for row in entity_rows]
     for view, stored in zip(chosen, found, strict=True):
+        empty = empty_values(view)
+        columns = [(f.name, view.column_name(f)) for f in view.features]
+        window_column = f"{view.name}__window_end_us"
         for result, value in zip(results, stored, strict=True):
-            values = empty_values(view) | (value.values if value else {})
-            for feature in view.features:
-                result[view.column_name(feature)] = values.get(feature.name)
-            result[f"{view.name}__window_end_us"] = value.window_end_us if value else None
+            values = value.values if value else empty
+            for name, column in columns:
+                result[column] = values.get(name, empty[name])
+            result[window_column] = value.window_end_us if value else None
     return results

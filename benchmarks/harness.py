@@ -1,0 +1,122 @@
+"""What every benchmark shares: local services, timing, medians, result files.
+
+Benchmarks run tierflow and its hand-written peer in the same process, alternating, on
+the same data, several repetitions each; results are medians, and ratios are tierflow
+over the peer (below 1 means tierflow is faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q / 100
+    low, high = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def median(values: list[float]) -> float:
+    """The median."""
+    return statistics.median(values)
+
+
+@dataclass
+class Results:
+    """Rows of a results table, plus raw measurements, written as JSON and Markdown."""
+
+    name: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, **row: Any) -> None:
+        """One line of the table."""
+        self.rows.append(row)
+        print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
+
+    def write(self, out_dir: Path | None = None) -> Path:
+        """``benchmarks/results/<date>/<name>.{json,md}``."""
+        out_dir = out_dir or ROOT / "benchmarks" / "results" / datetime.now(timezone.utc).strftime(
+            "%Y-%m-%d"
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        payload = {"name": self.name, "machine": machine(), "rows": self.rows, "raw": self.raw,
+                   "written_at": datetime.now(timezone.utc).isoformat()}  # fmt: skip
+        (out_dir / f"{self.name}.json").write_text(json.dumps(payload, indent=2, default=str))
+        (out_dir / f"{self.name}.md").write_text(self.markdown())
+        return out_dir
+
+    def markdown(self) -> str:
+        """The table in Markdown."""
+        if not self.rows:
+            return f"## {self.name}\n\n(no rows)\n"
+        keys = list(self.rows[0])
+        lines = [f"## {self.name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds one call of ``fn`` takes."""
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+@contextmanager
+def local_services(*names: str) -> Iterator[Any]:
+    """Start the named services in a state folder of their own; stop them afterwards."""
+    from tierflow.config.services import load_services_config
+    from tierflow.paths import ProjectPaths
+    from tierflow.services.manager import ServiceManager
+
+    os.environ.setdefault("TIERFLOW_STATE_DIR", str(ROOT / ".local" / "bench-services"))
+    paths = ProjectPaths.discover()
+    manager = ServiceManager(load_services_config(None, paths.conf / "services.yaml"), paths)
+    manager.up(list(names))
+    try:
+        yield manager
+    finally:
+        manager.down(list(names))
