@@ -127,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
     srv.add_argument("--data-dir", help="data folder")
 
+    from tierflow.stream.commands import add_parsers
+
+    add_parsers(sub)
+
     examples = sub.add_parser("examples", help="generate the example jobs' data")
     examples.add_argument("--data-dir", help="data folder (default: data/)")
     examples.add_argument("--orders", type=int, default=20_000)
@@ -248,6 +252,10 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("features", "materialize", "training-set", "serve"):
         return _features(args, project)
+    from tierflow.stream.commands import COMMANDS, run_command
+
+    if args.command in COMMANDS:
+        return run_command(args, project)
     if args.command == "examples":
         from tierflow.examples.retail import generate
 

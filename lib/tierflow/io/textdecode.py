@@ -357,6 +357,57 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+def _json_object(text: str, what: str) -> tuple[dict[str, Any], str]:
+    """Parse one JSON object: the object and "", or {} and a ``parse:`` reason."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {}, f"parse: invalid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return {}, "parse: invalid JSON (nested too deeply)"
+    if not isinstance(obj, dict):
+        return {}, f"parse: {what} is a JSON {type(obj).__name__}, not an object"
+    return obj, ""
+
+
+def decode_json_messages(
+    payloads: Sequence[bytes | None], types: Mapping[str, str], *, max_bytes: int
+) -> pa.RecordBatch:
+    """Decode message payloads (one JSON object each) into one typed batch, in order.
+
+    The semantics are those of JSON lines, except that undeclared fields are ignored (a
+    topic's events carry more than one view reads) and ``_tf_record`` is the message's
+    position in ``payloads``. A payload that is empty, over ``max_bytes``, not UTF-8 or
+    not a JSON object comes out with null values and a ``parse:`` reason.
+    """
+    names = list(types)
+    buffer: dict[str, list[str | None]] = {n: [] for n in names}
+    errors: list[str] = []
+    for payload in payloads:
+        row: dict[str, Any] = {}
+        if payload is None or len(payload) == 0:
+            problem = "parse: empty message"
+        elif len(payload) > max_bytes:
+            problem = f"parse: message of {len(payload)} bytes is over the {max_bytes} limit"
+        else:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                text, problem = "", f"parse: not UTF-8 (byte {exc.start})"
+            else:
+                row, problem = _json_object(text, "message")
+        for name in names:
+            buffer[name].append(_as_text(row.get(name)))
+        errors.append(problem)
+    return typed_batch(
+        {n: pa.array(v, pa.string()) for n, v in buffer.items()},
+        types,
+        file="",
+        records=pa.array(range(len(errors)), pa.int64()),
+        errors=pa.array(errors, pa.string()),
+    )
+
+
 def decode_jsonl(
     path: str,
     types: Mapping[str, str],
@@ -389,14 +440,7 @@ def decode_jsonl(
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            problem = ""
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                obj, problem = None, f"parse: invalid JSON ({exc.msg} at column {exc.colno})"
-            if problem == "" and not isinstance(obj, dict):
-                obj, problem = None, f"parse: line is a JSON {type(obj).__name__}, not an object"
-            row = obj or {}
+            row, problem = _json_object(line, "line")
             extras = [k for k in row if k not in types and row[k] is not None]
             if extras:
                 if extra_columns == "error":

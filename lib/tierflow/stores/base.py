@@ -48,6 +48,41 @@ def encode_values(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class StaleCommitError(StoreError):
+    """A partition commit was refused: the stored offset is not the one it started from.
+
+    Another consumer has written the partition since this one loaded it (a rebalance
+    this consumer has not seen yet). The writer must reload the partition.
+    """
+
+
+@dataclass(frozen=True)
+class PartitionCommit:
+    """A stream consumer's batch for one partition: values, window state and offset.
+
+    Applied atomically, and only if the partition's stored offset is still
+    ``expected_offset`` (None: nothing stored yet). That compare-and-set fences off a
+    consumer that lost the partition without noticing.
+    """
+
+    state: str
+    expected_offset: int | None
+    offset: int
+    meta: str
+    rows: Sequence[tuple[str, OnlineRow, int]]  # (view, row, ttl in µs)
+    put: Mapping[str, str]
+    delete: Sequence[str]
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """What a partition's consumer stored: next offset, metadata and state fields."""
+
+    offset: int | None
+    meta: str | None
+    fields: dict[str, str]
+
+
 class OnlineStore(ABC):
     """Latest values per (view, entity), written in atomic batches with a checkpoint."""
 
@@ -77,6 +112,21 @@ class OnlineStore(ABC):
     ) -> list[list[StoredValue | None]]:
         """Several views' reads; stores override it to do them in one round trip."""
         return [self.read(view, entities) for view, entities in requests]
+
+    @abstractmethod
+    def commit_partition(self, commit: PartitionCommit) -> int:
+        """Apply a stream batch atomically (see :class:`PartitionCommit`).
+
+        Returns:
+            How many rows were applied.
+
+        Raises:
+            StaleCommitError: the stored offset is not ``commit.expected_offset``.
+        """
+
+    @abstractmethod
+    def load_partition(self, state: str) -> PartitionState:
+        """Everything a stream consumer stored for a partition."""
 
     @abstractmethod
     def get_checkpoint(self, name: str) -> str | None:

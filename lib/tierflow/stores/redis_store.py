@@ -17,6 +17,9 @@ from typing import Any
 from tierflow.stores.base import (
     OnlineRow,
     OnlineStore,
+    PartitionCommit,
+    PartitionState,
+    StaleCommitError,
     StoredValue,
     StoreError,
     encode_values,
@@ -43,6 +46,48 @@ end
 return applied
 """
 
+# A stream partition's commit: compare-and-set on the stored offset, then the rows (same
+# window guard as above, each with its view's TTL), the state fields and the offset.
+_COMMIT = """
+local stored = redis.call('HGET', KEYS[1], '__offset__')
+if (stored or '') ~= ARGV[1] then
+  return -1
+end
+local n = tonumber(ARGV[4])
+local at = 5
+local applied = 0
+for i = 1, n do
+  local key = KEYS[1 + i]
+  local we = tonumber(ARGV[at])
+  local current = redis.call('HGET', key, 'we')
+  if (not current) or tonumber(current) <= we then
+    redis.call('HSET', key, 'we', ARGV[at], 'v', ARGV[at + 1])
+    redis.call('PEXPIRE', key, tonumber(ARGV[at + 2]))
+    applied = applied + 1
+  end
+  at = at + 3
+end
+local puts = tonumber(ARGV[at])
+at = at + 1
+for i = 1, puts do
+  redis.call('HSET', KEYS[1], ARGV[at], ARGV[at + 1])
+  at = at + 2
+end
+local dels = tonumber(ARGV[at])
+at = at + 1
+for i = 1, dels do
+  redis.call('HDEL', KEYS[1], ARGV[at])
+  at = at + 1
+end
+redis.call('HSET', KEYS[1], '__offset__', ARGV[2], '__meta__', ARGV[3])
+return applied
+"""
+_RESERVED = ("__offset__", "__meta__")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
 
 def _key(view: str, entity: Sequence[Any]) -> str:
     return f"tf:{view}:{entity_key(entity)}"
@@ -59,6 +104,7 @@ class RedisOnlineStore(OnlineStore):
         self._redis = redis
         self.client = redis.Redis.from_url(url, password=password, socket_timeout=10)
         self._script = self.client.register_script(_WRITE)
+        self._commit = self.client.register_script(_COMMIT)
 
     def write(
         self,
@@ -106,6 +152,40 @@ class RedisOnlineStore(OnlineStore):
                 )
             out.append(values)
         return out
+
+    def commit_partition(self, commit: PartitionCommit) -> int:
+        """One script call: offset check, rows, state and offset, atomically."""
+        keys = [f"tf:st:{commit.state}"]
+        expected = "" if commit.expected_offset is None else str(commit.expected_offset)
+        args: list[Any] = [expected, commit.offset, commit.meta, len(commit.rows)]
+        for view, row, ttl_us in commit.rows:
+            keys.append(_key(view, row.entity))
+            args += [row.window_end_us, encode_values(row.values), max(1, ttl_us // 1000)]
+        args.append(len(commit.put))
+        for name, value in commit.put.items():
+            args += [name, value]
+        args.append(len(commit.delete))
+        args += list(commit.delete)
+        try:
+            applied = int(self._commit(keys=keys, args=args))
+        except self._redis.RedisError as exc:
+            raise StoreError(f"redis commit of {commit.state} failed: {exc}") from exc
+        if applied < 0:
+            raise StaleCommitError(
+                f"{commit.state}: stored offset moved past {commit.expected_offset}"
+            )
+        return applied
+
+    def load_partition(self, state: str) -> PartitionState:
+        """HGETALL of the partition's state hash."""
+        try:
+            raw = self.client.hgetall(f"tf:st:{state}")
+        except self._redis.RedisError as exc:
+            raise StoreError(f"redis read of {state} failed: {exc}") from exc
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        offset = fields.pop("__offset__", None)
+        meta = fields.pop("__meta__", None)
+        return PartitionState(None if offset is None else int(offset), meta, fields)
 
     def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None."""

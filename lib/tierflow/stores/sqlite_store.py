@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tierflow.stores.base import OnlineRow, OnlineStore, StoredValue, encode_values, entity_key
+from tierflow.stores.base import (
+    OnlineRow,
+    OnlineStore,
+    PartitionCommit,
+    PartitionState,
+    StaleCommitError,
+    StoredValue,
+    encode_values,
+    entity_key,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS online_features (
@@ -26,6 +35,12 @@ CREATE TABLE IF NOT EXISTS online_features (
     PRIMARY KEY (view, entity)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stream_partitions (
+    state TEXT PRIMARY KEY, next_offset INTEGER NOT NULL, meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_state (
+    state TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (state, field)
+) WITHOUT ROWID;
 """
 _UPSERT = """
 INSERT INTO online_features (view, entity, window_end, expires_at, payload)
@@ -106,6 +121,63 @@ class SQLiteOnlineStore(OnlineStore):
                 for entity, window_end, payload in cursor:
                     found[entity] = StoredValue(json.loads(payload), int(window_end))
         return [found.get(k) for k in keys]
+
+    def commit_partition(self, commit: PartitionCommit) -> int:
+        """One transaction: offset check, rows, state and offset."""
+        now = _now_us()
+        params = [
+            (view, entity_key(r.entity), r.window_end_us, now + ttl, encode_values(r.values))
+            for view, r, ttl in commit.rows
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT next_offset FROM stream_partitions WHERE state = ?", (commit.state,)
+                ).fetchone()
+                stored = None if row is None else int(row[0])
+                if stored != commit.expected_offset:
+                    raise StaleCommitError(
+                        f"{commit.state}: stored offset {stored} is not {commit.expected_offset}"
+                    )
+                before = self._db.total_changes
+                self._db.executemany(_UPSERT, params)
+                applied = self._db.total_changes - before
+                self._db.executemany(
+                    "INSERT INTO stream_state (state, field, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (state, field) DO UPDATE SET value = excluded.value",
+                    [(commit.state, k, v) for k, v in commit.put.items()],
+                )
+                self._db.executemany(
+                    "DELETE FROM stream_state WHERE state = ? AND field = ?",
+                    [(commit.state, k) for k in commit.delete],
+                )
+                self._db.execute(
+                    "INSERT INTO stream_partitions (state, next_offset, meta) VALUES (?, ?, ?) "
+                    "ON CONFLICT (state) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, meta = excluded.meta",
+                    (commit.state, commit.offset, commit.meta),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return applied
+
+    def load_partition(self, state: str) -> PartitionState:
+        """The partition's offset, metadata and state fields."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT next_offset, meta FROM stream_partitions WHERE state = ?", (state,)
+            ).fetchone()
+            fields = dict(
+                self._db.execute(
+                    "SELECT field, value FROM stream_state WHERE state = ?", (state,)
+                ).fetchall()
+            )
+        if row is None:
+            return PartitionState(None, None, fields)
+        return PartitionState(int(row[0]), str(row[1]), fields)
 
     def get_checkpoint(self, name: str) -> str | None:
         """The checkpoint's value, or None."""

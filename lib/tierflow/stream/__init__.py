@@ -1,0 +1,1 @@
+"""Streaming: feature daemons, the event log and the replay tool (Kafka, imported lazily)."""

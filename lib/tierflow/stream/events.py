@@ -1,0 +1,177 @@
+"""From Kafka messages to checked events, and from events to tile partials.
+
+A topic's messages are judged once, against the union of the source columns of the views
+that read it (the same decoder and contract rules batch uses). A message is *poison* when
+it cannot be decoded, breaks its contract, lacks an entity key or its event time, or its
+Kafka key is not the entity key of its values (a topic must be keyed by the entity its
+views aggregate by: that is what puts all of an entity's events in one partition).
+Poison messages are processed by no view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import narwhals as nw
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tierflow.config.features import FeatureViewConfig
+from tierflow.config.jobs import ColumnContract, SourceConfig
+from tierflow.errors import ConfigError
+from tierflow.features.batch import _TILE, _part, prepare_events, tile_partials
+from tierflow.io.textdecode import decode_json_messages
+from tierflow.jobs.contracts import REASON, validate
+from tierflow.stores.base import entity_key
+from tierflow.stream.state import ROWS_SLOT, TilePartial, ViewState
+
+OFFSET = "_tf_offset"
+
+
+@dataclass(frozen=True)
+class TopicSchema:
+    """What every message of a topic must be: columns, entity key and event times."""
+
+    topic: str
+    columns: dict[str, ColumnContract]
+    entities: tuple[str, ...]
+    event_times: tuple[str, ...]
+
+    @classmethod
+    def of(cls, topic: str, views: Sequence[FeatureViewConfig]) -> TopicSchema:
+        """The schema of a topic read by ``views``.
+
+        Raises:
+            ConfigError: the views disagree on the entity or on a column's type.
+        """
+        columns: dict[str, ColumnContract] = {}
+        entities = views[0].entities
+        for view in views:
+            if view.entities != entities:
+                raise ConfigError(
+                    f"views {views[0].name} and {view.name} both read topic {topic!r} but "
+                    f"aggregate by different entities ({', '.join(entities)} vs "
+                    f"{', '.join(view.entities)}); a topic is keyed by one entity"
+                )
+            for name, contract in view.source.columns.items():
+                seen = columns.get(name)
+                if seen is not None and seen.type != contract.type:
+                    raise ConfigError(
+                        f"views reading topic {topic!r} disagree on column {name!r}: "
+                        f"{seen.type} vs {contract.type} (in {view.name})"
+                    )
+                # The strictest contract wins: nullable only if every view allows null.
+                # Uniqueness is a property of a table, not of a stream of events.
+                if seen is None or (seen.nullable and not contract.nullable):
+                    columns[name] = contract.model_copy(update={"unique": False})
+        times = tuple(dict.fromkeys(v.event_time for v in views))
+        return cls(topic, columns, entities, times)
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Column name to contract type."""
+        return {name: c.type for name, c in self.columns.items()}
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """One partition's messages, judged: the valid events, and the poison with reasons."""
+
+    events: pa.Table  # valid rows in offset order, with OFFSET
+    poison: list[tuple[int, str]]  # (index in the batch, reason)
+
+
+def check_messages(
+    schema: TopicSchema,
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    *,
+    max_bytes: int,
+) -> CheckedBatch:
+    """Decode and check one partition's messages (in offset order)."""
+    import polars as pl
+
+    batch = decode_json_messages(values, schema.types, max_bytes=max_bytes)
+    source = SourceConfig(
+        format="jsonl", path=schema.topic, columns=schema.columns, extra_columns="drop"
+    )
+    frame = nw.from_native(pl.from_arrow(batch).lazy())  # type: ignore[union-attr]
+    checked = validate(frame, schema.topic, source).to_native().collect().to_arrow()
+    reasons = checked.column(REASON).to_pylist()
+    needed = [*schema.entities, *schema.event_times]
+    nulls = {c: checked.column(c).is_null().to_pylist() for c in needed}
+    key_values = [checked.column(c).to_pylist() for c in schema.entities]
+    poison: list[tuple[int, str]] = []
+    good: list[int] = []
+    for i, decoded in enumerate(reasons):
+        reason = decoded
+        if not reason:
+            missing = [c for c in needed if nulls[c][i]]
+            key = keys[i]
+            expected = entity_key([v[i] for v in key_values]).encode()
+            if missing:
+                reason = f"not_null: {', '.join(missing)} missing (a stream event needs them)"
+            elif key != expected:
+                got = "no key" if key is None else repr(key[:60])
+                reason = f"key: message key {got} is not the entity key {expected.decode()}"
+        if reason:
+            poison.append((i, reason))
+        else:
+            good.append(i)
+    events = checked.drop_columns([c for c in checked.column_names if c.startswith("_tf_")]).take(
+        pa.array(good, pa.int64())
+    )
+    events = events.append_column(OFFSET, pa.array([offsets[i] for i in good], pa.int64()))
+    return CheckedBatch(events, poison)
+
+
+def event_times_us(events: pa.Table, column: str) -> list[int]:
+    """The event-time column as epoch microseconds."""
+    return pc.cast(events.column(column), pa.int64()).to_pylist()  # type: ignore[no-any-return]
+
+
+def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
+    """The tile partials of accepted events, computed by the batch code itself."""
+    if events.num_rows == 0:
+        return []
+    import polars as pl
+
+    from tierflow.engines.polars_engine import PolarsEngine
+
+    view = state.view
+    frame = nw.from_native(pl.from_arrow(events).lazy())  # type: ignore[union-attr]
+    prepared = prepare_events(frame, view, PolarsEngine())
+    table = tile_partials(prepared, view).to_native().collect().to_arrow()
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    out = []
+    for i in range(table.num_rows):
+        partials = []
+        for slot in state.slots:
+            partials.append(_partial(columns, slot, i))
+        entity = tuple(columns[e][i] for e in view.entities)
+        out.append(TilePartial(entity, int(columns[_TILE][i]), partials))
+    return out
+
+
+def _partial(columns: Mapping[str, list[Any]], slot: str, i: int) -> Any:
+    from tierflow.features.windows import Partial
+
+    def get(kind: str, default: Any) -> Any:
+        values = columns.get(_part(kind, None if slot == ROWS_SLOT else slot))
+        value = None if values is None else values[i]
+        return default if value is None else value
+
+    if slot == ROWS_SLOT:
+        return Partial(rows=int(get("rows", 0)))
+    return Partial(
+        count=int(get("count", 0)),
+        total=float(get("sum", 0.0)),
+        squares=float(get("sq", 0.0)),
+        minimum=get("min", None),
+        maximum=get("max", None),
+        last_ts=get("lts", None),
+        last_value=get("lval", None),
+    )

@@ -1,0 +1,1 @@
+"""Entry points of the long-running Kafka consumer daemons."""
