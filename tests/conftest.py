@@ -31,11 +31,18 @@ class Services:
     def __init__(self, manager: ServiceManager) -> None:
         self.manager = manager
         self.started: list[str] = []
+        self.borrowed: list[str] = []
 
     def ensure(self, name: str) -> LocalService:
-        if name not in self.started:
-            self.manager.up([name])
-            self.started.append(name)
+        if name not in self.started and name not in self.borrowed:
+            if self.manager.live_pids(name):
+                # Already running in this state folder (someone chose to share it): use
+                # it, and leave it running at the end.
+                self.manager.up([name])
+                self.borrowed.append(name)
+            else:
+                self.manager.up([name])
+                self.started.append(name)
         return self.manager.service(name)
 
 

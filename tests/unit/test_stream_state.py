@@ -71,14 +71,17 @@ def events(seed: int, count: int) -> pa.Table:
         jitter = rng.choice([0, 0, -rng.randrange(0, 45 * 60_000_000)])
         x = rng.choice([None, float(rng.randrange(0, 100)), rng.randrange(0, 1000) / 8])
         rows.append(
-            {"k": rng.choice("abcdefghijklmnopqrst"), "ts": clock + jitter, "x": x, "n": rng.randrange(0, 5)}
+            {
+                "k": rng.choice("abcdefghijklmnopqrst"),
+                "ts": clock + jitter,
+                "x": x,
+                "n": rng.randrange(0, 5),
+            }
         )
     return pa.table(
         {
             "k": pa.array([r["k"] for r in rows], pa.string()),
-            "ts": pa.array([r["ts"] for r in rows], pa.int64()).cast(
-                pa.timestamp("us", tz="UTC")
-            ),
+            "ts": pa.array([r["ts"] for r in rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
             "x": pa.array([r["x"] for r in rows], pa.float64()),
             "n": pa.array([r["n"] for r in rows], pa.int64()),
         }
@@ -213,9 +216,15 @@ def test_messages_are_judged_like_batch_rows() -> None:
 
 def test_decoder_never_raises_on_garbage() -> None:
     rng = random.Random(5)
-    payloads: list[bytes | None] = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(300)]
+    payloads: list[bytes | None] = [
+        bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))) for _ in range(300)
+    ]
     payloads += [b'{"k": {"deep": [1, 2]}, "ts": 5, "x": [], "n": 1e400}', b"[" * 100_000, b'"s"']
-    batch = decode_json_messages(payloads, {"k": "string", "ts": "timestamp", "x": "float64", "n": "int64"}, max_bytes=200_000)
+    batch = decode_json_messages(
+        payloads,
+        {"k": "string", "ts": "timestamp", "x": "float64", "n": "int64"},
+        max_bytes=200_000,
+    )
     assert batch.num_rows == len(payloads)
     assert all(batch.column("_tf_error").to_pylist()[-2:])
 
@@ -224,4 +233,3 @@ def test_topics_read_by_views_with_other_entities_are_refused() -> None:
     other = VIEW.model_copy(update={"name": "w", "entities": ("n",)})
     with pytest.raises(Exception, match="keyed by one entity"):
         TopicSchema.of("t", [VIEW, other])
-

@@ -137,3 +137,21 @@ def test_value_parsing(tmp_path, type_name, text, value):
     (row,) = decode_to_table([str(path)], "csv", {"v": type_name}).to_pylist()
     assert row["v"] == value
     assert (row["_tf_error"] == "") == (value is not None)
+
+
+def test_floats_that_overflow_are_type_errors() -> None:
+    from tierflow.io.textdecode import decode_json_messages
+
+    batch = decode_json_messages(
+        [b'{"x": "1e999"}', b'{"x": -1e400}', b'{"x": "3.5e38"}', b'{"x": 2.5}'],
+        {"x": "float64", "y": "float32"},
+        max_bytes=1000,
+    )
+    assert batch.column("x").to_pylist() == [None, None, 3.5e38, 2.5]
+    errors = batch.column("_tf_error").to_pylist()
+    assert errors[0] == "type: x='1e999' is not float64"
+    assert errors[1] == "type: x='-inf' is not float64"
+    assert errors[2:] == ["", ""]
+    narrow = decode_json_messages([b'{"y": "3.5e38"}'], {"y": "float32"}, max_bytes=1000)
+    assert narrow.column("y").to_pylist() == [None]
+    assert narrow.column("_tf_error").to_pylist()[0] == "type: y='3.5e38' is not float32"

@@ -27,6 +27,7 @@ class StreamingConfig(FrozenModel):
 
     bootstrap_servers: str | None = None  # None: the local Kafka of conf/services.yaml
     group_id: Annotated[str, Field(min_length=1)] = "tierflow-features"
+    topic_prefix: str = ""  # put before every topic name (environments sharing a cluster)
     dead_letter_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
     late_events: Literal["drop", "dead_letter"] = "drop"
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 2000

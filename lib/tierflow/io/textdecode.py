@@ -130,7 +130,12 @@ def _coerce(values: pa.Array, type_name: str) -> pa.Array:
     if type_name in ("float32", "float64"):
         ok = pc.match_substring_regex(values, _FLOAT)
         floats = pc.cast(pc.if_else(ok, unsigned, null), pa.float64())
-        return pc.cast(floats, arrow_type(type_name))
+        if type_name == "float32":
+            # Overflow to infinity happens in the narrowing cast, so check after it.
+            floats = pc.cast(floats, pa.float32())
+        # "1e999" matches the pattern but overflows to infinity: not a finite float.
+        finite = pc.is_finite(floats)
+        return pc.if_else(finite, floats, pa.scalar(None, floats.type))
     if type_name == "boolean":
         lowered = pc.utf8_lower(values)
         truthy = pc.is_in(lowered, value_set=pa.array(["true", "1"]))

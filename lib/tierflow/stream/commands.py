@@ -38,7 +38,7 @@ def add_parsers(sub: Any) -> None:
     stream.add_argument("--max-seconds", type=float, help="stop after this long (for demos)")
 
     elog = sub.add_parser("event-log", help="append a topic's events to a Delta table")
-    elog.add_argument("--topic", required=True, help="the topic (read by some feature view)")
+    elog.add_argument("--topic", required=True, help="a view's topic (before the prefix)")
     elog.add_argument("--path", help="Delta table (default: <data>/<event_log_dir>/<topic>)")
     elog.add_argument("--bootstrap", help="Kafka bootstrap servers")
     elog.add_argument("--max-seconds", type=float, help="stop after this long")
@@ -46,7 +46,7 @@ def add_parsers(sub: Any) -> None:
 
     rep = sub.add_parser("replay", help="produce a table's rows to a topic in event-time order")
     rep.add_argument("table", help="Delta or Parquet table (relative to the data folder)")
-    rep.add_argument("--topic", required=True)
+    rep.add_argument("--topic", required=True, help="the topic (before the prefix)")
     rep.add_argument("--key", help="key columns, comma-separated (default: the topic's views')")
     rep.add_argument("--time", help="event-time column (default: the topic's views')")
     rep.add_argument("--rate", type=float, help="messages per second at most")
@@ -133,7 +133,11 @@ def _event_log(args: argparse.Namespace, project: Project, config: StreamingConf
     if not Path(path).is_absolute() and "://" not in path:
         path = str(project.data_dir / path)
     logger = EventLogger(
-        args.topic, views, path, config, bootstrap_servers(project, config, args.bootstrap)
+        config.topic_prefix + args.topic,
+        views,
+        path,
+        config,
+        bootstrap_servers(project, config, args.bootstrap),
     )
     signal.signal(signal.SIGTERM, logger.request_stop)
     signal.signal(signal.SIGINT, logger.request_stop)
@@ -182,15 +186,16 @@ def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig)
     data_dir = Path(args.data_dir) if args.data_dir else project.data_dir
     path = args.table if Path(args.table).is_absolute() else str(data_dir / args.table)
     bootstrap = bootstrap_servers(project, config, args.bootstrap)
-    ensure_topic(bootstrap, args.topic, args.partitions)
+    topic = config.topic_prefix + args.topic
+    ensure_topic(bootstrap, topic, args.partitions)
     result = replay(
-        read_table(path), args.topic, bootstrap, keys=keys, time_column=time_column,
+        read_table(path), topic, bootstrap, keys=keys, time_column=time_column,
         rate=args.rate, speedup=args.speedup, limit=args.limit,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip
     logging.getLogger("tierflow").debug("replay done")
     print(
-        f"replayed {result.sent:,} events to {args.topic} in {result.seconds:.1f} s "
+        f"replayed {result.sent:,} events to {topic} in {result.seconds:.1f} s "
         f"({result.rate:,.0f}/s); {result.skipped_no_time:,} rows without "
         f"{time_column} left out"
     )

@@ -102,8 +102,10 @@ class Summary:
         return dict(self.__dict__)
 
 
-def views_by_topic(views: Sequence[FeatureViewConfig]) -> dict[str, list[FeatureViewConfig]]:
-    """Group views by their source topic.
+def views_by_topic(
+    views: Sequence[FeatureViewConfig], prefix: str = ""
+) -> dict[str, list[FeatureViewConfig]]:
+    """Group views by their source topic (with the configured prefix).
 
     Raises:
         StreamError: a view has no topic.
@@ -112,7 +114,7 @@ def views_by_topic(views: Sequence[FeatureViewConfig]) -> dict[str, list[Feature
     for view in views:
         if not view.source.topic:
             raise StreamError(f"view {view.name} has no source.topic to stream from")
-        topics[view.source.topic].append(view)
+        topics[prefix + view.source.topic].append(view)
     return dict(topics)
 
 
@@ -132,7 +134,7 @@ class FeatureDaemon:
         self.store = store
         self.bootstrap = bootstrap_servers
         self.client_id = client_id
-        self.topics = views_by_topic(views)
+        self.topics = views_by_topic(views, config.topic_prefix)
         self.schemas = {t: TopicSchema.of(t, vs) for t, vs in self.topics.items()}
         self.metrics = StreamMetrics()
         self.summary = Summary()
@@ -143,6 +145,7 @@ class FeatureDaemon:
         self._consumer: Any = None
         self._producer: Any = None
         self._dead_partitions: dict[str, int] = {}
+        self._to_load: list[Any] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -205,7 +208,7 @@ class FeatureDaemon:
             while True:
                 existing = admin.describe_topics(list(self.topics))
                 counts = {
-                    t["topic"]: len(t["partitions"])
+                    t["name"]: len(t["partitions"])
                     for t in existing
                     if t.get("error_code", 0) == 0 and t["partitions"]
                 }
@@ -292,8 +295,10 @@ class FeatureDaemon:
         consumed = 0
         for tp, messages in records.items():
             runtime = self.partitions.get(tp)
-            if runtime is None or not messages:
-                continue  # revoked while the batch was in flight
+            if runtime is None or not messages or tp in self._to_load:
+                # Revoked, or assigned and not loaded yet: the seek to the stored offset
+                # after loading makes these come again.
+                continue
             consumed += len(messages)
             try:
                 done = self.process(tp, runtime, messages)
@@ -310,6 +315,7 @@ class FeatureDaemon:
             self.metrics.consumed(consumed)
         if offsets:
             self._commit_kafka(offsets)
+        self._load_assigned()
         self._update_lag()
 
     def _commit_kafka(self, offsets: dict[Any, Any]) -> None:
@@ -544,27 +550,22 @@ class FeatureDaemon:
         return found
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
-        """Load each new partition from the store and seek to its stored offset."""
-        for tp in assigned:
-            if tp not in self.partitions:
-                self._load(tp, tp.topic, tp.partition)
+        """Note new partitions; they are loaded after the poll returns.
+
+        kafka-python runs rebalance callbacks on its network thread, where no blocking
+        client call may be made; loading means reading the dead-letter topic and seeking.
+        """
+        self._to_load.extend(tp for tp in assigned if tp not in self.partitions)
 
     def on_revoked(self, revoked: Sequence[Any]) -> None:
-        """Forget revoked partitions (every batch is committed before the next poll).
+        """Forget revoked partitions.
 
-        The stored offsets go to Kafka once more first, so the next owner's fetch
-        position is already right.
+        Every batch was committed, to the store and then to Kafka, before the poll that
+        is rebalancing now, so there is nothing left to flush.
         """
-        from kafka.structs import OffsetAndMetadata
-
-        offsets = {
-            tp: OffsetAndMetadata(self.partitions[tp].stored_offset, "", -1)
-            for tp in revoked
-            if tp in self.partitions and self.partitions[tp].stored_offset is not None
-        }
-        if offsets:
-            self._commit_kafka(offsets)
         for tp in revoked:
+            if tp in self._to_load:
+                self._to_load.remove(tp)
             runtime = self.partitions.pop(tp, None)
             if runtime is not None:
                 self.metrics.lag.remove(runtime.topic, str(runtime.partition))
@@ -572,6 +573,11 @@ class FeatureDaemon:
                     "partition revoked",
                     extra={"topic": tp.topic, "partition": tp.partition},
                 )
+
+    def _load_assigned(self) -> None:
+        while self._to_load:
+            tp = self._to_load.pop(0)
+            self._load(tp, tp.topic, tp.partition)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

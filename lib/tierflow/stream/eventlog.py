@@ -59,6 +59,7 @@ class EventLogger:
         self.poison = 0
         self._consumer: Any = None
         self._last_flush = time.monotonic()
+        self._seeks: list[tuple[Any, int | None]] = []
 
     def _version(self, partition: int) -> int | None:
         from deltalake import DeltaTable
@@ -96,12 +97,16 @@ class EventLogger:
                 if max_seconds is not None and time.monotonic() - began > max_seconds:
                     break
                 records = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms)
+                waiting = {tp for tp, _ in self._seeks}
                 for tp, messages in records.items():
-                    if tp.partition in self.assigned:
+                    if tp.partition in self.assigned and tp not in waiting:
                         self._take(tp.partition, messages)
+                self._seek_assigned()
                 if self._due():
                     self.flush()
+                    self._commit_kafka()
             self.flush()
+            self._commit_kafka()
         finally:
             self._consumer.close(autocommit=False)
         return self.logged
@@ -143,7 +148,6 @@ class EventLogger:
     def flush(self) -> None:
         """One Delta commit with the pending events and every partition's next offset."""
         from deltalake import CommitProperties, Transaction, write_deltalake
-        from kafka.structs import OffsetAndMetadata, TopicPartition
 
         if not self.unflushed:
             return
@@ -160,31 +164,52 @@ class EventLogger:
             commit_properties=CommitProperties(app_transactions=txns),
         )
         self.logged += table.num_rows
-        offsets = {
-            TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1) for p, o in done.items()
-        }
-        try:
-            self._consumer.commit(offsets)
-        except Exception as exc:  # the table's txn versions are the truth, not Kafka's
-            log.warning("kafka commit failed", extra={"error": repr(exc)})
         self.pending = []
         self.unflushed.clear()
         self._last_flush = time.monotonic()
         log.info("event log commit", extra={"rows": table.num_rows, "total": self.logged})
 
-    def on_assigned(self, assigned: Sequence[Any]) -> None:
-        """Resume each partition from the table's transaction version."""
-        for tp in assigned:
-            version = self._version(tp.partition)
-            self.assigned.add(tp.partition)
+    def _commit_kafka(self) -> None:
+        """Tell Kafka how far the table is (it only saves a re-read: the txns decide)."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(o, "", -1)
+            for p, o in self.next_offsets.items()
+            if p in self.assigned
+        }
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("kafka commit failed", extra={"error": repr(exc)})
+
+    def _seek_assigned(self) -> None:
+        while self._seeks:
+            tp, version = self._seeks.pop(0)
             if version is None:
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, version)
+
+    def on_assigned(self, assigned: Sequence[Any]) -> None:
+        """Resume each partition from the table's transaction version.
+
+        Rebalance callbacks run on kafka-python's network thread, where no blocking
+        client call may be made: the seeks happen after the poll returns.
+        """
+        for tp in assigned:
+            version = self._version(tp.partition)
+            self.assigned.add(tp.partition)
+            self.next_offsets.pop(tp.partition, None)
+            if version is not None:
                 self.next_offsets[tp.partition] = version
+            self._seeks.append((tp, version))
 
     def on_revoked(self, revoked: Sequence[Any]) -> None:
-        """Write what is pending before the partitions move."""
+        """Write what is pending to the table before the partitions move."""
         self.flush()
         for tp in revoked:
             self.assigned.discard(tp.partition)

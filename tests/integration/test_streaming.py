@@ -1,0 +1,637 @@
+"""The feature daemons against the real broker and Redis, run as subprocesses.
+
+Parity with batch on the real flights data (the batch side computed from the event log
+the stream wrote), a crash test (200k+ events, 0.1% poison, 20+ SIGKILLs, daemons added
+and removed), graceful shutdown and resume, fuzzed messages, and bad configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.support import read_table
+from tierflow.config.features import FeatureViewConfig, duration_us
+from tierflow.engines.polars_engine import PolarsEngine
+from tierflow.examples.flights import flights_table
+from tierflow.features.batch import WINDOW_END, feature_rows, values_as_of
+from tierflow.paths import ProjectPaths
+from tierflow.project import Project
+from tierflow.stores.base import OnlineStore, entity_key
+from tierflow.stores.redis_store import RedisOnlineStore
+from tierflow.stores.sqlite_store import SQLiteOnlineStore
+from tierflow.stream.replay import event_messages, ordered
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+PROJECT = Path(__file__).resolve().parents[2]
+TIERFLOW = str(Path(sys.executable).parent / "tierflow")
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemons:
+    """Feature daemons as subprocesses of the real entry point; stopped by PID at the end."""
+
+    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+        self.tmp = tmp
+        self.env = env
+        self.running: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+        self.finished: list[tuple[int, Path]] = []
+        self.count = 0
+
+    def start(self, *args: str, module: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+        self.count += 1
+        port = free_port()
+        out = self.tmp / f"daemon-{self.count}.out"
+        entry = [sys.executable, "-m", "streaming.features"] if module else [TIERFLOW, "stream"]
+        proc = subprocess.Popen(
+            [*entry, *args, "--metrics-port", str(port)],
+            cwd=PROJECT,
+            env=self.env,
+            stdout=out.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running.append((proc, port, out))
+        return proc, port
+
+    def kill(self, index: int) -> None:
+        proc, _port, out = self.running.pop(index)
+        proc.send_signal(signal.SIGKILL)
+        self.finished.append((proc.wait(), out))
+
+    def stop(self, index: int, timeout: float = 60) -> dict[str, Any]:
+        proc, _port, out = self.running.pop(index)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=timeout)
+        self.finished.append((code, out))
+        assert code == 0, out.read_text()[-3000:]
+        return summary_of(out)
+
+    def check_alive(self) -> None:
+        for proc, _port, out in self.running:
+            assert proc.poll() is None, out.read_text()[-4000:]
+
+    def stop_all(self) -> list[dict[str, Any]]:
+        return [self.stop(0) for _ in list(self.running)]
+
+    def cleanup(self) -> None:
+        for proc, _port, out in self.running:
+            proc.send_signal(signal.SIGKILL)
+            self.finished.append((proc.wait(), out))
+        self.running.clear()
+        for code, out in self.finished[-3:]:
+            # Shown by pytest when the test failed.
+            print(f"--- {out.name} (exit {code}) ---\n{out.read_text()[-4000:]}")
+
+
+def summary_of(out: Path) -> dict[str, Any]:
+    for line in reversed(out.read_text().splitlines()):
+        if line.startswith('{"summary"'):
+            return dict(json.loads(line)["summary"])
+    raise AssertionError(f"no summary in {out}:\n{out.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, redis_url: str, kafka_bootstrap: str) -> Iterator[Daemons]:
+    env = dict(os.environ)
+    env.update(
+        TIERFLOW_ONLINE_STORE="redis",
+        TIERFLOW_REDIS_URL=redis_url,
+        TIERFLOW_STREAM_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        TIERFLOW_STREAM_SESSION_TIMEOUT_MS="6000",
+        TIERFLOW_STREAM_POLL_TIMEOUT_MS="100",
+    )
+    d = Daemons(tmp_path, env)
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture(scope="module")
+def views() -> dict[str, FeatureViewConfig]:
+    return Project.load(paths=ProjectPaths.discover()).feature_views()
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_request_size=2_000_000
+    )
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(name, partitions, 1)])
+    admin.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_consumer_group_offsets(group)
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+def stored_offsets(store: OnlineStore, group: str, topic: str, partitions: int) -> dict[int, int]:
+    out = {}
+    for p in range(partitions):
+        offset = store.load_partition(f"{group}/{topic}/{p}").offset
+        if offset is not None:
+            out[p] = offset
+    return out
+
+
+def wait_caught_up(
+    store: OnlineStore,
+    group: str,
+    topic: str,
+    ends: dict[int, int],
+    timeout: float,
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive()
+        if stored_offsets(store, group, topic, len(ends)) == {p: e for p, e in ends.items() if e}:
+            return
+        time.sleep(0.5)
+    got = stored_offsets(store, group, topic, len(ends))
+    raise AssertionError(f"not caught up in {timeout} s: stored {got}, topic ends {ends}")
+
+
+def partition_of(entity: tuple[Any, ...], partitions: int) -> int:
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(entity_key(entity).encode()) & 0x7FFFFFFF) % partitions
+
+
+def expected_values(
+    events: pa.Table,
+    view: FeatureViewConfig,
+    store: OnlineStore,
+    group: str,
+    topic: str,
+    partitions: int,
+) -> dict[tuple[Any, ...], tuple[int, dict[str, Any]]]:
+    """Batch values of each entity at its partition's watermark grid point."""
+    engine = PolarsEngine()
+    rows = feature_rows(engine.from_arrow(events), view, engine)
+    table = rows.to_native().collect().to_arrow()
+    out = {}
+    for p in range(partitions):
+        meta = json.loads(store.load_partition(f"{group}/{topic}/{p}").meta or "{}")
+        mark = meta.get("max_event_us", {}).get(view.name)
+        if mark is None:
+            continue
+        grid = (mark - duration_us(view.allowed_lateness)) // view.step_us * view.step_us
+        picked = values_as_of(engine.from_arrow(table), view, grid)
+        for r in picked.to_native().collect().to_arrow().to_pylist():
+            entity = tuple(r[e] for e in view.entities)
+            if partition_of(entity, partitions) != p:
+                continue
+            values = {f.name: _clean(r[f.name]) for f in view.features}
+            out[entity] = (r[WINDOW_END], values)
+    return out
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def assert_store_equals(
+    store: OnlineStore,
+    view: FeatureViewConfig,
+    expected: dict[tuple[Any, ...], tuple[int, dict[str, Any]]],
+) -> None:
+    assert expected, "nothing to compare"
+    entities = list(expected)
+    got = store.read(view.name, entities)
+    mismatches = []
+    for entity, stored in zip(entities, got, strict=True):
+        end, values = expected[entity]
+        if stored is None or stored.window_end_us != end:
+            mismatches.append((entity, end, stored))
+            continue
+        for name, value in values.items():
+            other = stored.values[name]
+            if isinstance(value, float) and isinstance(other, float):
+                ok = math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-9)
+            else:
+                ok = value == other
+            if not ok:
+                mismatches.append((entity, name, value, other))
+    assert not mismatches, mismatches[:10]
+    assert store.count(view.name) == len(expected), "the store has entities batch does not"
+
+
+def flights_events(months: tuple[int, ...], view: FeatureViewConfig) -> pa.Table:
+    """The flights a view's topic carries: in event-time order, with an event time."""
+    table, _skipped = ordered(flights_table(months), view.event_time)
+    return table
+
+
+# --- parity -------------------------------------------------------------------------------
+
+
+def test_parity_with_batch_on_flights(  # noqa: PLR0915
+    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name, tmp_path: Path
+) -> None:
+    view = views["carrier_delays"]
+    prefix = unique_name("parity") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    data = tmp_path / "data"
+    daemons.env.update(TIERFLOW_STREAM_TOPIC_PREFIX=prefix, TIERFLOW_STREAM_GROUP_ID=group)
+    store = RedisOnlineStore(redis_url)
+    store.clear(view.name)
+    source = flights_table((1, 2))
+    import deltalake
+
+    deltalake.write_deltalake(str(data / "silver" / "flights"), source)
+    # The real replay command: keys and event time come from the view reading the topic.
+    replay = subprocess.run(
+        [TIERFLOW, "replay", "silver/flights", "--topic", view.source.topic,
+         "--partitions", "4", "--data-dir", str(data)],
+        cwd=PROJECT, env=daemons.env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    sent = int(replay.stdout.split()[1].replace(",", ""))
+    ends = end_offsets(kafka_bootstrap, topic)
+    assert sum(ends.values()) == sent > 40_000
+
+    daemons.start("--view", "carrier_delays", module=True)
+    log_out = tmp_path / "eventlog.out"
+    logger = subprocess.Popen(
+        [TIERFLOW, "event-log", "--topic", view.source.topic, "--data-dir", str(data)],
+        cwd=PROJECT, env={**daemons.env, "TIERFLOW_STREAM_EVENT_LOG_INTERVAL_S": "1"},
+        stdout=log_out.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_caught_up(store, group, topic, ends, timeout=240, alive=daemons.check_alive)
+        _, port = daemons.running[0][0], daemons.running[0][1]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+        summary = daemons.stop(0)
+        log_path = data / "events" / f"{view.source.topic.replace('.', '_')}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if read_table(log_path).num_rows >= sent:
+                    break
+            except Exception:  # noqa: S110 - the table may not exist yet
+                pass
+            time.sleep(1)
+    finally:
+        logger.send_signal(signal.SIGTERM)
+        assert logger.wait(timeout=60) == 0, log_out.read_text()[-3000:]
+
+    assert health["status"] == "ok" and len(health["assigned"]) == 4
+    assert "tierflow_stream_consumer_lag" in metrics
+    assert "tierflow_stream_freshness_seconds_count" in metrics
+    assert 'tierflow_stream_events_total{topic="' + topic + '"}' in metrics
+    assert summary["consumed"] == sent and summary["poison"] == 0 and summary["late"] == 0
+
+    # The event log holds exactly the events the stream saw: each offset once.
+    logged = read_table(log_path)
+    assert logged.num_rows == sent
+    pairs = set(
+        zip(
+            logged["_kafka_partition"].to_pylist(),
+            logged["_kafka_offset"].to_pylist(),
+            strict=False,
+        )
+    )
+    assert len(pairs) == sent
+
+    # Batch over the event log, at each partition's watermark, equals the online store.
+    expected = expected_values(
+        logged.select(list(view.source.columns)), view, store, group, topic, 4
+    )
+    assert len(expected) == 16  # every carrier
+    assert_store_equals(store, view, expected)
+    # ...and over the source table itself, the same.
+    assert expected == expected_values(
+        source.select(list(view.source.columns)), view, store, group, topic, 4
+    )
+    store.close()
+
+
+# --- crash test ---------------------------------------------------------------------------
+
+
+def poison_messages(rng: random.Random, count: int) -> list[tuple[bytes | None, bytes | None]]:
+    kinds: list[Callable[[], tuple[bytes | None, bytes | None]]] = [
+        lambda: (b'["JFK","LAX"]', bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80)))),
+        lambda: (
+            b'["JFK","LAX"]',
+            b'{"origin":"JFK","dest":"LAX","arr_at":"2013-01-01T10:00:00Z","arr_delay":"late"}',
+        ),
+        lambda: (b'["JFK","LAX"]', b'{"origin":"JFK","dest":"LAX","arr_delay":3}'),
+        lambda: (None, b'{"dest":"LAX","arr_at":"2013-01-01T10:00:00Z","arr_delay":3}'),
+        lambda: (
+            b'["EWR","ORD"]',
+            b'{"origin":"JFK","dest":"LAX","arr_at":"2013-01-01T10:00:00Z","arr_delay":3}',
+        ),
+        lambda: (b'["JFK","LAX"]', b"\xff\xfe\xfd"),
+        lambda: (b'["JFK","LAX"]', None),
+    ]
+    return [rng.choice(kinds)() for _ in range(count)]
+
+
+def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR0915
+    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
+) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    view = views["route_history"]
+    prefix = unique_name("crash") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    partitions = 6
+    daemons.env.update(
+        TIERFLOW_STREAM_TOPIC_PREFIX=prefix,
+        TIERFLOW_STREAM_GROUP_ID=group,
+        TIERFLOW_STREAM_MAX_POLL_RECORDS="500",
+    )
+    store = RedisOnlineStore(redis_url)
+    store.clear(view.name)
+    create_topic(kafka_bootstrap, topic, partitions)
+    events = flights_events((1, 2, 3, 4, 5, 6, 7), view)
+    rng = random.Random(7)
+    messages: list[tuple[bytes | None, bytes | None]] = [
+        (k, v) for k, v, _ts in event_messages(events, view.entities, view.event_time)
+    ]
+    assert len(messages) >= 200_000
+    poison = poison_messages(rng, len(messages) // 1000)
+    for item in poison:
+        messages.insert(rng.randrange(len(messages)), item)
+
+    violations: list[str] = []
+    stop_watch = threading.Event()
+
+    def watch_offsets() -> None:
+        # Kafka's committed offset must never be ahead of what the store applied.
+        while not stop_watch.is_set():
+            committed = committed_offsets(kafka_bootstrap, group, topic)
+            stored = stored_offsets(store, group, topic, partitions)
+            for p, offset in committed.items():
+                if offset > stored.get(p, 0):
+                    violations.append(f"partition {p}: committed {offset} > stored {stored.get(p)}")
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch_offsets, daemon=True)
+    watcher.start()
+    kills = adds = removes = 0
+    try:
+        daemons.start("--view", view.name)
+        daemons.start("--view", view.name)
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=20)
+        sent = 0
+        chunk = 2000
+        next_action = time.monotonic() + 3
+        while sent < len(messages) or kills < 20:
+            for key, value in messages[sent : sent + chunk]:
+                producer.send(topic, key=key, value=value)
+            sent = min(len(messages), sent + chunk)
+            producer.flush()
+            time.sleep(0.15)  # about 10k events/s while the daemons churn
+            if time.monotonic() < next_action:
+                continue
+            next_action = time.monotonic() + rng.uniform(1.0, 2.5)
+            action = rng.random()
+            if action < 0.75 or (kills < 20 and sent >= len(messages)):
+                daemons.kill(rng.randrange(len(daemons.running)))
+                kills += 1
+                daemons.start("--view", view.name)
+            elif action < 0.9 and len(daemons.running) < 4:
+                daemons.start("--view", view.name)
+                adds += 1
+            elif len(daemons.running) > 1:
+                daemons.stop(rng.randrange(len(daemons.running)))
+                removes += 1
+        producer.close()
+        ends = end_offsets(kafka_bootstrap, topic)
+        assert sum(ends.values()) == len(messages)
+
+        wait_caught_up(store, group, topic, ends, timeout=300, alive=daemons.check_alive)
+        summaries = daemons.stop_all()
+    finally:
+        stop_watch.set()
+        watcher.join(timeout=10)
+    assert kills >= 20 and adds + removes >= 2, (kills, adds, removes)
+    assert not violations, violations[:5]
+    assert sum(s["consumed"] for s in summaries) > 0
+
+    # Every poison message is in the dead-letter topic exactly once.
+    dead = KafkaConsumer(
+        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
+    seen: list[tuple[int, int]] = []
+    for message in dead:
+        headers = dict(message.headers)
+        seen.append((int(headers["tf.partition"]), int(headers["tf.offset"])))
+    dead.close()
+    assert len(seen) == len(set(seen)) == len(poison), (len(seen), len(set(seen)), len(poison))
+
+    expected = expected_values(
+        events.select(list(view.source.columns)), view, store, group, topic, partitions
+    )
+    assert len(expected) > 150
+    assert_store_equals(store, view, expected)
+    store.close()
+
+
+# --- graceful shutdown and resume (SQLite store) ------------------------------------------
+
+
+def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
+    daemons: Daemons, views, kafka_bootstrap: str, unique_name, tmp_path: Path
+) -> None:
+    view = views["origin_delays"]
+    prefix = unique_name("graceful") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    db = tmp_path / "online.db"
+    daemons.env.update(
+        TIERFLOW_STREAM_TOPIC_PREFIX=prefix,
+        TIERFLOW_STREAM_GROUP_ID=group,
+        TIERFLOW_ONLINE_STORE="sqlite",
+        TIERFLOW_ONLINE_DB=str(db),
+        TIERFLOW_STREAM_MAX_POLL_RECORDS="200",
+    )
+    create_topic(kafka_bootstrap, topic, 3)
+    events = flights_events((3,), view)
+    messages = [(k, v) for k, v, _ts in event_messages(events, view.entities, view.event_time)]
+    half = len(messages) // 2
+    produce(kafka_bootstrap, topic, messages[:half])
+    daemons.start("--view", view.name)
+    store = SQLiteOnlineStore(db)
+    # Stop it mid-stream: SIGTERM while it is still working through the first half.
+    deadline = time.monotonic() + 120
+    while sum(stored_offsets(store, group, topic, 3).values()) < half // 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first = daemons.stop(0)
+    stored = sum(stored_offsets(store, group, topic, 3).values())
+    assert 0 < first["consumed"] == stored, (first, stored)
+
+    produce(kafka_bootstrap, topic, messages[half:])
+    daemons.start("--view", view.name)
+    wait_caught_up(
+        store, group, topic, end_offsets(kafka_bootstrap, topic), 180, daemons.check_alive
+    )
+    second = daemons.stop(0)
+    # The restart read only what the first run had not applied.
+    assert second["consumed"] == len(messages) - first["consumed"]
+    assert second["skipped_replays"] == 0
+    expected = expected_values(
+        events.select(list(view.source.columns)), view, store, group, topic, 3
+    )
+    assert_store_equals(store, view, expected)
+    store.close()
+
+
+# --- fuzz ---------------------------------------------------------------------------------
+
+
+def test_fuzzed_messages_never_crash_the_daemon(
+    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
+) -> None:
+    view = views["carrier_delays"]
+    prefix = unique_name("fuzz") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    daemons.env.update(
+        TIERFLOW_STREAM_TOPIC_PREFIX=prefix,
+        TIERFLOW_STREAM_GROUP_ID=group,
+        TIERFLOW_STREAM_MAX_EVENT_BYTES="65536",
+    )
+    create_topic(kafka_bootstrap, topic, 2)
+    rng = random.Random(11)
+    good = [
+        (k, v)
+        for k, v, _ts in event_messages(
+            flights_events((5,), view).slice(0, 3000), view.entities, view.event_time
+        )
+    ]
+    key = b'["UA"]'
+    fields = {
+        "flight_id": 1,
+        "carrier": "UA",
+        "origin": "JFK",
+        "dep_at": "2013-05-01T10:00:00Z",
+        "dep_delay": 4.0,
+    }
+
+    def mutate() -> tuple[bytes | None, bytes | None]:
+        choice = rng.randrange(9)
+        if choice == 0:
+            return key, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 2000)))
+        if choice == 1:
+            return key, b'{"carrier":"UA","pad":"' + b"x" * 900_000 + b'"}'
+        if choice == 2:
+            broken = dict(fields)
+            broken["flight_id"] = rng.choice([[1, 2], {"a": 1}, "text", True, 1.5, "NaN"])
+            broken["dep_delay"] = rng.choice([[1], {"x": 1}, "abc", "1e999", "NaN"])
+            return key, json.dumps(broken).encode()
+        if choice == 3:
+            dropped = rng.choice(["carrier", "dep_at"])
+            partial = {k: v for k, v in fields.items() if k != dropped}
+            return key, json.dumps(partial).encode()
+        if choice == 4:
+            return key, '{"carrier": "UA", "x": "\udcff"}'.encode("utf-8", "surrogatepass")
+        if choice == 5:
+            return key, b"[" * 50_000 + b"]" * 50_000
+        if choice == 6:
+            return rng.choice([None, b"", b"\x00\x01"]), json.dumps(fields).encode()
+        if choice == 7:
+            return key, rng.choice([b"null", b"42", b'"str"', b"true", b"{}", b""])
+        return key, json.dumps(
+            {**fields, "dep_at": rng.choice(["2013-13-40", "yesterday", 12])}
+        ).encode()
+
+    fuzz = [mutate() for _ in range(400)]
+    messages = list(good)  # in event-time order: none of them is late
+    for item in fuzz:
+        messages.insert(rng.randrange(len(messages) + 1), item)
+    produce(kafka_bootstrap, topic, messages)
+    proc, port = daemons.start("--view", view.name)
+    store = RedisOnlineStore(redis_url)
+    ends = end_offsets(kafka_bootstrap, topic)
+    wait_caught_up(store, group, topic, ends, timeout=180, alive=daemons.check_alive)
+    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
+    assert health["status"] == "ok"
+    summary = daemons.stop(0)
+    assert summary["consumed"] == len(messages)
+    # Every fuzzed message is dead-lettered (none happens to be a valid event).
+    assert summary["poison"] == summary["dead_lettered"] == len(fuzz)
+    assert summary["applied"] == len(good) and summary["late"] == 0
+    store.close()
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"TIERFLOW_STREAM_MAX_POLL_RECORDS": "lots"}, [], "max_poll_records = 'lots'"),
+        ({"TIERFLOW_STREAM_NO_SUCH": "1"}, [], "TIERFLOW_STREAM_NO_SUCH"),
+        ({"TIERFLOW_STREAM_LATE_EVENTS": "keep"}, [], "late_events = 'keep'"),
+        ({}, ["--view", "no_such_view"], "no feature view 'no_such_view'"),
+    ],
+)
+def test_bad_configuration_fails_at_start(
+    env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [TIERFLOW, "stream", *args], cwd=PROJECT, env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
