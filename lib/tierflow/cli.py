@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     examples = sub.add_parser("examples", help="generate the example jobs' data")
     examples.add_argument("--data-dir", help="data folder (default: data/)")
     examples.add_argument("--orders", type=int, default=20_000)
+    examples.add_argument(
+        "which", nargs="?", choices=("all", "retail", "flights"), default="all",
+        help="retail: generated orders for the batch jobs; flights: NYC flights 2013 "
+        "(silver/flights, silver/labels) for the feature views",
+    )  # fmt: skip
 
     services = sub.add_parser("services", help="start, stop and check the local services")
     services.add_argument(
@@ -257,10 +262,16 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command in COMMANDS:
         return run_command(args, project)
     if args.command == "examples":
-        from tierflow.examples.retail import generate
+        if args.which in ("all", "retail"):
+            from tierflow.examples.retail import generate
 
-        generate(project.data_dir, orders=args.orders)
-        print(f"example data written to {project.data_dir}")
+            generate(project.data_dir, orders=args.orders)
+        if args.which in ("all", "flights"):
+            from tierflow.examples.flights import write_flights, write_labels
+
+            write_flights(project.data_dir)
+            write_labels(project.data_dir)
+        print(f"example data ({args.which}) written to {project.data_dir}")
         return 0
     return _table(args, project.data_dir)
 

@@ -605,7 +605,7 @@ def test_fuzzed_messages_never_crash_the_daemon(
     for item in fuzz:
         messages.insert(rng.randrange(len(messages) + 1), item)
     produce(kafka_bootstrap, topic, messages)
-    proc, port = daemons.start("--view", view.name)
+    _proc, port = daemons.start("--view", view.name)
     store = RedisOnlineStore(redis_url)
     ends = end_offsets(kafka_bootstrap, topic)
     wait_caught_up(store, group, topic, ends, timeout=180, alive=daemons.check_alive)

@@ -84,6 +84,16 @@ class PartitionRuntime:
 
 
 @dataclass
+class _PartResult:
+    """What one partition's batch produced, across the views."""
+
+    applied: int = 0
+    rows: list[tuple[str, Any, int]] = field(default_factory=list)
+    put: dict[str, str] = field(default_factory=dict)
+    delete: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Summary:
     """Counts of one daemon run (printed as JSON at exit)."""
 
@@ -181,6 +191,9 @@ class FeatureDaemon:
             )
         except KafkaError as exc:
             raise StreamError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
+        # Judge an empty batch once: the first real batch must not pay for imports.
+        for schema in self.schemas.values():
+            check_messages(schema, [], [], [], max_bytes=self.config.max_event_bytes)
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
         self.ops = OpsServer(
             self.config.metrics_host, self.config.metrics_port, self.metrics, self.health
@@ -277,6 +290,7 @@ class FeatureDaemon:
             "group": self.config.group_id,
             "assigned": sorted(f"{r.topic}/{r.partition}" for r in self.partitions.values()),
             "last_poll_age_s": round(age, 3),
+            "freshness": self.metrics.freshness_percentiles(),
             "summary": self.summary.as_dict(),
         }
         return ok, detail
@@ -284,14 +298,12 @@ class FeatureDaemon:
     # --- the loop -------------------------------------------------------------------------
 
     def poll_once(self) -> None:
-        """One poll: process each partition's batch, then commit the offsets to Kafka."""
-        from kafka.structs import OffsetAndMetadata
-
+        """One poll: judge and aggregate per topic, commit per partition, then to Kafka."""
         records = self._consumer.poll(
             timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
         )
         self.last_poll = time.monotonic()
-        offsets = {}
+        by_topic: dict[str, list[tuple[Any, PartitionRuntime, list[Any]]]] = defaultdict(list)
         consumed = 0
         for tp, messages in records.items():
             runtime = self.partitions.get(tp)
@@ -300,17 +312,17 @@ class FeatureDaemon:
                 # after loading makes these come again.
                 continue
             consumed += len(messages)
-            try:
-                done = self.process(tp, runtime, messages)
-            except StoreError as exc:
-                # Nothing of the batch is applied; start the partition over from the
-                # store once it answers again.
-                log.error("store write failed; retrying the partition", extra={"error": str(exc)})
-                time.sleep(1)
-                self._load(tp, runtime.topic, runtime.partition)
-                continue
-            if done and runtime.stored_offset is not None:
-                offsets[tp] = OffsetAndMetadata(runtime.stored_offset, "", -1)
+            start = runtime.stored_offset or 0
+            fresh = [m for m in messages if m.offset >= start]
+            skipped = len(messages) - len(fresh)
+            if skipped:
+                self.summary.skipped_replays += skipped
+                self.metrics.skipped.labels(runtime.topic).inc(skipped)
+            if fresh:
+                by_topic[tp.topic].append((tp, runtime, fresh))
+        offsets: dict[Any, Any] = {}
+        for topic, parts in by_topic.items():
+            offsets.update(self.process(topic, parts))
         if consumed:
             self.metrics.consumed(consumed)
         if offsets:
@@ -319,13 +331,16 @@ class FeatureDaemon:
         self._update_lag()
 
     def _commit_kafka(self, offsets: dict[Any, Any]) -> None:
-        from kafka.errors import KafkaError
+        """Commit asynchronously (Kafka's offset only saves a re-read; the store decides).
 
-        try:
-            self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # The store holds the truth; Kafka's offset only saves a re-read.
-            log.warning("kafka offset commit failed", extra={"error": repr(exc)})
+        It is sent after the store commit, so it is never ahead of the store's offset.
+        """
+
+        def done(_offsets: Any, result: Any) -> None:
+            if isinstance(result, Exception):
+                log.warning("kafka offset commit failed", extra={"error": repr(result)})
+
+        self._consumer.commit_async(offsets, callback=done)
 
     def _update_lag(self) -> None:
         for tp, runtime in self.partitions.items():
@@ -337,58 +352,116 @@ class FeatureDaemon:
                 max(0, high - position)
             )
 
-    def process(  # noqa: PLR0915 - the steps of a batch, in the order they must happen
-        self, tp: Any, runtime: PartitionRuntime, messages: Sequence[Any]
-    ) -> bool:
-        """Apply one partition's batch; False if the commit was refused (state reloaded)."""
-        start = runtime.stored_offset or 0
-        fresh = [m for m in messages if m.offset >= start]
-        skipped = len(messages) - len(fresh)
-        if skipped:
-            self.summary.skipped_replays += skipped
-            self.metrics.skipped.labels(runtime.topic).inc(skipped)
-        if not fresh:
-            return False
+    def process(
+        self, topic: str, parts: Sequence[tuple[Any, PartitionRuntime, list[Any]]]
+    ) -> dict[Any, Any]:
+        """Apply one poll's batches of a topic; the Kafka offsets to commit.
+
+        Judging and tile aggregation run once over every partition's messages (entities
+        never span partitions); late judgement, window state and the commit are per
+        partition, in offset order.
+        """
+        from kafka.structs import OffsetAndMetadata
+
+        fresh = [m for _tp, _runtime, messages in parts for m in messages]
+        owner = [i for i, (_tp, _rt, messages) in enumerate(parts) for _ in messages]
         self.summary.consumed += len(fresh)
         checked = check_messages(
-            runtime.schema,
+            self.schemas[topic],
             [m.key for m in fresh],
             [m.value for m in fresh],
             [m.offset for m in fresh],
             max_bytes=self.config.max_event_bytes,
         )
-        dead: dict[int, list[str]] = {i: [reason] for i, reason in checked.poison}
+        dead: list[dict[int, list[str]]] = [{} for _ in parts]
+        base = [0]
+        for _tp, _rt, messages in parts:
+            base.append(base[-1] + len(messages))
+        for i, reason in checked.poison:
+            dead[owner[i]][i - base[owner[i]]] = [reason]
+            self.metrics.dead_letters.labels(topic, reason.split(":", 1)[0]).inc()
         self.summary.poison += len(checked.poison)
-        for _i, reason in checked.poison:
-            self.metrics.dead_letters.labels(runtime.topic, reason.split(":", 1)[0]).inc()
-        position = {offset: i for i, offset in enumerate(m.offset for m in fresh)}
-        rows = []
-        put: dict[str, str] = {}
-        delete: list[str] = []
-        applied = 0
-        for state in runtime.views.values():
-            events = checked.events
-            times = event_times_us(events, state.view.event_time)
-            late = state.late_flags(times)
-            if any(late):
-                offsets = events.column(OFFSET).to_pylist()
-                late_offsets = [o for o, flag in zip(offsets, late, strict=True) if flag]
-                self.summary.late += len(late_offsets)
-                self.metrics.late.labels(state.view.name).inc(len(late_offsets))
+        event_owner = [owner[i] for i in checked.rows]
+        results: list[_PartResult] = [_PartResult() for _ in parts]
+        for view in self.topics[topic]:
+            self._apply_view(view, parts, checked, event_owner, base, dead, results)
+        offsets = {}
+        for index, (tp, runtime, messages) in enumerate(parts):
+            try:
+                done = self._commit(runtime, messages, dead[index], results[index])
+            except StoreError as exc:
+                # Nothing of the batch is applied; start the partition over from the
+                # store once it answers again.
+                log.error("store write failed; retrying the partition", extra={"error": str(exc)})
+                time.sleep(1)
+                self._load(tp, runtime.topic, runtime.partition)
+                continue
+            if done:
+                offsets[tp] = OffsetAndMetadata(runtime.stored_offset, "", -1)
+            else:
+                self._load(tp, runtime.topic, runtime.partition)
+        return offsets
+
+    def _apply_view(
+        self,
+        view: FeatureViewConfig,
+        parts: Sequence[tuple[Any, PartitionRuntime, list[Any]]],
+        checked: Any,
+        event_owner: list[int],
+        base: list[int],
+        dead: list[dict[int, list[str]]],
+        results: list[_PartResult],
+    ) -> None:
+        events = checked.events
+        times = event_times_us(events, view.event_time)
+        offsets = events.column(OFFSET).to_pylist()
+        keep = [True] * events.num_rows
+        for index, (_tp, runtime, _messages) in enumerate(parts):
+            state = runtime.views[view.name]
+            rows = [r for r, o in enumerate(event_owner) if o == index]
+            late = state.late_flags([times[r] for r in rows])
+            late_rows = [r for r, flag in zip(rows, late, strict=True) if flag]
+            if not late_rows:
+                continue
+            self.summary.late += len(late_rows)
+            self.metrics.late.labels(view.name).inc(len(late_rows))
+            for r in late_rows:
+                keep[r] = False
                 if self.config.late_events == "dead_letter":
-                    mark = state.watermark_us
-                    for offset in late_offsets:
-                        dead.setdefault(position[offset], []).append(
-                            f"late: for view {state.view.name}, its window closed at "
-                            f"watermark {mark} µs"
-                        )
-                events = events.filter(pa.array([not f for f in late]))
-            applied = max(applied, events.num_rows)
-            state.add(batch_partials(events, state))
+                    at = checked.rows[r] - base[index]
+                    dead[index].setdefault(at, []).append(
+                        f"late: for view {view.name}, its window closed at watermark "
+                        f"{state.watermark_us} µs (offset {offsets[r]})"
+                    )
+        accepted = events.filter(pa.array(keep)) if not all(keep) else events
+        kept_owner = [o for o, k in zip(event_owner, keep, strict=True) if k]
+        entity_owner = {}
+        columns = [accepted.column(e).to_pylist() for e in view.entities]
+        for r, o in enumerate(kept_owner):
+            entity_owner[tuple(c[r] for c in columns)] = o
+        any_state = parts[0][1].views[view.name]
+        partials = batch_partials(accepted, any_state)
+        split: list[list[Any]] = [[] for _ in parts]
+        for item in partials:
+            split[entity_owner[item.entity]].append(item)
+        for index, (_tp, runtime, _messages) in enumerate(parts):
+            state = runtime.views[view.name]
+            state.add(split[index])
             emission = state.advance()
-            rows += [(state.view.name, row, state.view.ttl_us) for row in emission.rows]
-            put.update({state.field(e): text for e, text in emission.put.items()})
-            delete += [state.field(e) for e in emission.delete]
+            result = results[index]
+            result.applied = max(result.applied, kept_owner.count(index))
+            result.rows += [(view.name, row, view.ttl_us) for row in emission.rows]
+            result.put.update({state.field(e): text for e, text in emission.put.items()})
+            result.delete += [state.field(e) for e in emission.delete]
+
+    def _commit(
+        self,
+        runtime: PartitionRuntime,
+        fresh: Sequence[Any],
+        dead: dict[int, list[str]],
+        result: _PartResult,
+    ) -> bool:
+        """Dead letters, then the store commit; False if the commit was refused."""
         dead_end = self._dead_letter(runtime, fresh, dead)
         next_offset = fresh[-1].offset + 1
         meta = {
@@ -400,9 +473,9 @@ class FeatureDaemon:
             expected_offset=runtime.stored_offset,
             offset=next_offset,
             meta=json.dumps(meta),
-            rows=rows,
-            put=put,
-            delete=delete,
+            rows=result.rows,
+            put=result.put,
+            delete=result.delete,
         )
         began = time.perf_counter()
         try:
@@ -411,22 +484,21 @@ class FeatureDaemon:
             self.summary.stale_commits += 1
             self.metrics.stale_commits.inc()
             log.warning("commit refused; reloading the partition", extra={"error": str(exc)})
-            self._load(tp, runtime.topic, runtime.partition)
             return False
         now = time.time()
         self.metrics.store_write.observe(time.perf_counter() - began)
         runtime.stored_offset = next_offset
         runtime.dead_letter_end = dead_end
         runtime.already_dead = {o for o in runtime.already_dead if o >= next_offset}
-        self.summary.applied += applied
+        self.summary.applied += result.applied
         self.summary.rows_written += written
         self.summary.commits += 1
-        self.metrics.events.labels(runtime.topic).inc(applied)
-        for view, _row, _ttl in rows:
+        self.metrics.events.labels(runtime.topic).inc(result.applied)
+        for view, _row, _ttl in result.rows:
             self.metrics.rows_written.labels(view).inc()
         for m in fresh:
             if m.timestamp is not None and m.timestamp > 0:
-                self.metrics.freshness.observe(max(0.0, now - m.timestamp / 1000))
+                self.metrics.observe_freshness(max(0.0, now - m.timestamp / 1000))
         return True
 
     def _dead_letter(

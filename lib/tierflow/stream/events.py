@@ -79,8 +79,9 @@ class TopicSchema:
 class CheckedBatch:
     """One partition's messages, judged: the valid events, and the poison with reasons."""
 
-    events: pa.Table  # valid rows in offset order, with OFFSET
+    events: pa.Table  # valid rows in message order, with OFFSET
     poison: list[tuple[int, str]]  # (index in the batch, reason)
+    rows: list[int]  # for each event, its index in the batch
 
 
 def check_messages(
@@ -125,7 +126,7 @@ def check_messages(
         pa.array(good, pa.int64())
     )
     events = events.append_column(OFFSET, pa.array([offsets[i] for i in good], pa.int64()))
-    return CheckedBatch(events, poison)
+    return CheckedBatch(events, poison, good)
 
 
 def event_times_us(events: pa.Table, column: str) -> list[int]:

@@ -78,6 +78,8 @@ class StreamMetrics:
             registry=r,
         )
         self._recent: deque[tuple[float, int]] = deque()
+        # Raw freshness of the latest events, for exact percentiles in /health.
+        self.freshness_samples: deque[float] = deque(maxlen=100_000)
 
     def consumed(self, count: int) -> None:
         """Record ``count`` consumed messages for the events/s gauge."""
@@ -87,6 +89,22 @@ class StreamMetrics:
             self._recent.popleft()
         span = max(now - self._recent[0][0], 1.0) if self._recent else 1.0
         self.events_per_second.set(sum(c for _, c in self._recent) / span)
+
+    def observe_freshness(self, seconds: float) -> None:
+        """One event's store-write time minus its record timestamp."""
+        self.freshness.observe(seconds)
+        self.freshness_samples.append(seconds)
+
+    def freshness_percentiles(self) -> dict[str, float | None]:
+        """p50 and p99 freshness (ms) of the latest events."""
+        if not self.freshness_samples:
+            return {"p50_ms": None, "p99_ms": None}
+        ordered = sorted(self.freshness_samples)
+
+        def pick(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+        return {"p50_ms": pick(0.50), "p99_ms": pick(0.99)}
 
     def exposition(self) -> bytes:
         """The Prometheus text format."""
