@@ -20,8 +20,9 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from tests.support import read_table
@@ -35,9 +36,6 @@ from tierflow.stores.base import OnlineStore, entity_key
 from tierflow.stores.redis_store import RedisOnlineStore
 from tierflow.stores.sqlite_store import SQLiteOnlineStore
 from tierflow.stream.replay import event_messages, ordered
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 PROJECT = Path(__file__).resolve().parents[2]
 TIERFLOW = str(Path(sys.executable).parent / "tierflow")
@@ -640,3 +638,92 @@ def test_bad_configuration_fails_at_start(
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+# --- late events and replay pacing -------------------------------------------------------
+
+
+def test_late_events_go_to_the_dead_letter_topic_when_configured(
+    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
+) -> None:
+    from kafka import KafkaConsumer
+
+    view = views["carrier_delays"]  # step 1h, allowed lateness 10m
+    prefix = unique_name("late") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    daemons.env.update(
+        TIERFLOW_STREAM_TOPIC_PREFIX=prefix,
+        TIERFLOW_STREAM_GROUP_ID=group,
+        TIERFLOW_STREAM_LATE_EVENTS="dead_letter",
+    )
+    create_topic(kafka_bootstrap, topic, 1)
+
+    def event(at: str, delay: float) -> tuple[bytes, bytes]:
+        body = {"flight_id": 1, "carrier": "ZZ", "origin": "JFK", "dep_at": at, "dep_delay": delay}
+        return b'["ZZ"]', json.dumps(body).encode()
+
+    produce(kafka_bootstrap, topic, [
+        event("2013-03-01T10:05:00Z", 5.0),
+        event("2013-03-01T11:20:00Z", 7.0),   # watermark 11:10: the 10:00-11:00 tile closed
+        event("2013-03-01T10:59:00Z", 100.0), # late: its tile ended at 11:00 <= 11:10
+        event("2013-03-01T11:01:00Z", 9.0),   # on time: its tile ends at 12:00
+    ])  # fmt: skip
+    store = RedisOnlineStore(redis_url)
+    store.clear(view.name)
+    daemons.start("--view", view.name)
+    wait_caught_up(store, group, topic, {0: 4}, timeout=120, alive=daemons.check_alive)
+    summary = daemons.stop(0)
+    assert summary["late"] == 1 and summary["dead_lettered"] == 1 and summary["poison"] == 0
+    stored = store.read(view.name, [("ZZ",)])[0]
+    assert stored is not None
+    # Values at the watermark's grid point, 11:00: the late 100-minute delay is not in them.
+    assert stored.window_end_us == 1362135600000000  # 2013-03-01T11:00:00Z
+    assert stored.values["dep_delay_mean_1h"] == 5.0
+    assert stored.values["dep_delay_max_24h"] == 5.0
+    dead = KafkaConsumer(
+        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
+    letters = list(dead)
+    dead.close()
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert headers["tf.offset"] == b"2" and headers["tf.partition"] == b"0"
+    assert headers["tf.topic"] == topic.encode()
+    assert headers["tf.error"].decode().startswith("late: for view carrier_delays")
+    assert json.loads(letters[0].value)["dep_delay"] == 100.0
+    store.close()
+
+
+def test_replay_paces_by_rate_and_by_event_time(
+    kafka_bootstrap: str, unique_name, tmp_path: Path
+) -> None:
+    import deltalake
+
+    data = tmp_path / "data"
+    start = 1_356_998_400_000_000  # 2013-01-01
+    table = pa.table({
+        "k": pa.array([f"e{i % 7}" for i in range(600)]),
+        "ts": pa.array([start + i * 10_000_000 for i in range(600)], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "v": pa.array([float(i) for i in range(600)]),
+    })  # fmt: skip
+    deltalake.write_deltalake(str(data / "events"), table)
+    base = [TIERFLOW, "replay", "events", "--key", "k", "--time", "ts", "--data-dir", str(data)]
+    env = {**os.environ, "TIERFLOW_STREAM_BOOTSTRAP_SERVERS": kafka_bootstrap}
+
+    def run(*extra: str) -> tuple[float, str]:
+        topic = unique_name("replay")
+        began = time.monotonic()
+        out = subprocess.run(
+            [*base, "--topic", topic, *extra], cwd=PROJECT, env=env,
+            capture_output=True, text=True, timeout=120, check=True,
+        )  # fmt: skip
+        return time.monotonic() - began, out.stdout
+
+    # 600 events at 300/s take 2 s; 100 minutes of event time at 3000x take 2 s.
+    rated, said = run("--rate", "300")
+    assert "replayed 600 events" in said
+    paced, _ = run("--speedup", "3000")
+    fast, _ = run()
+    assert rated > fast + 1.5 and paced > fast + 1.5, (rated, paced, fast)
