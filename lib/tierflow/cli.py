@@ -128,8 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", help="data folder")
 
     from tierflow.stream.commands import add_parsers
+    from tierflow.train.commands import add_parsers as add_training_parsers
 
     add_parsers(sub)
+    add_training_parsers(sub)
 
     examples = sub.add_parser("examples", help="generate the example jobs' data")
     examples.add_argument("--data-dir", help="data folder (default: data/)")
@@ -258,9 +260,12 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command in ("features", "materialize", "training-set", "serve"):
         return _features(args, project)
     from tierflow.stream.commands import COMMANDS, run_command
+    from tierflow.train import commands as training
 
     if args.command in COMMANDS:
         return run_command(args, project)
+    if args.command in training.COMMANDS:
+        return training.run_command(args, project)
     if args.command == "examples":
         if args.which in ("all", "retail"):
             from tierflow.examples.retail import generate

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("pyspark", "py4j", "delta", "ray", "torch", "dask", "distributed", "polars", "pandas")
+HEAVY = ("pyspark", "py4j", "delta", "ray", "torch", "dask", "distributed", "polars", "pandas", "kafka")
 
 PROBE = """
 import json, os, sys
 import tierflow, tierflow.cli, tierflow.config, tierflow.paths, tierflow.jvm
 import tierflow.spark, tierflow.services, tierflow.services.manager
+import tierflow.stream.commands, tierflow.train.commands, tierflow.config.training
 children = []
 for task in os.listdir(f"/proc/{os.getpid()}/task"):
     with open(f"/proc/{os.getpid()}/task/{task}/children") as f:

@@ -1,0 +1,94 @@
+"""Training runs (``conf/training/*.yaml``): snapshot, columns, model, strategy, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from tierflow.config.jobs import Identifier
+from tierflow.config.loader import FrozenModel
+
+Strategy = Literal["auto", "single", "ddp", "fsdp", "pipeline"]
+SplitName = Literal["train", "valid", "test"]
+_DEFAULT_SPLIT: dict[SplitName, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
+
+
+class SnapshotConfig(FrozenModel):
+    """The training snapshot: a Delta table, pinned to a version for reproducibility."""
+
+    path: Annotated[str, Field(min_length=1)]  # relative to the data folder
+    version: Annotated[int, Field(ge=0)] | None = None  # None: the newest, recorded in the run
+
+
+class ModelConfig(FrozenModel):
+    """A registered model factory and its keyword arguments.
+
+    Built in: ``mlp`` (hidden: list of widths, dropout) and ``transformer`` (a small
+    encoder over the features as tokens, then a decoder head: d_model, heads, layers).
+    """
+
+    name: Identifier
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(FrozenModel):
+    """AdamW or SGD with a constant, cosine or step schedule."""
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd only
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    step_every: Annotated[int, Field(ge=1)] = 1  # epochs, for the step schedule
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class CheckpointConfig(FrozenModel):
+    """Checkpoint every ``every_steps`` optimizer steps (and at each epoch's end)."""
+
+    every_steps: Annotated[int, Field(ge=1)] = 200
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
+class TrainingConfig(FrozenModel):
+    """One training run of a model on a training snapshot."""
+
+    name: Identifier
+    description: str = ""
+    snapshot: SnapshotConfig
+    features: tuple[Identifier, ...] = Field(min_length=1)
+    categorical: tuple[Identifier, ...] = ()  # one-hot encoded (fitted on the train split)
+    label: Identifier
+    task: Literal["binary", "regression"] = "binary"
+    split: dict[SplitName, float] = Field(default_factory=lambda: dict(_DEFAULT_SPLIT))
+    split_key: Identifier | None = None  # hashed for the split; default: the row order
+    model: ModelConfig
+    optimizer: OptimizerConfig = OptimizerConfig()
+    epochs: Annotated[int, Field(ge=1)] = 2
+    batch_size: Annotated[int, Field(ge=1)] = 256  # global: split across data-parallel workers
+    seed: int = 0
+    strategy: Strategy = "auto"
+    workers: Annotated[int, Field(ge=1)] = 2
+    use_gpu: Literal["auto", True, False] = "auto"
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    max_failures: Annotated[int, Field(ge=0)] = 3
+    storage_path: Annotated[str, Field(min_length=1)] = "models"  # under the data folder
+    device_memory_gb: Annotated[float, Field(gt=0)] | None = None  # default: measured
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if abs(sum(self.split.values()) - 1.0) > 1e-9 or "train" not in self.split:
+            raise ValueError(f"split must have train and sum to 1, not {self.split}")
+        unknown = [c for c in self.categorical if c not in self.features]
+        if unknown:
+            raise ValueError(f"categorical column(s) {', '.join(unknown)} are not features")
+        if self.label in self.features:
+            raise ValueError(f"the label {self.label!r} is also a feature")
+        if self.strategy in ("ddp", "fsdp") and self.batch_size % self.workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} must split evenly across {self.workers} workers"
+            )
+        if self.strategy == "pipeline" and self.workers != 2:
+            raise ValueError("the pipeline strategy splits the model into 2 stages: workers: 2")
+        return self

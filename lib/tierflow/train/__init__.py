@@ -1,0 +1,1 @@
+"""Distributed training on Ray Train: data-parallel and model-parallel (torch imported lazily)."""

@@ -1,0 +1,109 @@
+"""``tierflow train CONFIG`` and ``tierflow plan-train CONFIG``.
+
+``CONFIG`` is a name in ``conf/training/`` or a YAML path. Parsers are added without
+importing torch or Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tierflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tierflow.config.training import TrainingConfig
+    from tierflow.project import Project
+
+COMMANDS = ("train", "plan-train")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the training subcommands."""
+    for name, text in (
+        ("train", "train a model on Ray Train (the strategy planned from data and model size)"),
+        ("plan-train", "explain which training strategy a config would use, and why"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("config", help="conf/training/NAME.yaml by NAME, or a YAML path")
+        cmd.add_argument("--data-dir", help="data folder")
+        cmd.add_argument("--strategy", choices=("auto", "single", "ddp", "fsdp", "pipeline"))
+        cmd.add_argument("--workers", type=int, help="override the config's workers")
+        cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.choices["train"].add_argument("--ray-address", help="Ray cluster (default: RAY_ADDRESS)")
+
+
+def load_training(project: Project, name_or_path: str) -> TrainingConfig:
+    """A training config by name (``conf/training/NAME.yaml``) or path."""
+    from tierflow.config.loader import load_model
+    from tierflow.config.training import TrainingConfig
+
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = project.paths.conf / "training" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (project.paths.conf / "training").glob("*.yaml"))
+        raise ConfigError(f"no training config {name_or_path!r} (known: {', '.join(known)})")
+    return load_model(TrainingConfig, path)
+
+
+def run_command(args: argparse.Namespace, project: Project) -> int:
+    """Run ``train`` or ``plan-train``."""
+    from tierflow.jobs.registry import load_transforms
+
+    # The modules that register job transforms may register models too.
+    load_transforms(project.config.transform_modules, project.paths.project)
+    config = load_training(project, args.config)
+    updates: dict[str, Any] = {}
+    if args.strategy:
+        updates["strategy"] = args.strategy
+    if args.workers:
+        updates["workers"] = args.workers
+    if updates:
+        from tierflow.config.training import TrainingConfig
+
+        config = TrainingConfig.model_validate({**config.model_dump(), **updates})
+    if args.command == "plan-train":
+        return _plan(args, project, config)
+    from tierflow.train.runner import train
+
+    result = train(config, project.data_dir, ray_address=args.ray_address)
+    if args.json:
+        print(json.dumps({"folder": str(result.folder), **result.metrics}, default=str))  # noqa: T201
+    else:
+        print(  # noqa: T201
+            f"trained {config.name} ({result.plan.strategy}, {result.plan.workers} worker(s), "
+            f"snapshot v{result.version}) -> {result.folder}\n"
+            + json.dumps({k: result.metrics.get(k) for k in ("valid", "test")}, indent=2)
+        )
+    return 0
+
+
+def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
+    from deltalake import DeltaTable
+
+    from tierflow.train.data import prepare, snapshot_version
+    from tierflow.train.runner import plan_for
+
+    path = str(project.data_dir / config.snapshot.path)
+    version = snapshot_version(path, config.snapshot.version)
+    columns = list(dict.fromkeys([*config.features, config.label,
+                                  *([config.split_key] if config.split_key else [])]))  # fmt: skip
+    table = DeltaTable(path, version=version).to_pyarrow_table(columns=columns)
+    splits = prepare(table, config, version)
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        pass
+    plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
+    if args.json:
+        decided = {"strategy": plan.strategy, "workers": plan.workers, "use_gpu": plan.use_gpu}
+        print(json.dumps({**decided, "reasons": plan.reasons, **plan.numbers}))  # noqa: T201
+    else:
+        print(f"{config.name}: snapshot {path} v{version}\n{plan.explain()}")  # noqa: T201
+    return 0

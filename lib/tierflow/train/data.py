@@ -1,0 +1,184 @@
+"""Training data: the snapshot at its exact version, split, preprocessed, sharded.
+
+- **Read.** Ray Data reads the Delta snapshot at the recorded version (``read_delta``);
+  the newest version is resolved once and recorded, so a resumed or resubmitted run reads
+  the same rows.
+- **Split.** Each row's split is decided by the portable split hash of the seed and its
+  ``split_key`` (or its row number): the same rows in train/valid/test every time.
+- **Preprocessing** is fitted on the training split only: numeric features standardised
+  (mean and standard deviation), booleans 0/1, categoricals one-hot over the categories
+  seen in training (unseen ones are all zeros), missing values 0 after scaling. It is a
+  plain JSON-able object saved with every checkpoint and with the model.
+- **Batches.** Epoch ``e`` shuffles the training rows with ``seed + e``; global batch
+  ``i`` is rows ``[i*B, (i+1)*B)`` of that order; data-parallel worker ``r`` of ``W``
+  takes the ``r``-th of ``W`` equal slices of it. So a global batch is the same rows on
+  one worker or on many, which is what makes DDP comparable to single-process training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tierflow.config.training import TrainingConfig
+from tierflow.engines.base import split_hash
+
+
+@dataclass
+class Preprocessor:
+    """Fitted preprocessing: scaling, booleans, one-hot encoding."""
+
+    numeric: dict[str, tuple[float, float]]  # column -> (mean, std)
+    boolean: list[str]
+    categories: dict[str, list[str]]
+
+    @classmethod
+    def fit(cls, table: pa.Table, config: TrainingConfig) -> Preprocessor:
+        """Fit on the training split."""
+        numeric: dict[str, tuple[float, float]] = {}
+        boolean: list[str] = []
+        categories: dict[str, list[str]] = {}
+        for name in config.features:
+            column = table.column(name)
+            if name in config.categorical:
+                values = pc.unique(pc.cast(column, pa.string())).to_pylist()
+                categories[name] = sorted(v for v in values if v is not None)
+            elif pa.types.is_boolean(column.type):
+                boolean.append(name)
+            else:
+                values = pc.cast(column, pa.float64())
+                mean = pc.mean(values).as_py()
+                std = pc.stddev(values).as_py()
+                numeric[name] = (
+                    float(mean or 0.0),
+                    float(std) if std and math.isfinite(std) and std > 0 else 1.0,
+                )
+        return cls(numeric, boolean, categories)
+
+    @property
+    def width(self) -> int:
+        """Columns of the transformed matrix."""
+        return len(self.numeric) + len(self.boolean) + sum(len(c) for c in self.categories.values())
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        """The feature matrix (float32)."""
+        parts = []
+        for name, (mean, std) in self.numeric.items():
+            values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
+            scaled = (np.asarray(values, dtype=np.float64) - mean) / std
+            parts.append(np.nan_to_num(scaled, nan=0.0))
+        for name in self.boolean:
+            values = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0)
+            parts.append(values.to_numpy(zero_copy_only=False))
+        for name, cats in self.categories.items():
+            values = pc.cast(table.column(name), pa.string()).to_pylist()
+            index = {c: i for i, c in enumerate(cats)}
+            onehot = np.zeros((len(values), len(cats)))
+            for row, value in enumerate(values):
+                if value in index:
+                    onehot[row, index[value]] = 1.0
+            parts.extend(onehot.T)
+        return np.stack(parts, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"numeric": self.numeric, "boolean": self.boolean, "categories": self.categories}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        """The inverse of :meth:`to_dict`."""
+        numeric = {k: (float(v[0]), float(v[1])) for k, v in data["numeric"].items()}
+        return cls(numeric, list(data["boolean"]), dict(data["categories"]))
+
+
+@dataclass
+class Splits:
+    """Preprocessed matrices and labels of each split, plus the fitted preprocessing."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    preprocessor: Preprocessor
+    version: int
+    rows: dict[str, int]
+
+
+def snapshot_version(path: str, version: int | None) -> int:
+    """The version to read: the configured one, else the newest (to be recorded)."""
+    if version is not None:
+        return version
+    from deltalake import DeltaTable
+
+    return int(DeltaTable(path).version())
+
+
+def read_snapshot(path: str, version: int, columns: list[str]) -> pa.Table:
+    """The snapshot's columns at ``version``, read by Ray Data."""
+    import ray.data
+
+    dataset = ray.data.read_delta(path, version=version, columns=columns)
+    return pa.concat_tables(
+        [pa.Table.from_pandas(b) if not isinstance(b, pa.Table) else b
+         for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None)]
+    ) if dataset.count() else pa.table({c: [] for c in columns})  # fmt: skip
+
+
+def split_rows(table: pa.Table, config: TrainingConfig) -> dict[str, pa.Table]:
+    """Rows per split by the split hash (of ``split_key`` or the row number)."""
+    if config.split_key:
+        keys = [str(v) for v in table.column(config.split_key).to_pylist()]
+    else:
+        keys = [str(i) for i in range(table.num_rows)]
+    bounds = []
+    edge = 0.0
+    for name, share in config.split.items():
+        edge += share
+        bounds.append((name, edge))
+    chosen: dict[str, list[int]] = {name: [] for name in config.split}
+    for row, key in enumerate(keys):
+        h = split_hash(config.seed, [key])
+        for name, upper in bounds:
+            if h < upper or name == bounds[-1][0]:
+                chosen[name].append(row)
+                break
+    return {name: table.take(pa.array(rows, pa.int64())) for name, rows in chosen.items()}
+
+
+def prepare(table: pa.Table, config: TrainingConfig, version: int) -> Splits:
+    """Split, fit preprocessing on train, transform every split."""
+    labelled = table.filter(pc.is_valid(table.column(config.label)))
+    # A stable row order whatever the file layout: by split key, else as read.
+    if config.split_key:
+        labelled = labelled.sort_by([(config.split_key, "ascending")])
+    parts = split_rows(labelled, config)
+    pre = Preprocessor.fit(parts["train"], config)
+    x = {name: pre.transform(t) for name, t in parts.items()}
+    y = {
+        name: np.asarray(
+            pc.cast(t.column(config.label), pa.float32()).to_numpy(zero_copy_only=False),
+            dtype=np.float32,
+        )
+        for name, t in parts.items()
+    }
+    return Splits(x, y, pre, version, {n: t.num_rows for n, t in parts.items()})
+
+
+def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The training rows' order in ``epoch``."""
+    return np.random.default_rng(seed + epoch).permutation(rows)
+
+
+def batches_per_epoch(rows: int, batch_size: int) -> int:
+    """Full global batches per epoch (the remainder is dropped, the same on every worker)."""
+    return rows // batch_size
+
+
+def worker_slice(order: np.ndarray, batch: int, batch_size: int, rank: int, world: int) -> Any:
+    """Row indices of global batch ``batch`` that data-parallel worker ``rank`` trains on."""
+    rows = order[batch * batch_size : (batch + 1) * batch_size]
+    share = batch_size // world
+    return rows[rank * share : (rank + 1) * share]

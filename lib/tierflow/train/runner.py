@@ -1,0 +1,249 @@
+"""``tierflow train CONFIG`` and ``jobs/train.py``: plan, read, train on Ray Train, evaluate.
+
+The driver resolves the snapshot version, reads it with Ray Data, splits and fits the
+preprocessing, chooses the strategy (:mod:`tierflow.train.planner`), and runs
+:func:`tierflow.train.loop.train_loop` on a ``TorchTrainer`` with a ``FailureConfig``
+(a failed worker group restarts from the latest checkpoint). A run is named after the
+config; started again with the same storage path, it resumes from that run's latest
+checkpoint instead of starting over. At the end the final model is evaluated on the
+valid and test splits next to a baseline that predicts the training base rate (or
+mean), and the artifacts are written to ``<storage>/<name>/``: ``model.pt`` (state dict,
+preprocessing, config), ``metrics.json``, ``history.json``, ``curves.svg``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tierflow.config.training import TrainingConfig
+from tierflow.train.planner import TrainPlan, model_size, plan_training
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    name: str
+    plan: TrainPlan
+    version: int
+    metrics: dict[str, Any]
+    folder: Path
+    resumed_from_step: int | None
+
+
+def device_budget(config: TrainingConfig, gpus: int, workers: int) -> float:
+    """Bytes one device may use: configured, else the GPU's memory, else a RAM share."""
+    if config.device_memory_gb is not None:
+        return config.device_memory_gb * 1024**3
+    if gpus:
+        import torch
+
+        if torch.cuda.is_available():
+            return float(torch.cuda.get_device_properties(0).total_memory)
+    from tierflow.jobs.planner import machine_memory
+
+    return machine_memory() * 0.25 / max(1, workers)
+
+
+def plan_for(config: TrainingConfig, train_rows: int, width: int, gpus: int) -> TrainPlan:
+    """The plan for a config, given the training rows and the feature width."""
+    from tierflow.train.models import build_model
+
+    size = model_size(build_model(config.model.name, width, dict(config.model.params)))
+    return plan_training(
+        config,
+        train_rows=train_rows,
+        size=size,
+        gpus=gpus,
+        device_memory_bytes=device_budget(config, gpus, config.workers),
+    )
+
+
+def _auc(scores: list[float], labels: list[float]) -> float:
+    pairs = sorted(zip(scores, labels, strict=True))
+    positives = sum(1 for _, y in pairs if y > 0.5)
+    negatives = len(pairs) - positives
+    if not positives or not negatives:
+        return float("nan")
+    rank_sum = 0.0
+    i = 0
+    while i < len(pairs):
+        j = i
+        while j < len(pairs) and pairs[j][0] == pairs[i][0]:
+            j += 1
+        average = (i + j + 1) / 2  # ranks are 1-based; ties share the average rank
+        rank_sum += average * sum(1 for k in range(i, j) if pairs[k][1] > 0.5)
+        i = j
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def evaluate(model: Any, config: TrainingConfig, x: Any, y: Any, base: float) -> dict[str, float]:
+    """Loss and quality of ``model`` on one split, and of the base-rate baseline."""
+    import torch
+
+    if len(y) == 0:
+        return {}
+    with torch.no_grad():
+        out = model(torch.tensor(x)).double()
+    target = torch.tensor(y).double()
+    if config.task == "binary":
+        prob = torch.sigmoid(out).clamp(1e-7, 1 - 1e-7)
+        logloss = float(-(target * prob.log() + (1 - target) * (1 - prob).log()).mean())
+        p = min(max(base, 1e-7), 1 - 1e-7)
+        base_logloss = float(-(target * math.log(p) + (1 - target) * math.log(1 - p)).mean())
+        accuracy = float(((prob > 0.5).double() == target).double().mean())
+        majority = float(((target > 0.5) == (base > 0.5)).double().mean())
+        return {"logloss": logloss, "accuracy": accuracy, "auc": _auc(prob.tolist(), y.tolist()),
+                "baseline_logloss": base_logloss, "baseline_accuracy": majority}  # fmt: skip
+    mse = float(((out - target) ** 2).mean())
+    return {"mse": mse, "baseline_mse": float(((target - base) ** 2).mean())}
+
+
+def final_model(config: TrainingConfig, width: int, state: dict[str, Any]) -> Any:
+    """The trained model in one process, from a checkpoint's state."""
+    from tierflow.train.models import build_model
+
+    model = build_model(config.model.name, width, dict(config.model.params))
+    if "stages" in state["model"]:
+        first, second = model.stages()
+        first.load_state_dict(state["model"]["stages"][0])
+        second.load_state_dict(state["model"]["stages"][1])
+    else:
+        model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _curves_svg(history: list[dict[str, Any]]) -> str:
+    """Training loss per step and validation loss per epoch, as a small SVG chart."""
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
+    points = train + valid
+    if not points:
+        return "<svg xmlns='http://www.w3.org/2000/svg'/>"
+    x_max = max(p[0] for p in points) or 1
+    finite = [p[1] for p in points if math.isfinite(p[1])]
+    y_min, y_max = min(finite), max(finite)
+    span = (y_max - y_min) or 1.0
+    w, h, pad = 640, 320, 40
+
+    def x_of(step: float) -> float:
+        return pad + (w - 2 * pad) * step / x_max
+
+    def y_of(value: float) -> float:
+        return float(h - pad - (h - 2 * pad) * (value - y_min) / span)
+
+    line = " ".join(f"{x_of(s):.1f},{y_of(v):.1f}" for s, v in train)
+    dots = "".join(
+        f"<circle cx='{x_of(s):.1f}' cy='{y_of(v):.1f}' r='4' fill='#d62728'/>" for s, v in valid
+    )
+    title = f"training loss (line) and validation loss (dots) per step; {y_min:.4f} to {y_max:.4f}"
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"
+        f"<rect width='{w}' height='{h}' fill='white'/>"
+        f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='1.5'/>{dots}"
+        f"<text x='{pad}' y='20' font-size='13'>{title}</text></svg>"
+    )
+
+
+def train(
+    config: TrainingConfig,
+    data_dir: Path,
+    *,
+    ray_address: str | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: Any = print,
+) -> TrainResult:
+    """Run ``config`` on Ray Train (see the module doc)."""
+    import ray
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tierflow.train.data import prepare, read_snapshot, snapshot_version
+    from tierflow.train.loop import META_FILE, STATE_FILE, train_loop
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    path = str(data_dir / config.snapshot.path)
+    storage = Path(config.storage_path)
+    storage = storage if storage.is_absolute() else data_dir / storage
+    folder = storage / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    recorded = folder / "snapshot.json"
+    pinned = config.snapshot.version
+    if pinned is None and recorded.is_file():
+        # A resumed run reads what the interrupted one read, not newer data.
+        pinned = json.loads(recorded.read_text())["version"]
+    version = snapshot_version(path, pinned)
+    recorded.write_text(json.dumps({"path": path, "version": version}))
+    columns = list(dict.fromkeys([*config.features, config.label,
+                                  *([config.split_key] if config.split_key else [])]))  # fmt: skip
+    splits = prepare(read_snapshot(path, version, columns), config, version)
+    gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
+    plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
+    progress(plan.explain())
+    data = {"x": splits.x, "y": splits.y, "preprocessor": splits.preprocessor.to_dict()}
+    loop_config = {**config.model_dump(mode="json"), "strategy": plan.strategy,
+                   "use_gpu": plan.use_gpu, "data_ref": ray.put(data), **(extra or {})}  # fmt: skip
+    latest = _latest_checkpoint(folder / "ray")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str(folder),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
+        ),
+        resume_from_checkpoint=latest,
+    )
+    began = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - began
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
+    with result.checkpoint.as_directory() as ckpt:
+        state = torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
+        meta = json.loads((Path(ckpt) / META_FILE).read_text())
+    model = final_model(config, splits.preprocessor.width, state)
+    base = float(splits.y["train"].mean()) if len(splits.y["train"]) else 0.0
+    metrics: dict[str, Any] = {"strategy": plan.strategy, "workers": plan.workers,
+                               "snapshot_version": version, "rows": splits.rows,
+                               "steps": meta["step"], "seconds": seconds}  # fmt: skip
+    for split in ("valid", "test"):
+        if split in splits.x:
+            metrics[split] = evaluate(model, config, splits.x[split], splits.y[split], base)
+    torch.save({"model": model.state_dict(), "preprocessor": meta["preprocessor"],
+                "config": config.model_dump(mode="json"), "width": splits.preprocessor.width},
+               folder / "model.pt")  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (folder / "history.json").write_text(json.dumps(meta["history"]))
+    (folder / "curves.svg").write_text(_curves_svg(meta["history"]))
+    resumed = latest_step(latest)
+    return TrainResult(config.name, plan, version, metrics, folder, resumed)
+
+
+def _latest_checkpoint(run_folder: Path) -> Any:
+    """The newest checkpoint an earlier run of this config left, if any."""
+    from ray.train import Checkpoint
+
+    if not run_folder.is_dir():
+        return None
+    found = sorted(run_folder.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in found if (p / "meta.json").is_file()]
+    return Checkpoint.from_directory(str(found[-1])) if found else None
+
+
+def latest_step(checkpoint: Any) -> int | None:
+    """The step a checkpoint was taken at."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return int(json.loads((Path(folder) / "meta.json").read_text())["step"])
