@@ -6,7 +6,18 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("pyspark", "py4j", "delta", "ray", "torch", "dask", "distributed", "polars", "pandas", "kafka")
+HEAVY = (
+    "pyspark",
+    "py4j",
+    "delta",
+    "ray",
+    "torch",
+    "dask",
+    "distributed",
+    "polars",
+    "pandas",
+    "kafka",
+)
 
 PROBE = """
 import json, os, sys
