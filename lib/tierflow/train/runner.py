@@ -8,7 +8,8 @@ config; started again with the same storage path, it resumes from that run's lat
 checkpoint instead of starting over. At the end the final model is evaluated on the
 valid and test splits next to a baseline that predicts the training base rate (or
 mean), and the artifacts are written to ``<storage>/<name>/``: ``model.pt`` (state dict,
-preprocessing, config), ``metrics.json``, ``history.json``, ``curves.svg``.
+preprocessing, config), ``model.onnx`` (the MLP), ``metrics.json``, ``history.json``
+and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from tierflow.config.training import TrainingConfig
 from tierflow.train.planner import TrainPlan, model_size, plan_training
+from tierflow.train.plots import curves_png
 
 
 @dataclass(frozen=True)
@@ -119,36 +121,18 @@ def final_model(config: TrainingConfig, width: int, state: dict[str, Any]) -> An
     return model.eval()
 
 
-def _curves_svg(history: list[dict[str, Any]]) -> str:
-    """Training loss per step and validation loss per epoch, as a small SVG chart."""
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
-    points = train + valid
-    if not points:
-        return "<svg xmlns='http://www.w3.org/2000/svg'/>"
-    x_max = max(p[0] for p in points) or 1
-    finite = [p[1] for p in points if math.isfinite(p[1])]
-    y_min, y_max = min(finite), max(finite)
-    span = (y_max - y_min) or 1.0
-    w, h, pad = 640, 320, 40
+def export_onnx(model: Any, width: int, path: Path) -> bool:
+    """Export an MLP to ONNX (batch size dynamic); False for models it does not support."""
+    import torch
 
-    def x_of(step: float) -> float:
-        return pad + (w - 2 * pad) * step / x_max
-
-    def y_of(value: float) -> float:
-        return float(h - pad - (h - 2 * pad) * (value - y_min) / span)
-
-    line = " ".join(f"{x_of(s):.1f},{y_of(v):.1f}" for s, v in train)
-    dots = "".join(
-        f"<circle cx='{x_of(s):.1f}' cy='{y_of(v):.1f}' r='4' fill='#d62728'/>" for s, v in valid
-    )
-    title = f"training loss (line) and validation loss (dots) per step; {y_min:.4f} to {y_max:.4f}"
-    return (
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"
-        f"<rect width='{w}' height='{h}' fill='white'/>"
-        f"<polyline points='{line}' fill='none' stroke='#1f77b4' stroke-width='1.5'/>{dots}"
-        f"<text x='{pad}' y='20' font-size='13'>{title}</text></svg>"
-    )
+    if hasattr(model, "stages"):
+        return False  # the transformer: its state dict is the artifact
+    torch.onnx.export(
+        model, (torch.zeros(2, width),), str(path), dynamo=False,
+        input_names=["features"], output_names=["logit"],
+        dynamic_axes={"features": {0: "batch"}, "logit": {0: "batch"}},
+    )  # fmt: skip
+    return True
 
 
 def train(
@@ -225,7 +209,9 @@ def train(
                folder / "model.pt")  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (folder / "history.json").write_text(json.dumps(meta["history"]))
-    (folder / "curves.svg").write_text(_curves_svg(meta["history"]))
+    (folder / "curves.png").write_bytes(curves_png(meta["history"]))
+    metrics["onnx"] = export_onnx(model, splits.preprocessor.width, folder / "model.onnx")
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     resumed = latest_step(latest)
     return TrainResult(config.name, plan, version, metrics, folder, resumed)
 

@@ -1,0 +1,187 @@
+"""Training on the real Ray head, through ``tierflow train`` and ``ray job submit``.
+
+DDP on 2 CPU workers follows the single worker's loss curve given the same global batch;
+FSDP2 follows DDP; the two-stage pipeline follows single-process training of the same
+transformer. A SIGKILLed worker is replaced, resumes from the last checkpoint and ends
+with the same weights as an uninterrupted run. ``ray job submit`` of ``jobs/train.py``
+trains the same model as ``tierflow train``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+TIERFLOW = str(Path(sys.executable).parent / "tierflow")
+RAY = str(Path(sys.executable).parent / "ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TOLERANCE = 1e-5  # relative, per step: float sums in another order, nothing more
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from deltalake import write_deltalake
+
+    folder = tmp_path_factory.mktemp("training") / "data"
+    rng = np.random.default_rng(0)
+    n = 3000
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    c = rng.choice(["x", "y", "z"], size=n)
+    y = (a + 0.5 * b + (c == "x") + rng.normal(scale=0.5, size=n)) > 0.5
+    table = pa.table({"id": np.arange(n), "a": a, "b": b, "c": c, "y": y})
+    write_deltalake(str(folder / "gold" / "snap"), table)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_env(ray_head) -> dict[str, str]:
+    return dict(os.environ) | ray_head.client_env() | {"RAY_ADDRESS": ray_head.address}
+
+
+def write_config(data: Path, name: str, **changes: Any) -> Path:
+    doc = {
+        "name": name, "snapshot": {"path": "gold/snap", "version": 0},
+        "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
+        "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 2,
+        "batch_size": 64, "seed": 3, "workers": 2, "checkpoint": {"every_steps": 1000},
+        "optimizer": {"name": "adamw", "lr": 0.01}, "storage_path": "models",
+    } | changes  # fmt: skip
+    path = data / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def train(data: Path, env: dict[str, str], name: str, **changes: Any) -> dict[str, Any]:
+    config = write_config(data, name, **changes)
+    run = subprocess.run(
+        [TIERFLOW, "train", str(config), "--data-dir", str(data), "--json"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    return outcome(data, name, json.loads(run.stdout.strip().splitlines()[-1]))
+
+
+def outcome(data: Path, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    folder = data / "models" / name
+    history = json.loads((folder / "history.json").read_text())
+    saved = torch.load(folder / "model.pt", weights_only=False)
+    return {"metrics": metrics, "losses": [h["loss"] for h in history if "loss" in h],
+            "weights": saved["model"], "folder": folder}  # fmt: skip
+
+
+def assert_close_curves(a: list[float], b: list[float]) -> None:
+    assert len(a) == len(b) > 50
+    worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+    assert worst < TOLERANCE, worst
+
+
+@pytest.fixture(scope="module")
+def baselines(data: Path, ray_env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {
+        "single": train(data, ray_env, "mlp_single", strategy="single"),
+        "ddp": train(data, ray_env, "mlp_ddp", strategy="ddp"),
+    }
+
+
+def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp(
+    baselines, data: Path, ray_env: dict[str, str]
+) -> None:
+    single, ddp = baselines["single"], baselines["ddp"]
+    assert ddp["metrics"]["strategy"] == "ddp" and ddp["metrics"]["workers"] == 2
+    assert_close_curves(ddp["losses"], single["losses"])
+    fsdp = train(data, ray_env, "mlp_fsdp", strategy="fsdp")
+    assert fsdp["metrics"]["strategy"] == "fsdp"
+    assert_close_curves(fsdp["losses"], ddp["losses"])
+    for name, weight in ddp["weights"].items():
+        assert np.allclose(fsdp["weights"][name], weight, rtol=1e-4, atol=1e-6), name
+    # It learned something: far better than the base-rate baseline on held-out data.
+    test = ddp["metrics"]["test"]
+    assert test["logloss"] < 0.8 * test["baseline_logloss"] and test["auc"] > 0.85
+    assert (ddp["folder"] / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert ddp["metrics"]["onnx"] is True and (ddp["folder"] / "model.onnx").stat().st_size > 0
+
+
+def test_pipeline_trains_the_transformer_split_across_two_workers(
+    data: Path, ray_env: dict[str, str]
+) -> None:
+    model = {"name": "transformer", "params": {"d_model": 16, "heads": 2, "layers": 1}}
+    single = train(data, ray_env, "tx_single", strategy="single", model=model, epochs=1)
+    piped = train(data, ray_env, "tx_pipeline", strategy="pipeline", model=model, epochs=1)
+    assert piped["metrics"]["strategy"] == "pipeline" and piped["metrics"]["workers"] == 2
+    assert_close_curves(piped["losses"], single["losses"])
+
+
+def worker_pids() -> list[int]:
+    """PIDs of Ray Train workers (Ray names the process after the actor)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"RayTrainWorker" in command:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_result(
+    baselines, data: Path, ray_env: dict[str, str]
+) -> None:
+    name = "mlp_ddp_killed"
+    config = write_config(data, name, strategy="ddp", checkpoint={"every_steps": 15})
+    before = set(worker_pids())
+    log = data / f"{name}.log"
+    proc = subprocess.Popen(
+        [TIERFLOW, "train", str(config), "--data-dir", str(data), "--json"],
+        cwd=PROJECT, env=ray_env, stdout=subprocess.PIPE, stderr=log.open("wb"),
+    )  # fmt: skip
+    run_folder = data / "models" / name / "ray"
+    deadline = time.monotonic() + 240
+    while not list(run_folder.glob("checkpoint_*/meta.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    victims = [p for p in worker_pids() if p not in before]
+    assert victims, "no training worker to kill"
+    os.kill(victims[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=400)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    assert "resumed from checkpoint at step" in text, text[-4000:]
+    step = int(text.split("resumed from checkpoint at step ")[1].split()[0])
+    assert 15 <= step < 80  # about 37 steps per epoch, 2 epochs
+    killed = outcome(data, name, json.loads(out.strip().splitlines()[-1]))
+    uninterrupted = baselines["ddp"]
+    # Same seed, same batches, restored optimizer: bit for bit the same weights.
+    for key, weight in uninterrupted["weights"].items():
+        assert killed["weights"][key].equal(weight), key
+
+
+def test_ray_job_submit_trains_the_same_model_as_tierflow_train(
+    baselines, data: Path, ray_env: dict[str, str]
+) -> None:
+    config = write_config(data, "mlp_single_job", strategy="single")
+    job = subprocess.run(
+        [RAY, "job", "submit", "--working-dir", str(PROJECT / "jobs"), "--",
+         "python", "train.py", str(config), "--data-dir", str(data), "--json"],
+        cwd=PROJECT, env=ray_env, capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout
+    submitted = outcome(data, "mlp_single_job", {})
+    for key, weight in baselines["single"]["weights"].items():
+        assert submitted["weights"][key].equal(weight), key
