@@ -8,7 +8,7 @@ SERVICES ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench-features bench-streaming
+.PHONY: dist examples bench-features bench-streaming horovod
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -46,6 +46,9 @@ services-status: ## show which local services run and answer
 
 bench-features: setup ## benchmark online-store loading and reads against raw redis-py
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
+
+horovod: setup ## build Horovod 0.28.1 from source (C++17 fix) into .venv; enables its tests
+	@scripts/build_horovod.sh
 
 bench-streaming: setup ## benchmark the feature daemon against a plain kafka-python loop
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_streaming

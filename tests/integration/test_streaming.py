@@ -55,6 +55,7 @@ class Daemons:
         self.tmp = tmp
         self.env = env
         self.running: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+        self.started_at: dict[int, float] = {}
         self.finished: list[tuple[int, Path]] = []
         self.count = 0
 
@@ -72,7 +73,16 @@ class Daemons:
             start_new_session=True,
         )
         self.running.append((proc, port, out))
+        self.started_at[proc.pid] = time.monotonic()
         return proc, port
+
+    def settled(self, seconds: float = 5.0) -> list[int]:
+        """Indexes of daemons running for at least ``seconds`` (past their start-up)."""
+        now = time.monotonic()
+        return [
+            i for i, (proc, _p, _o) in enumerate(self.running)
+            if now - self.started_at[proc.pid] >= seconds
+        ]  # fmt: skip
 
     def kill(self, index: int) -> None:
         proc, _port, out = self.running.pop(index)
@@ -452,8 +462,9 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
             elif adds <= removes and len(daemons.running) < 4:
                 daemons.start("--view", view.name)
                 adds += 1
-            else:
-                daemons.stop(rng.randrange(len(daemons.running)))
+            elif daemons.settled():
+                # Removing a daemon is a graceful stop of one that is up and working.
+                daemons.stop(rng.choice(daemons.settled()))
                 removes += 1
         producer.close()
         ends = end_offsets(kafka_bootstrap, topic)
@@ -727,3 +738,26 @@ def test_replay_paces_by_rate_and_by_event_time(
     paced, _ = run("--speedup", "3000")
     fast, _ = run()
     assert rated > fast + 1.5 and paced > fast + 1.5, (rated, paced, fast)
+
+
+def test_a_stop_during_start_up_is_a_clean_exit(
+    daemons: Daemons, kafka_bootstrap: str, unique_name
+) -> None:
+    prefix = unique_name("early") + "."
+    create_topic(kafka_bootstrap, prefix + "flights.departures", 1)
+    daemons.env.update(TIERFLOW_STREAM_TOPIC_PREFIX=prefix)
+    proc, _port = daemons.start("--view", "carrier_delays")
+    # Stop it as soon as it catches SIGTERM: still in its imports and connections.
+    deadline = time.monotonic() + 30
+    while not catches_sigterm(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    summary = daemons.stop(0)  # exit status 0, with its summary
+    assert summary["consumed"] == 0
+
+
+def catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False

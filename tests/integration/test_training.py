@@ -185,3 +185,13 @@ def test_ray_job_submit_trains_the_same_model_as_tierflow_train(
     submitted = outcome(data, "mlp_single_job", {})
     for key, weight in baselines["single"]["weights"].items():
         assert submitted["weights"][key].equal(weight), key
+
+
+@pytest.mark.horovod
+def test_horovod_trains_data_parallel_on_two_processes(
+    baselines, data: Path, ray_env: dict[str, str]
+) -> None:
+    run = train(data, ray_env, "mlp_horovod", strategy="horovod")
+    assert run["metrics"]["strategy"] == "horovod" and run["metrics"]["workers"] == 2
+    # Gradients averaged over two half batches: the single worker's curve again.
+    assert_close_curves(run["losses"], baselines["single"]["losses"])

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from tierflow.config.jobs import Identifier
 from tierflow.config.loader import FrozenModel
 
-Strategy = Literal["auto", "single", "ddp", "fsdp", "pipeline"]
+Strategy = Literal["auto", "single", "ddp", "fsdp", "pipeline", "horovod"]
 SplitName = Literal["train", "valid", "test"]
 _DEFAULT_SPLIT: dict[SplitName, float] = {"train": 0.8, "valid": 0.1, "test": 0.1}
 
@@ -85,7 +85,7 @@ class TrainingConfig(FrozenModel):
             raise ValueError(f"categorical column(s) {', '.join(unknown)} are not features")
         if self.label in self.features:
             raise ValueError(f"the label {self.label!r} is also a feature")
-        if self.strategy in ("ddp", "fsdp") and self.batch_size % self.workers:
+        if self.strategy in ("ddp", "fsdp", "horovod") and self.batch_size % self.workers:
             raise ValueError(
                 f"batch_size {self.batch_size} must split evenly across {self.workers} workers"
             )

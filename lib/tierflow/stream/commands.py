@@ -95,6 +95,14 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
 
 
 def _stream(args: argparse.Namespace, project: Project, config: StreamingConfig) -> int:
+    import signal
+
+    # A stop asked for while starting up (imports, connections) is honoured too: the
+    # daemon then leaves before its first poll, still with exit status 0.
+    asked: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: asked.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: asked.append(signum))
+
     from tierflow.stores.base import StoreError
     from tierflow.stream.daemon import FeatureDaemon
 
@@ -112,6 +120,8 @@ def _stream(args: argparse.Namespace, project: Project, config: StreamingConfig)
         raise ConfigError(f"the online store ({store.kind}) does not answer: {exc}") from None
     daemon = FeatureDaemon(views, config, store, bootstrap_servers(project, config, args.bootstrap))
     daemon.install_signal_handlers()
+    if asked:
+        daemon.request_stop()
     try:
         daemon.start()
         summary = daemon.run(max_seconds=args.max_seconds)

@@ -135,7 +135,7 @@ def export_onnx(model: Any, width: int, path: Path) -> bool:
     return True
 
 
-def train(
+def train(  # noqa: PLR0915 - the run's steps, in order
     config: TrainingConfig,
     data_dir: Path,
     *,
@@ -172,30 +172,42 @@ def train(
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
     plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
     progress(plan.explain())
-    data = {"x": splits.x, "y": splits.y, "preprocessor": splits.preprocessor.to_dict()}
-    loop_config = {**config.model_dump(mode="json"), "strategy": plan.strategy,
-                   "use_gpu": plan.use_gpu, "data_ref": ray.put(data), **(extra or {})}  # fmt: skip
-    latest = _latest_checkpoint(folder / "ray")
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu),
-        run_config=RunConfig(
-            name="ray",
-            storage_path=str(folder),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
-        ),
-        resume_from_checkpoint=latest,
-    )
-    began = time.perf_counter()
-    result = trainer.fit()
+    if plan.strategy == "horovod":
+        began = time.perf_counter()
+        state, history = run_horovod(config, splits, folder, plan.workers)
+        meta: dict[str, Any] = {"step": len(history), "history": history,
+                                "preprocessor": splits.preprocessor.to_dict()}  # fmt: skip
+        latest = None
+    else:
+        data = {"x": splits.x, "y": splits.y, "preprocessor": splits.preprocessor.to_dict()}
+        loop_config = {
+            **config.model_dump(mode="json"),
+            "strategy": plan.strategy,
+            "use_gpu": plan.use_gpu,
+            "data_ref": ray.put(data),
+            **(extra or {}),
+        }
+        latest = _latest_checkpoint(folder / "ray")
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu),
+            run_config=RunConfig(
+                name="ray",
+                storage_path=str(folder),
+                failure_config=FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
+            ),
+            resume_from_checkpoint=latest,
+        )
+        began = time.perf_counter()
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
+        with result.checkpoint.as_directory() as ckpt:
+            state = torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
+            meta = json.loads((Path(ckpt) / META_FILE).read_text())
     seconds = time.perf_counter() - began
-    if result.checkpoint is None:
-        raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
-    with result.checkpoint.as_directory() as ckpt:
-        state = torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
-        meta = json.loads((Path(ckpt) / META_FILE).read_text())
     model = final_model(config, splits.preprocessor.width, state)
     base = float(splits.y["train"].mean()) if len(splits.y["train"]) else 0.0
     metrics: dict[str, Any] = {"strategy": plan.strategy, "workers": plan.workers,
@@ -207,13 +219,39 @@ def train(
     torch.save({"model": model.state_dict(), "preprocessor": meta["preprocessor"],
                 "config": config.model_dump(mode="json"), "width": splits.preprocessor.width},
                folder / "model.pt")  # fmt: skip
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (folder / "history.json").write_text(json.dumps(meta["history"]))
     (folder / "curves.png").write_bytes(curves_png(meta["history"]))
     metrics["onnx"] = export_onnx(model, splits.preprocessor.width, folder / "model.onnx")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     resumed = latest_step(latest)
     return TrainResult(config.name, plan, version, metrics, folder, resumed)
+
+
+def run_horovod(
+    config: TrainingConfig, splits: Any, folder: Path, workers: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train with ``horovodrun`` on this machine (see :mod:`tierflow.train.horovod_loop`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    runner = Path(sys.executable).parent / "horovodrun"
+    if not runner.is_file() or shutil.which(str(runner)) is None:
+        raise RuntimeError("strategy horovod needs Horovod: build it with `make horovod`")
+    run_dir = folder / "horovod"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(run_dir / "data.npz", x_train=splits.x["train"], y_train=splits.y["train"])
+    (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
+    command = [str(runner), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo",
+               "--network-interfaces", "lo", sys.executable, "-m",
+               "tierflow.train.horovod_loop", str(run_dir)]  # fmt: skip
+    subprocess.run(command, check=True)
+    state = torch.load(run_dir / "state.pt", weights_only=False)
+    history = json.loads((run_dir / "history.json").read_text())
+    return state, history
 
 
 def _latest_checkpoint(run_folder: Path) -> Any:
