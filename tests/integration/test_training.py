@@ -84,7 +84,7 @@ def outcome(data: Path, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_close_curves(a: list[float], b: list[float]) -> None:
-    assert len(a) == len(b) > 50
+    assert len(a) == len(b) > 30
     worst = max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
     assert worst < TOLERANCE, worst
 

@@ -183,7 +183,8 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915 - one loo
             optimizer.step()
             scheduler.step()
             step += 1
-            history.append({"step": step, "epoch": epoch, "loss": float(loss_value)})
+            history.append({"step": step, "epoch": epoch, "loss": float(loss_value),
+                            "seconds": time.perf_counter() - began})  # fmt: skip
             if step % cfg["checkpoint"]["every_steps"] == 0 and batch + 1 < steps_per_epoch:
                 save(epoch, batch + 1, {"step": step, "loss": float(loss_value)})
             if cfg.get("stop_after_step") and step >= cfg["stop_after_step"]:
