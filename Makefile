@@ -8,7 +8,7 @@ SERVICES ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench-features bench-streaming horovod
+.PHONY: dist examples bench-features bench-streaming bench-training horovod
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -49,6 +49,9 @@ bench-features: setup ## benchmark online-store loading and reads against raw re
 
 horovod: setup ## build Horovod 0.28.1 from source (C++17 fix) into .venv; enables its tests
 	@scripts/build_horovod.sh
+
+bench-training: setup ## benchmark Ray Train DDP against torchrun, Ray Data against pyarrow
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_training
 
 bench-streaming: setup ## benchmark the feature daemon against a plain kafka-python loop
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_streaming

@@ -129,6 +129,8 @@ def train_loop(cfg: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915 - one loo
     start_epoch, start_batch, step = 0, 0, 0
     history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and cfg.get("resume_path"):
+        checkpoint = ray.train.Checkpoint.from_directory(cfg["resume_path"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             meta = json.loads((Path(folder) / META_FILE).read_text())
@@ -249,6 +251,8 @@ def _evaluate(
     import torch
     import torch.distributed as dist
 
+    if split not in data["x"]:
+        return float("nan")
     x = torch.tensor(data["x"][split])
     y = torch.tensor(data["y"][split])
     if len(y) == 0:

@@ -180,14 +180,17 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         latest = None
     else:
         data = {"x": splits.x, "y": splits.y, "preprocessor": splits.preprocessor.to_dict()}
+        latest = _latest_checkpoint(folder / "ray")
         loop_config = {
             **config.model_dump(mode="json"),
             "strategy": plan.strategy,
             "use_gpu": plan.use_gpu,
             "data_ref": ray.put(data),
+            # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
+            # checkpoint when Ray has none of its own (a worker-group restart has one).
+            "resume_path": latest.path if latest is not None else None,
             **(extra or {}),
         }
-        latest = _latest_checkpoint(folder / "ray")
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=loop_config,
@@ -198,7 +201,6 @@ def train(  # noqa: PLR0915 - the run's steps, in order
                 failure_config=FailureConfig(max_failures=config.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
             ),
-            resume_from_checkpoint=latest,
         )
         began = time.perf_counter()
         result = trainer.fit()
