@@ -163,7 +163,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_result(
     assert len(victims) == 2, victims
     os.kill(victims[-1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=400)
-    text = log.read_text()
+    # Ray forwards the workers' output to the driver's stdout and stderr.
+    text = log.read_text() + out.decode()
     assert proc.returncode == 0, text[-4000:]
     assert "resumed from checkpoint at step" in text, text[-4000:]
     step = int(text.split("resumed from checkpoint at step ")[1].split()[0])
