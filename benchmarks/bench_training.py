@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness import ROOT, Results, median
+from benchmarks.harness import ROOT, Results, local_services, median
 
 ROUNDS = 3
 ROWS, FEATURES, BATCH, HIDDEN = 200_000, 32, 512, (256, 256)
@@ -54,9 +54,11 @@ def tierflow_step_time(data: Path, env: dict[str, str], round_: int) -> float:
         "epochs": 1, "batch_size": BATCH, "strategy": "ddp", "workers": 2,
         "checkpoint": {"every_steps": 100000}, "storage_path": "models",
     }))  # fmt: skip
-    subprocess.run([str(Path(sys.executable).parent / "tierflow"), "train", str(config),
-                    "--data-dir", str(data), "--json"], env=env, check=True,
-                   capture_output=True, cwd=ROOT)  # fmt: skip
+    run = subprocess.run([str(Path(sys.executable).parent / "tierflow"), "train", str(config),
+                          "--data-dir", str(data), "--json"], env=env, check=False,
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    if run.returncode:
+        raise RuntimeError(f"tierflow train failed:\n{run.stderr[-3000:]}")
     history = json.loads((data / "models" / name / "history.json").read_text())
     stamps = [h["seconds"] for h in history if "loss" in h]
     return float(np.median(np.diff(stamps[20:])))
@@ -74,10 +76,12 @@ def torchrun_step_time(data: Path, env: dict[str, str]) -> float:
     arrays = data / "torchrun.npz"
     np.savez(arrays, x=x, y=y, hidden=np.array(HIDDEN), batch=np.array(BATCH))
     out = data / "torchrun.json"
-    subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2",
-                    "--master_addr=127.0.0.1", "--master_port=29511",
-                    str(ROOT / "benchmarks" / "torchrun_ddp.py"), str(arrays), str(out)],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", "--master_port=29511",
+                          str(ROOT / "benchmarks" / "torchrun_ddp.py"), str(arrays), str(out)],
+                         env=env, check=False, capture_output=True, text=True)  # fmt: skip
+    if run.returncode:
+        raise RuntimeError(f"torchrun failed:\n{run.stderr[-3000:]}")
     stamps = json.loads(out.read_text())
     return float(np.median(np.diff(stamps[20:])))
 
@@ -98,17 +102,18 @@ def ingest(data: Path) -> tuple[float, float]:
 
 
 def main() -> int:
-    import ray
-
     results = Results("training")
     env = dict(os.environ) | {"RAY_USAGE_STATS_ENABLED": "0"}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, local_services("ray") as manager:
+        head = manager.service("ray")
+        env |= head.client_env() | {"RAY_ADDRESS": head.address}
+        os.environ.update(head.client_env())
+        import ray  # after the environment: Ray reads its auth mode when imported
+
         data = Path(tmp)
         write_snapshot(data / "snap", ROWS)
         write_snapshot(data / "ingest", INGEST_ROWS)
-        ray.init(num_cpus=2, include_dashboard=False)
-        address = ray.get_runtime_context().gcs_address
-        env["RAY_ADDRESS"] = address
+        ray.init(address=head.address, include_dashboard=False, log_to_driver=False)
         ours, peer = [], []
         for round_ in range(ROUNDS):
             ours.append(tierflow_step_time(data, env, round_))
@@ -126,6 +131,7 @@ def main() -> int:
             x, y = ingest(data)
             a.append(x)
             b.append(y)
+            print(f"  ingest: ray data {x:,.0f} rows/s, pyarrow {y:,.0f} rows/s", flush=True)
         results.raw["ingest_rows_per_s"] = {"ray_data": a, "pyarrow": b}
         results.add(benchmark=f"read snapshot, {INGEST_ROWS:,} rows x {FEATURES + 2} columns", metric="rows/s",
                     tierflow=median(a), peer=median(b), peer_name="deltalake -> pyarrow",
