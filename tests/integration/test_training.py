@@ -46,8 +46,12 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_env(ray_head) -> dict[str, str]:
-    return dict(os.environ) | ray_head.client_env() | {"RAY_ADDRESS": ray_head.address}
+def ray_env(ray_head, data: Path) -> dict[str, str]:
+    return (
+        dict(os.environ)
+        | ray_head.client_env()
+        | {"RAY_ADDRESS": ray_head.address, "TIERFLOW_LOGS_DIR": str(data.parent / "logs")}
+    )
 
 
 def write_config(data: Path, name: str, **changes: Any) -> Path:
@@ -120,6 +124,10 @@ def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp(
     test = ddp["metrics"]["test"]
     assert test["logloss"] < 0.8 * test["baseline_logloss"] and test["auc"] > 0.85
     assert (ddp["folder"] / "curves.png").read_bytes().startswith(b"\x89PNG")
+    records = [json.loads(p.read_text()) for p in (data.parent / "logs" / "runs").glob("*.json")]
+    mine = [r for r in records if r["job"] == "train:mlp_ddp"]
+    assert len(mine) == 1 and mine[0]["status"] == "succeeded", records
+    assert mine[0]["engine"] == "ray-train/ddp" and mine[0]["output"]["metrics"]["test"]
     assert ddp["metrics"]["onnx"] is True and (ddp["folder"] / "model.onnx").stat().st_size > 0
 
 

@@ -67,9 +67,7 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
         config = TrainingConfig.model_validate({**config.model_dump(), **updates})
     if args.command == "plan-train":
         return _plan(args, project, config)
-    from tierflow.train.runner import train
-
-    result = train(config, project.data_dir, ray_address=args.ray_address)
+    result = _train_with_record(args, project, config)
     if args.json:
         print(json.dumps({"folder": str(result.folder), **result.metrics}, default=str))  # noqa: T201
     else:
@@ -79,6 +77,43 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
             + json.dumps({k: result.metrics.get(k) for k in ("valid", "test")}, indent=2)
         )
     return 0
+
+
+def _train_with_record(args: argparse.Namespace, project: Project, config: TrainingConfig) -> Any:
+    """Train, and leave a run record in ``logs/runs`` (as batch jobs do), failed or not."""
+    import time
+    from datetime import datetime, timezone
+
+    from tierflow.jobs.records import RunRecord
+    from tierflow.jobs.runner import new_run_id
+    from tierflow.train.runner import train
+
+    record = RunRecord(
+        run_id=new_run_id(f"train-{config.name}"),
+        job=f"train:{config.name}",
+        engine=f"ray-train/{config.strategy}",
+        started_at=datetime.now(timezone.utc).isoformat(),
+        inputs=[{"path": config.snapshot.path, "version": config.snapshot.version}],
+    )
+    began = time.monotonic()
+    try:
+        result = train(config, project.data_dir, ray_address=args.ray_address)
+    except BaseException as exc:
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    else:
+        record.status = "succeeded"
+        record.engine = f"ray-train/{result.plan.strategy}"
+        record.plan = {"reasons": result.plan.reasons, **result.plan.numbers}
+        record.inputs = [{"path": config.snapshot.path, "version": result.version}]
+        record.rows_in = sum(result.metrics.get("rows", {}).values())
+        record.output = {"folder": str(result.folder), "metrics": result.metrics,
+                         "resumed_from_step": result.resumed_from_step}  # fmt: skip
+        return result
+    finally:
+        record.finished_at = datetime.now(timezone.utc).isoformat()
+        record.duration_s = round(time.monotonic() - began, 3)
+        record.save(project.logs_dir / "runs")
 
 
 def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
