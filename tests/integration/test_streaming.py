@@ -334,6 +334,7 @@ def test_parity_with_batch_on_flights(  # noqa: PLR0915
     assert health["status"] == "ok" and len(health["assigned"]) == 4
     assert "tierflow_stream_consumer_lag" in metrics
     assert "tierflow_stream_freshness_seconds_count" in metrics
+    assert "tierflow_stream_store_write_seconds_count" in metrics
     assert 'tierflow_stream_events_total{topic="' + topic + '"}' in metrics
     assert summary["consumed"] == sent and summary["poison"] == 0 and summary["late"] == 0
 

@@ -76,7 +76,6 @@ class PartitionRuntime:
 
     topic: str
     partition: int
-    schema: TopicSchema
     views: dict[str, ViewState]
     stored_offset: int | None
     dead_letter_end: int | None
@@ -560,7 +559,6 @@ class FeatureDaemon:
         runtime = PartitionRuntime(
             topic=topic,
             partition=partition,
-            schema=self.schemas[topic],
             views=views,
             stored_offset=stored.offset,
             dead_letter_end=meta.get("dead_letter_end"),

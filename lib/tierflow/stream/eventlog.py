@@ -61,14 +61,16 @@ class EventLogger:
         self._last_flush = time.monotonic()
         self._seeks: list[tuple[Any, int | None]] = []
 
-    def _version(self, partition: int) -> int | None:
+    def _versions(self, partitions: Sequence[int]) -> dict[int, int | None]:
+        """Each partition's logged offset (its txn version), from one read of the log."""
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
         try:
-            return DeltaTable(self.path).transaction_version(app_id(self.topic, partition))
+            table = DeltaTable(self.path)
         except TableNotFoundError:
-            return None
+            return dict.fromkeys(partitions)
+        return {p: table.transaction_version(app_id(self.topic, p)) for p in partitions}
 
     def start(self) -> None:
         """Join the group."""
@@ -200,8 +202,9 @@ class EventLogger:
         Rebalance callbacks run on kafka-python's network thread, where no blocking
         client call may be made: the seeks happen after the poll returns.
         """
+        versions = self._versions([tp.partition for tp in assigned])
         for tp in assigned:
-            version = self._version(tp.partition)
+            version = versions[tp.partition]
             self.assigned.add(tp.partition)
             self.next_offsets.pop(tp.partition, None)
             if version is not None:
