@@ -75,6 +75,7 @@ class SourceConfig(FrozenModel):
     unique_key: tuple[Identifier, ...] = ()
     extra_columns: ExtraPolicy = "quarantine"
     csv_delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    csv_null_values: tuple[Annotated[str, Field(min_length=1)], ...] = ()  # e.g. [NA]
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceConfig:
@@ -182,6 +183,9 @@ class JobConfig(FrozenModel):
     sources: dict[Identifier, SourceConfig] = Field(min_length=1)
     transform: TransformStep | None = None
     sql: str | None = None
+    # int64 columns of microseconds since the epoch that become UTC timestamps after the
+    # transform: Narwhals has no conversion that means the same on every engine.
+    timestamps_from_epoch_us: tuple[Identifier, ...] = ()
     split: Annotated[RandomSplit | TimeSplit, Field(discriminator="method")] | None = None
     sink: SinkConfig
     quarantine: QuarantineConfig = QuarantineConfig()

@@ -63,6 +63,9 @@ class TrainingConfig(FrozenModel):
     task: Literal["binary", "regression"] = "binary"
     split: dict[SplitName, float] = Field(default_factory=lambda: dict(_DEFAULT_SPLIT))
     split_key: Identifier | None = None  # hashed for the split; default: the row order
+    # Or a column of the snapshot holding each row's split (train/valid/test), e.g. a
+    # time-based split made upstream; `split` shares are then ignored.
+    split_column: Identifier | None = None
     model: ModelConfig
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: Annotated[int, Field(ge=1)] = 2
@@ -83,6 +86,8 @@ class TrainingConfig(FrozenModel):
         unknown = [c for c in self.categorical if c not in self.features]
         if unknown:
             raise ValueError(f"categorical column(s) {', '.join(unknown)} are not features")
+        if self.split_column is not None and self.split_column in self.features:
+            raise ValueError(f"the split column {self.split_column!r} is also a feature")
         if self.label in self.features:
             raise ValueError(f"the label {self.label!r} is also a feature")
         if self.strategy in ("ddp", "fsdp", "horovod") and self.batch_size % self.workers:

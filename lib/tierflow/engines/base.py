@@ -13,11 +13,14 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import narwhals as nw
 
 from tierflow.config.jobs import EngineName, ExtraPolicy, SinkConfig
+
+if TYPE_CHECKING:
+    from tierflow.io.textdecode import CsvOptions
 
 #: Separator between key values when hashing for splits (a control character, so it does
 #: not occur in ordinary keys).
@@ -69,7 +72,7 @@ class Engine(ABC):
         types: Mapping[str, str],
         *,
         extra_columns: ExtraPolicy,
-        delimiter: str,
+        csv: CsvOptions,
     ) -> nw.LazyFrame[Any]:
         """Decode CSV/JSON lines with :mod:`tierflow.io.textdecode`, one unit of work per file."""
 
@@ -136,6 +139,10 @@ class Engine(ABC):
     def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
         """Add column ``name``: timestamp ``column`` as microseconds since the epoch (UTC)."""
         return frame.with_columns(nw.col(column).dt.timestamp("us").alias(name))
+
+    def from_epoch_us(self, frame: nw.LazyFrame[Any], column: str) -> nw.LazyFrame[Any]:
+        """Replace int64 ``column`` (microseconds since the epoch) by a UTC timestamp."""
+        return frame.with_columns(nw.col(column).cast(nw.Datetime("us", "UTC")))
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""

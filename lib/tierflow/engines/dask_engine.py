@@ -27,7 +27,13 @@ import narwhals as nw
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
 from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
-from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table, output_schema
+from tierflow.io.textdecode import (
+    META_FILE,
+    META_RECORD,
+    CsvOptions,
+    decode_to_table,
+    output_schema,
+)
 
 # Narwhals announces that Dask support will move to a separate package; the built-in
 # support is what we use and test.
@@ -43,9 +49,9 @@ def _to_pandas(table: Any) -> Any:
 
 
 def _decode_task(
-    path: str, fmt: str, types: dict[str, str], extra: ExtraPolicy, delimiter: str
+    path: str, fmt: str, types: dict[str, str], extra: ExtraPolicy, csv: CsvOptions
 ) -> Any:
-    table = decode_to_table([path], fmt, types, extra_columns=extra, delimiter=delimiter)
+    table = decode_to_table([path], fmt, types, extra_columns=extra, csv=csv)
     return _to_pandas(table)
 
 
@@ -115,6 +121,16 @@ def _epoch_partition(frame: Any, column: str, name: str) -> Any:
     return out
 
 
+def _from_epoch_partition(frame: Any, column: str) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    values = pa.array(frame[column]).cast(pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    out = frame.copy()
+    out[column] = pd.Series(pd.arrays.ArrowExtensionArray(values), index=frame.index)
+    return out
+
+
 def _bucket_partition(frame: Any, columns: list[str], buckets: int, name: str) -> Any:
     import pandas as pd
     import pyarrow as pa
@@ -164,14 +180,14 @@ class DaskEngine(Engine):
         types: Mapping[str, str],
         *,
         extra_columns: ExtraPolicy,
-        delimiter: str,
+        csv: CsvOptions,
     ) -> nw.LazyFrame[Any]:
         """One decode task per file."""
         import dask.dataframe as dd
 
         frame = dd.from_map(
             _decode_task, list(files), fmt=fmt, types=dict(types), extra=extra_columns,
-            delimiter=delimiter, meta=self._meta(output_schema(types)), enforce_metadata=False,
+            csv=csv, meta=self._meta(output_schema(types)), enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
 
@@ -297,6 +313,16 @@ class DaskEngine(Engine):
         meta = native._meta.copy()
         meta[name] = pd.Series([], dtype=pd.ArrowDtype(pa.int64()))
         return nw.from_native(native.map_partitions(_epoch_partition, column, name, meta=meta))
+
+    def from_epoch_us(self, frame: nw.LazyFrame[Any], column: str) -> nw.LazyFrame[Any]:
+        """Arrow's int64 to timestamp cast per partition (pandas would take nanoseconds)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = frame.to_native()
+        meta = native._meta.copy()
+        meta[column] = pd.Series([], dtype=pd.ArrowDtype(pa.timestamp("us", tz="UTC")))
+        return nw.from_native(native.map_partitions(_from_epoch_partition, column, meta=meta))
 
     def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
         """Gather the partitions' Arrow batches on the client."""

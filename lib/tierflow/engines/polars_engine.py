@@ -16,7 +16,7 @@ import narwhals as nw
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, WriteResult
 from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
-from tierflow.io.textdecode import META_FILE, META_RECORD, decode_to_table
+from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions, decode_to_table
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -41,7 +41,7 @@ class PolarsEngine(Engine):
         types: Mapping[str, str],
         *,
         extra_columns: ExtraPolicy,
-        delimiter: str,
+        csv: CsvOptions,
     ) -> nw.LazyFrame[Any]:
         """Decode every file in this process into one Polars frame."""
         import polars as pl
@@ -51,7 +51,7 @@ class PolarsEngine(Engine):
             fmt,
             types,
             extra_columns=extra_columns,
-            delimiter=delimiter,
+            csv=csv,
         )
         return nw.from_native(pl.from_arrow(table).lazy())  # type: ignore[union-attr]
 

@@ -20,17 +20,23 @@ import narwhals as nw
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
 from tierflow.io.arrow_sinks import SchemaMismatchError, check_schema, existing_schema
-from tierflow.io.textdecode import META_FILE, META_RECORD, decode_file, output_schema
+from tierflow.io.textdecode import (
+    META_FILE,
+    META_RECORD,
+    CsvOptions,
+    decode_file,
+    output_schema,
+)
 
 log = logging.getLogger(__name__)
 
 
 def _decode_partition(
-    batches: Iterator[Any], fmt: str, types: dict[str, str], extra: ExtraPolicy, delimiter: str
+    batches: Iterator[Any], fmt: str, types: dict[str, str], extra: ExtraPolicy, csv: CsvOptions
 ) -> Iterator[Any]:
     for batch in batches:
         for path in batch.column(0).to_pylist():
-            yield from decode_file(path, fmt, types, extra_columns=extra, delimiter=delimiter)
+            yield from decode_file(path, fmt, types, extra_columns=extra, csv=csv)
 
 
 def _delta_metrics(spark: Any, path: str) -> dict[str, Any]:
@@ -76,7 +82,7 @@ class SparkEngine(Engine):
         types: Mapping[str, str],
         *,
         extra_columns: ExtraPolicy,
-        delimiter: str,
+        csv: CsvOptions,
     ) -> nw.LazyFrame[Any]:
         """Decode with the shared decoder in ``mapInArrow``, one file per task."""
         from pyspark.sql.pandas.types import from_arrow_schema
@@ -86,7 +92,7 @@ class SparkEngine(Engine):
             "path string"
         )
         decode = functools.partial(
-            _decode_partition, fmt=fmt, types=dict(types), extra=extra_columns, delimiter=delimiter
+            _decode_partition, fmt=fmt, types=dict(types), extra=extra_columns, csv=csv
         )
         return nw.from_native(paths.mapInArrow(decode, schema))
 
@@ -164,6 +170,13 @@ class SparkEngine(Engine):
         from pyspark.sql import functions as F
 
         return nw.from_native(frame.to_native().withColumn(name, F.unix_micros(F.col(column))))
+
+    def from_epoch_us(self, frame: nw.LazyFrame[Any], column: str) -> nw.LazyFrame[Any]:
+        """``timestamp_micros`` (a cast of a long would read seconds)."""
+        from pyspark.sql import functions as F
+
+        native = frame.to_native()
+        return nw.from_native(native.withColumn(column, F.timestamp_micros(F.col(column))))
 
     def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
         """``toArrow`` on the driver."""

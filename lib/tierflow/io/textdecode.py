@@ -8,7 +8,8 @@ dropped: a row that cannot be decoded comes out with null values and a reason in
 
 Semantics, written down once:
 
-- Empty strings (after trimming whitespace) are null, for every type.
+- Empty strings (after trimming whitespace) are null, for every type; so are a CSV
+  source's ``null_values`` tokens (``NA``...), matched exactly.
 - Integers: optional sign and up to 18 digits. Floats: decimal or exponent notation,
   finite. Booleans: true/false/1/0, any case. Dates: ``YYYY-MM-DD``. Timestamps: ISO 8601
   (``T`` or space, optional fraction and offset); without an offset they are UTC; all are
@@ -27,6 +28,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -58,6 +60,14 @@ _FLOAT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _INT32 = (-(2**31), 2**31 - 1)
 _SHOWN = 40  # characters of a bad value kept in its reason
 _BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a CSV file is written: its delimiter and the tokens that mean "no value"."""
+
+    delimiter: str = ","
+    null_values: tuple[str, ...] = ()  # besides the empty string, e.g. ("NA", "NULL")
 
 
 class DecodeError(ValueError):
@@ -275,10 +285,11 @@ def decode_csv(
     types: Mapping[str, str],
     *,
     extra_columns: ExtraPolicy = "quarantine",
-    delimiter: str = ",",
+    options: CsvOptions = CsvOptions(),
     block_size: int = 1 << 22,
 ) -> Iterator[pa.RecordBatch]:
     """Yield typed batches of one CSV file; malformed records come as their own rows."""
+    delimiter = options.delimiter
     header = _csv_header(path, delimiter)
     if not header:
         return
@@ -328,6 +339,12 @@ def decode_csv(
                 numbers.append(candidate)
         last = candidate
         raw = {name: batch.column(name) for name in header}
+        if options.null_values:
+            tokens = pa.array(options.null_values, pa.string())
+            raw = {
+                name: pc.if_else(pc.is_in(col, value_set=tokens), "", col)
+                for name, col in raw.items()
+            }
         length = batch.num_rows
         reasons = _extra_reasons(raw, extras) if extra_columns == "quarantine" else []
         if schema_error:
@@ -471,11 +488,11 @@ def decode_file(
     types: Mapping[str, str],
     *,
     extra_columns: ExtraPolicy = "quarantine",
-    delimiter: str = ",",
+    csv: CsvOptions = CsvOptions(),
 ) -> Iterator[pa.RecordBatch]:
     """Decode one CSV or JSON-lines file (see the module docstring for the rules)."""
     if fmt == "csv":
-        return decode_csv(path, types, extra_columns=extra_columns, delimiter=delimiter)
+        return decode_csv(path, types, extra_columns=extra_columns, options=csv)
     if fmt == "jsonl":
         return decode_jsonl(path, types, extra_columns=extra_columns)
     raise DecodeError(f"not a text format: {fmt!r}")
@@ -487,12 +504,12 @@ def decode_to_table(
     types: Mapping[str, str],
     *,
     extra_columns: ExtraPolicy = "quarantine",
-    delimiter: str = ",",
+    csv: CsvOptions = CsvOptions(),
 ) -> pa.Table:
     """Decode several files into one table (in file order)."""
     batches = [
         batch
         for path in paths
-        for batch in decode_file(path, fmt, types, extra_columns=extra_columns, delimiter=delimiter)
+        for batch in decode_file(path, fmt, types, extra_columns=extra_columns, csv=csv)
     ]
     return pa.Table.from_batches(batches, schema=output_schema(types))

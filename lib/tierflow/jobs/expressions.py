@@ -5,7 +5,7 @@ the same thing on Polars, Dask and Spark. Only what is listed here parses; anyth
 else (attribute access, arbitrary calls, subscripts, lambdas) is an error naming the
 offending piece.
 
-Grammar: column names; int, float, str and bool literals; ``+ - * / %``; comparisons
+Grammar: column names; int, float, str and bool literals; ``+ - * / // %``; comparisons
 ``== != < <= > >=`` (chains allowed); ``and``, ``or``, ``not``; ``x in (1, 2)`` and
 ``not in``; ``x is None`` / ``x is not None``; functions ``abs(x)``, ``len(s)``,
 ``lower(s)``, ``upper(s)``, ``startswith(s, "p")``, ``endswith(s, "p")``.
@@ -37,7 +37,10 @@ _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
-    ast.Mod: operator.mod,
+    ast.FloorDiv: operator.floordiv,
+    # a - (a // b) * b: Python's modulo (the sign of b) on every engine; Narwhals has no
+    # modulo for Dask, and Spark's % would take the sign of a.
+    ast.Mod: lambda a, b: a - (a // b) * b,
 }
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,

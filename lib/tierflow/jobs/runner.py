@@ -27,7 +27,7 @@ import narwhals as nw
 from tierflow.config.jobs import JobConfig, SinkConfig, SourceConfig, is_uri
 from tierflow.engines.base import Engine
 from tierflow.errors import TierflowError
-from tierflow.io.textdecode import META_FILE, META_RECORD
+from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions
 from tierflow.jobs.contracts import REASON, rule_counts, rule_labels, validate
 from tierflow.jobs.planner import TierPlan
 from tierflow.jobs.records import RunRecord
@@ -103,7 +103,7 @@ def read_source(engine: Engine, source: ResolvedSource) -> nw.LazyFrame[Any]:
             cfg.format,
             types,
             extra_columns=cfg.extra_columns,
-            delimiter=cfg.csv_delimiter,
+            csv=CsvOptions(cfg.csv_delimiter, cfg.csv_null_values),
         )
     if cfg.format == "parquet":
         return engine.read_parquet(source.files)
@@ -292,6 +292,8 @@ def _execute(
 
     with stage("transform" if job.transform else "sql" if job.sql else "pass-through"):
         output = _run_step(job, engine, valid)
+        for column in job.timestamps_from_epoch_us:
+            output = engine.from_epoch_us(output, column)
         if job.split is not None:
             output = add_split(output, job.split, engine)
         output = normalize_for_table(output)

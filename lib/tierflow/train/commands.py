@@ -119,13 +119,12 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
 def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
     from deltalake import DeltaTable
 
-    from tierflow.train.data import prepare, snapshot_version
+    from tierflow.train.data import prepare, snapshot_version, training_columns
     from tierflow.train.runner import plan_for
 
     path = str(project.data_dir / config.snapshot.path)
     version = snapshot_version(path, config.snapshot.version)
-    columns = list(dict.fromkeys([*config.features, config.label,
-                                  *([config.split_key] if config.split_key else [])]))  # fmt: skip
+    columns = training_columns(config)
     table = DeltaTable(path, version=version).to_pyarrow_table(columns=columns)
     splits = prepare(table, config, version)
     gpus = 0

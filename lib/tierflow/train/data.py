@@ -127,8 +127,31 @@ def read_snapshot(path: str, version: int, columns: list[str]) -> pa.Table:
     ) if dataset.count() else pa.table({c: [] for c in columns})  # fmt: skip
 
 
+def training_columns(config: TrainingConfig) -> list[str]:
+    """The snapshot columns a run reads: features, label, split key and split column."""
+    wanted = [*config.features, config.label, config.split_key, config.split_column]
+    return list(dict.fromkeys(c for c in wanted if c))
+
+
 def split_rows(table: pa.Table, config: TrainingConfig) -> dict[str, pa.Table]:
-    """Rows per split by the split hash (of ``split_key`` or the row number)."""
+    """Rows per split: the ``split_column``'s values, else the split hash.
+
+    The hash is of ``split_key`` (or of the row number) and the seed.
+    """
+    if config.split_column:
+        named = table.column(config.split_column)
+        found = set(pc.unique(named).to_pylist())
+        unknown = found - {"train", "valid", "test"}
+        if unknown or "train" not in found:
+            raise ValueError(
+                f"split column {config.split_column!r} must hold train (and valid, test), "
+                f"found {sorted(map(str, found))}"
+            )
+        return {
+            name: table.filter(pc.equal(named, name))
+            for name in ("train", "valid", "test")
+            if name in found
+        }
     if config.split_key:
         keys = [str(v) for v in table.column(config.split_key).to_pylist()]
     else:

@@ -149,7 +149,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tierflow.train.data import prepare, read_snapshot, snapshot_version
+    from tierflow.train.data import prepare, read_snapshot, snapshot_version, training_columns
     from tierflow.train.loop import META_FILE, STATE_FILE, train_loop
 
     if not ray.is_initialized():
@@ -166,8 +166,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         pinned = json.loads(recorded.read_text())["version"]
     version = snapshot_version(path, pinned)
     recorded.write_text(json.dumps({"path": path, "version": version}))
-    columns = list(dict.fromkeys([*config.features, config.label,
-                                  *([config.split_key] if config.split_key else [])]))  # fmt: skip
+    columns = training_columns(config)
     splits = prepare(read_snapshot(path, version, columns), config, version)
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
     plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
