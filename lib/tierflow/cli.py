@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="port (default: conf, 28300)")
     srv.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
     srv.add_argument("--data-dir", help="data folder")
+    srv.add_argument(
+        "--model", action="append", dest="models", default=[], metavar="NAME",
+        help="also serve predictions of this trained model (conf/training/NAME.yaml; repeatable)",
+    )  # fmt: skip
 
     from tierflow.stream.commands import add_parsers
     from tierflow.train.commands import add_parsers as add_training_parsers
@@ -281,23 +285,37 @@ def _jobs(args: argparse.Namespace) -> int:
     return _table(args, project.data_dir)
 
 
+def _serve(args: argparse.Namespace, project: Any) -> int:
+    from tierflow.serving import serve
+
+    views = project.feature_views()
+    models = {}
+    if args.models:
+        from tierflow.train.commands import load_training
+        from tierflow.train.predict import Predictor
+
+        for name in args.models:
+            config = load_training(project, name)
+            folder = project.data_dir / config.storage_path / config.name
+            models[name] = Predictor.load(folder, views)
+    store = project.open_store(args.store)
+    cfg = project.config.serving
+    serve(
+        store,
+        views,
+        host=args.host or cfg.host,
+        port=args.port or cfg.port,
+        max_entities=cfg.max_entities,
+        models=models,
+    )
+    return 0
+
+
 def _features(args: argparse.Namespace, project: Any) -> int:
     from tierflow.engines import create_engine
 
     if args.command == "serve":
-        from tierflow.serving import serve
-
-        views = project.feature_views()
-        store = project.open_store(args.store)
-        cfg = project.config.serving
-        serve(
-            store,
-            views,
-            host=args.host or cfg.host,
-            port=args.port or cfg.port,
-            max_entities=cfg.max_entities,
-        )
-        return 0
+        return _serve(args, project)
     if args.command == "features" and args.action == "list":
         for name, view in sorted(project.feature_views().items()):
             print(f"{name}: entities {', '.join(view.entities)}; step {view.step}; ttl {view.ttl}")

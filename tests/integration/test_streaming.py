@@ -8,7 +8,6 @@ and removed), graceful shutdown and resume, fuzzed messages, and bad configurati
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -26,15 +25,20 @@ import pyarrow as pa
 import pytest
 
 from tests.support import read_table
-from tierflow.config.features import FeatureViewConfig, duration_us
-from tierflow.engines.polars_engine import PolarsEngine
+from tierflow.config.features import FeatureViewConfig
 from tierflow.examples.flights import flights_table
-from tierflow.features.batch import WINDOW_END, feature_rows, values_as_of
 from tierflow.paths import ProjectPaths
 from tierflow.project import Project
-from tierflow.stores.base import OnlineStore, entity_key
+from tierflow.stores.base import OnlineStore
 from tierflow.stores.redis_store import RedisOnlineStore
 from tierflow.stores.sqlite_store import SQLiteOnlineStore
+from tierflow.stream.parity import (
+    compare,
+    end_offsets,
+    expected_values,
+    stored_offsets,
+    wait_caught_up,
+)
 from tierflow.stream.replay import event_messages, ordered
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -162,86 +166,9 @@ def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     admin.close()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
-    finally:
-        consumer.close()
-
-
 def committed_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
     offsets = admin.list_group_offsets(group).get(group, {})
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
-
-
-def stored_offsets(store: OnlineStore, group: str, topic: str, partitions: int) -> dict[int, int]:
-    out = {}
-    for p in range(partitions):
-        offset = store.load_partition(f"{group}/{topic}/{p}").offset
-        if offset is not None:
-            out[p] = offset
-    return out
-
-
-def wait_caught_up(
-    store: OnlineStore,
-    group: str,
-    topic: str,
-    ends: dict[int, int],
-    timeout: float,
-    alive: Callable[[], None] = lambda: None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive()
-        if stored_offsets(store, group, topic, len(ends)) == {p: e for p, e in ends.items() if e}:
-            return
-        time.sleep(0.5)
-    got = stored_offsets(store, group, topic, len(ends))
-    raise AssertionError(f"not caught up in {timeout} s: stored {got}, topic ends {ends}")
-
-
-def partition_of(entity: tuple[Any, ...], partitions: int) -> int:
-    from kafka.partitioner.default import murmur2
-
-    return (murmur2(entity_key(entity).encode()) & 0x7FFFFFFF) % partitions
-
-
-def expected_values(
-    events: pa.Table,
-    view: FeatureViewConfig,
-    store: OnlineStore,
-    group: str,
-    topic: str,
-    partitions: int,
-) -> dict[tuple[Any, ...], tuple[int, dict[str, Any]]]:
-    """Batch values of each entity at its partition's watermark grid point."""
-    engine = PolarsEngine()
-    rows = feature_rows(engine.from_arrow(events), view, engine)
-    table = rows.to_native().collect().to_arrow()
-    out = {}
-    for p in range(partitions):
-        meta = json.loads(store.load_partition(f"{group}/{topic}/{p}").meta or "{}")
-        mark = meta.get("max_event_us", {}).get(view.name)
-        if mark is None:
-            continue
-        grid = (mark - duration_us(view.allowed_lateness)) // view.step_us * view.step_us
-        picked = values_as_of(engine.from_arrow(table), view, grid)
-        for r in picked.to_native().collect().to_arrow().to_pylist():
-            entity = tuple(r[e] for e in view.entities)
-            if partition_of(entity, partitions) != p:
-                continue
-            values = {f.name: _clean(r[f.name]) for f in view.features}
-            out[entity] = (r[WINDOW_END], values)
-    return out
-
-
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def assert_store_equals(
@@ -250,24 +177,9 @@ def assert_store_equals(
     expected: dict[tuple[Any, ...], tuple[int, dict[str, Any]]],
 ) -> None:
     assert expected, "nothing to compare"
-    entities = list(expected)
-    got = store.read(view.name, entities)
-    mismatches = []
-    for entity, stored in zip(entities, got, strict=True):
-        end, values = expected[entity]
-        if stored is None or stored.window_end_us != end:
-            mismatches.append((entity, end, stored))
-            continue
-        for name, value in values.items():
-            other = stored.values[name]
-            if isinstance(value, float) and isinstance(other, float):
-                ok = math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-9)
-            else:
-                ok = value == other
-            if not ok:
-                mismatches.append((entity, name, value, other))
-    assert not mismatches, mismatches[:10]
-    assert store.count(view.name) == len(expected), "the store has entities batch does not"
+    result = compare(store, view, expected)
+    assert not result.mismatches, result.mismatches[:10]
+    assert result.extra_in_store == 0, "the store has entities batch does not"
 
 
 def flights_events(months: tuple[int, ...], view: FeatureViewConfig) -> pa.Table:
