@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 SERVICES ?=
+SCALE ?= 1
+ONLINE_STORE ?= sqlite
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -17,8 +20,8 @@ help: ## list the targets
 setup: ## create .venv, install locked packages, fetch JVM jars, install redis-server
 	@scripts/setup.sh
 
-demo: setup ## run the main demo on embedded defaults (starts and stops its services)
-	@scripts/isolated.sh $(BIN)/python -m tierflow.demo
+demo: setup ## NYC flights end to end: raw CSV to online predictions (SCALE=N, ONLINE_STORE=redis)
+	@scripts/isolated.sh $(BIN)/python -m tierflow.demo --scale $(SCALE) --online-store $(ONLINE_STORE) $(DEMO_ARGS)
 
 test: setup lint ## lint, then the whole suite against real services in a private network namespace
 	@scripts/isolated.sh scripts/run-tests.sh $(PYTEST_ARGS)

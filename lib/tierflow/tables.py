@@ -86,3 +86,12 @@ def vacuum(
         enforce_retention_duration=not allow_short_retention,
     )
     return VacuumResult(files=sorted(files), dry_run=dry_run, retention_hours=retention_hours)
+
+
+def delta_version(path: str) -> int | None:
+    """The newest version of the Delta table at ``path``; None when there is no table."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(path):
+        return None
+    return int(DeltaTable(path).version())

@@ -90,7 +90,6 @@ class Predictor:
     def predict(self, features: Sequence[Mapping[str, Any]]) -> list[float]:
         """The model's output for complete feature rows (probabilities for binary tasks)."""
         import pyarrow as pa
-        import torch
 
         pre = self.preprocessor
         columns: dict[str, Any] = {}
@@ -102,7 +101,13 @@ class Predictor:
                 columns[name] = pa.array(values, pa.bool_())
             else:
                 columns[name] = pa.array([_number(v) for v in values], pa.float64())
-        matrix = pre.transform(pa.table(columns))
+        return self.predict_table(pa.table(columns))
+
+    def predict_table(self, table: Any) -> list[float]:
+        """The model's output for an Arrow table holding the feature columns."""
+        import torch
+
+        matrix = self.preprocessor.transform(table)
         with torch.no_grad():
             out = self.model(torch.tensor(matrix)).double().reshape(-1)
         if self.config.task == "binary":

@@ -1,0 +1,1 @@
+"""``make demo``: NYC flights 2013 end to end (see :mod:`tierflow.demo.pipeline`)."""

@@ -1,0 +1,322 @@
+"""The demo's live half: December through Kafka into the daemon, parity, and serving.
+
+Everything runs through the product's own entry points, as separate processes: the
+feature daemon is ``tierflow stream``, the endpoint is ``tierflow serve --model``. The
+demo only produces the events (:func:`tierflow.stream.replay.replay`), watches the
+store catch up, and asks questions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tierflow.config.features import FeatureViewConfig
+from tierflow.stores.base import OnlineStore
+
+TIERFLOW = str(Path(sys.executable).parent / "tierflow")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _http(url: str, body: Any = None, timeout: float = 30.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(  # noqa: S310 - loopback URLs the demo built
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
+@dataclass
+class Process:
+    """A child process of the demo, its output in a log file of the run folder."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, args: list[str], env: Mapping[str, str], log: Path) -> Process:
+        """Start ``args`` with ``env`` added to this environment."""
+        handle = log.open("wb")
+        try:
+            popen = subprocess.Popen(
+                args, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT
+            )
+        finally:
+            handle.close()
+        return cls(name, popen, log)
+
+    def check(self) -> None:
+        """Raise if the process has died."""
+        code = self.popen.poll()
+        if code is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {code}; its output ends:\n{tail}")
+
+    def wait_http(self, url: str, timeout: float) -> Any:
+        """Poll ``url`` until it answers 200; returns its JSON."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            try:
+                return _http(url, timeout=2.0)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{self.name}: {url} did not answer in {timeout} s"
+                    ) from None
+                time.sleep(0.3)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return int(self.popen.returncode)
+
+
+@dataclass
+class TopicFeed:
+    """The events of one topic for the replay, and the views that read it."""
+
+    topic: str
+    views: list[FeatureViewConfig]
+    events: Any  # Arrow table in event-time order
+
+
+def december_feeds(
+    data_dir: Path, views: Mapping[str, FeatureViewConfig], start_us: int, end_us: int
+) -> list[TopicFeed]:
+    """Each topic's events with event times in ``[start_us, end_us)``, from the views' tables."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    from tierflow.stream.replay import ordered
+
+    by_topic: dict[str, list[FeatureViewConfig]] = {}
+    for view in views.values():
+        if view.source.topic:
+            by_topic.setdefault(view.source.topic, []).append(view)
+    feeds = []
+    for topic, readers in sorted(by_topic.items()):
+        first = readers[0]
+        columns = list(dict.fromkeys(c for v in readers for c in v.source.columns))
+        table = DeltaTable(str(data_dir / first.source.path)).to_pyarrow_table(columns=columns)
+        times = pc.cast(table[first.event_time], pa.int64())
+        table = table.filter(pc.and_(pc.greater_equal(times, start_us), pc.less(times, end_us)))
+        events, _ = ordered(table, first.event_time)
+        feeds.append(TopicFeed(topic, readers, events))
+    return feeds
+
+
+@dataclass
+class StreamOutcome:
+    """What the streaming stage measured."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    bulk_events: int = 0
+    bulk_seconds: float = 0.0
+    paced_events: int = 0
+    paced_rate: float = 0.0
+    freshness: dict[str, Any] = field(default_factory=dict)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        """Bulk phase: events per second from the first send to the store holding the last."""
+        return self.bulk_events / self.bulk_seconds if self.bulk_seconds else 0.0
+
+
+def _split(events: Any, time_column: str, at_us: int) -> tuple[Any, Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    times = pc.cast(events[time_column], pa.int64())
+    return events.filter(pc.less(times, at_us)), events.filter(pc.greater_equal(times, at_us))
+
+
+def run_stream(
+    feeds: list[TopicFeed],
+    *,
+    bootstrap: str,
+    prefix: str,
+    group: str,
+    partitions: int,
+    env: Mapping[str, str],
+    store: OnlineStore,
+    run_dir: Path,
+    paced_from_us: int,
+    paced_rate: float,
+    say: Callable[[str], None],
+) -> StreamOutcome:
+    """Replay the feeds into ``tierflow stream`` in two phases, with a restart between.
+
+    1. **bulk**: the events before ``paced_from_us`` at full speed, for throughput (from
+       the first send until the store holds the last event);
+    2. the daemon is stopped with SIGTERM and a new one started: it resumes from the
+       offsets in the store;
+    3. **paced**: the rest at ``paced_rate`` events per second per topic, for freshness
+       (store-write time minus the record's timestamp) at a rate the daemon keeps up with.
+    """
+    from tierflow.stream.commands import ensure_topic
+    from tierflow.stream.parity import end_offsets, wait_caught_up
+    from tierflow.stream.replay import replay
+
+    for feed in feeds:
+        ensure_topic(bootstrap, prefix + feed.topic, partitions)
+    daemon_env = {**env, "TIERFLOW_STREAM_TOPIC_PREFIX": prefix,
+                  "TIERFLOW_STREAM_GROUP_ID": group}  # fmt: skip
+    views = [v.name for f in feeds for v in f.views]
+    outcome = StreamOutcome()
+    phases = [_split(f.events, f.views[0].event_time, paced_from_us) for f in feeds]
+    for phase in (0, 1):
+        port = free_port()
+        args = [TIERFLOW, "stream", "--bootstrap", bootstrap, "--metrics-port", str(port)]
+        args += [a for name in views for a in ("--view", name)]
+        log = run_dir / f"daemon-{phase + 1}.log"
+        daemon = Process.start("tierflow stream", args, daemon_env, log)
+        try:
+            daemon.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+            # Wait for the group to hand the daemon every partition, so that the first
+            # events do not wait for the join (that would be start-up time, not freshness).
+            wanted = len(feeds) * partitions
+            deadline = time.monotonic() + 120
+            while len(_http(f"http://127.0.0.1:{port}/health").get("assigned", [])) < wanted:
+                daemon.check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"daemon {phase + 1} was not assigned {wanted} partitions")
+                time.sleep(0.2)
+            say(f"daemon {phase + 1} up (pid {daemon.popen.pid}, /metrics and /health on "
+                f"127.0.0.1:{port})")  # fmt: skip
+            began = time.monotonic()
+            for feed, parts in zip(feeds, phases, strict=True):
+                sent = replay(
+                    parts[phase], prefix + feed.topic, bootstrap,
+                    keys=list(feed.views[0].entities), time_column=feed.views[0].event_time,
+                    rate=paced_rate if phase else None,
+                )  # fmt: skip
+                outcome.events[feed.topic] = outcome.events.get(feed.topic, 0) + sent.sent
+                if phase:
+                    outcome.paced_events += sent.sent
+                else:
+                    outcome.bulk_events += sent.sent
+                say(f"{'paced' if phase else 'bulk'}: {sent.sent:,} events to "
+                    f"{prefix + feed.topic} ({sent.rate:,.0f}/s)")  # fmt: skip
+            for feed in feeds:
+                ends = end_offsets(bootstrap, prefix + feed.topic)
+                wait_caught_up(store, group, prefix + feed.topic, ends, 600, alive=daemon.check)
+            if phase:
+                outcome.paced_rate = paced_rate
+                outcome.freshness = _http(f"http://127.0.0.1:{port}/health").get("freshness", {})
+            else:
+                outcome.bulk_seconds = time.monotonic() - began
+        finally:
+            outcome.exit_codes.append(daemon.stop())
+        outcome.summaries.append(_last_summary(log))
+    return outcome
+
+
+def _last_summary(log: Path) -> dict[str, Any]:
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith('{"summary"'):
+            return dict(json.loads(line)["summary"])
+    return {}
+
+
+def check_parity(
+    feeds: list[TopicFeed], store: OnlineStore, *, group: str, prefix: str, partitions: int
+) -> list[Any]:
+    """Each view's online values against batch over the same events."""
+    from tierflow.stream.parity import compare, expected_values
+
+    results = []
+    for feed in feeds:
+        for view in feed.views:
+            expected = expected_values(
+                feed.events, view, store, group, prefix + feed.topic, partitions
+            )
+            results.append(compare(store, view, expected))
+    return results
+
+
+def upcoming_flights(data_dir: Path, after_us: int, count: int) -> list[dict[str, Any]]:
+    """``count`` flights scheduled from ``after_us`` on that departed, spread over the evening."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(data_dir / "silver" / "flights")).to_pyarrow_table(
+        columns=["flight_id", "carrier", "flight", "origin", "dest", "tailnum", "hour",
+                 "distance", "plane_age", "sched_dep_at", "arr_delay", "cancelled"],
+    )  # fmt: skip
+    times = pc.cast(table["sched_dep_at"], pa.int64())
+    day_us = 86_400_000_000
+    window = pc.and_(pc.greater_equal(times, after_us), pc.less(times, after_us + day_us // 4))
+    table = table.filter(pc.and_(window, pc.is_valid(table["arr_delay"])))
+    rows = table.sort_by([("sched_dep_at", "ascending"), ("flight_id", "ascending")]).to_pylist()
+    if not rows:
+        return []
+    stride = max(1, len(rows) // count)
+    return list(rows[::stride][:count])
+
+
+def serve_predictions(
+    flights: list[dict[str, Any]],
+    *,
+    model: str,
+    env: Mapping[str, str],
+    run_dir: Path,
+) -> list[dict[str, Any]]:
+    """Start ``tierflow serve --model``, ask it about ``flights``, stop it."""
+    port = free_port()
+    args = [TIERFLOW, "serve", "--model", model, "--port", str(port)]
+    server = Process.start("tierflow serve", args, env, run_dir / "serve.log")
+    try:
+        server.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+        rows = [
+            {"carrier": f["carrier"], "origin": f["origin"], "dest": f["dest"],
+             "sched_hour": float(f["hour"]), "distance": f["distance"],
+             "plane_age": f["plane_age"]}
+            for f in flights
+        ]  # fmt: skip
+        answer = _http(f"http://127.0.0.1:{port}/v1/predict/{model}", {"rows": rows})
+    finally:
+        server.stop()
+    out = []
+    for flight, prediction in zip(flights, answer["predictions"], strict=True):
+        when: datetime = flight["sched_dep_at"]
+        out.append({
+            "flight": f"{flight['carrier']}{flight['flight']}",
+            "route": f"{flight['origin']}-{flight['dest']}",
+            "scheduled": when.strftime("%Y-%m-%d %H:%M"),
+            "score": prediction["score"],
+            "carrier_delay_1h": prediction["features"].get("carrier_delays__dep_delay_mean_1h"),
+            "origin_delay_1h": prediction["features"].get("origin_delays__dep_delay_mean_1h"),
+            "arr_delay": flight["arr_delay"],
+        })  # fmt: skip
+    return out
