@@ -143,8 +143,14 @@ def _parser() -> argparse.ArgumentParser:
     examples.add_argument(
         "which", nargs="?", choices=("all", "retail", "flights"), default="all",
         help="retail: generated orders for the batch jobs; flights: NYC flights 2013 "
-        "(silver/flights, silver/labels) for the feature views",
+        "(raw CSV files, then the bronze, silver and label jobs) for the feature views",
     )  # fmt: skip
+    examples.add_argument(
+        "--scale", type=int, default=1, help="flights: years (2013 and time-shifted copies)"
+    )
+    examples.add_argument(
+        "--raw-only", action="store_true", help="flights: write the raw CSV files only, run no job"
+    )
 
     services = sub.add_parser("services", help="start, stop and check the local services")
     services.add_argument(
@@ -271,18 +277,31 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command in training.COMMANDS:
         return training.run_command(args, project)
     if args.command == "examples":
-        if args.which in ("all", "retail"):
-            from tierflow.examples.retail import generate
-
-            generate(project.data_dir, orders=args.orders)
-        if args.which in ("all", "flights"):
-            from tierflow.examples.flights import write_flights, write_labels
-
-            write_flights(project.data_dir)
-            write_labels(project.data_dir)
-        print(f"example data ({args.which}) written to {project.data_dir}")
-        return 0
+        return _examples(args, project)
     return _table(args, project.data_dir)
+
+
+def _examples(args: argparse.Namespace, project: Any) -> int:
+    if args.which in ("all", "retail"):
+        from tierflow.examples.retail import generate
+
+        generate(project.data_dir, orders=args.orders)
+    if args.which in ("all", "flights"):
+        from tierflow.examples.flights import PIPELINE_JOBS, write_raw
+
+        write_raw(project.data_dir, args.scale)
+        if not args.raw_only:
+            for name in PIPELINE_JOBS:
+                record = project.run(project.load_job(name), echo=False)
+                print(
+                    f"{name}: {record.rows_out:,} rows to {record.output.get('path')} "
+                    f"on {record.engine} ({record.rows_quarantined:,} quarantined)"
+                )
+                if record.status != "succeeded":
+                    print(f"{name} failed: {record.error}", file=sys.stderr)
+                    return 1
+    print(f"example data ({args.which}) written to {project.data_dir}")
+    return 0
 
 
 def _serve(args: argparse.Namespace, project: Any) -> int:

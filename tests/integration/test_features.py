@@ -19,7 +19,7 @@ from deltalake import DeltaTable, write_deltalake
 from tests.support import ENGINES, assert_same_rows, engine_options, normalise, project_for
 from tierflow.config.features import FeatureViewConfig, TrainingSetConfig
 from tierflow.engines import create_engine
-from tierflow.examples.flights import write_flights, write_labels
+from tierflow.examples.flights import write_flights, write_labels, write_weather
 from tierflow.features import training
 from tierflow.features.batch import WINDOW_END, feature_rows, point_in_time
 from tierflow.jobs.runner import read_source
@@ -34,6 +34,7 @@ def flights(tmp_path_factory):
     data = tmp_path_factory.mktemp("flights") / "data"
     write_flights(data, months=(1,))
     write_labels(data, months=(1,))
+    write_weather(data, months=(1,))
     return data
 
 
@@ -218,7 +219,12 @@ def test_training_set_rebuilds_identically_from_its_recipe(
         recipe["inputs"]["carrier_delays"]["version"]
         == DeltaTable(str(flights / "silver" / "flights")).version()
     )
-    assert set(recipe["views"]) == {"carrier_delays", "origin_delays", "route_history"}
+    assert set(recipe["views"]) == {
+        "carrier_delays",
+        "origin_delays",
+        "route_history",
+        "origin_weather",
+    }
 
     # New data arrives after the build; the rebuild must still use the recorded versions.
     source = flights / "silver" / "flights"

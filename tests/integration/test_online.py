@@ -323,9 +323,10 @@ def test_materialize_memory_follows_the_chunk_not_the_table(tmp_path):
 
 
 def test_feature_commands_end_to_end(flights, tmp_path):
-    from tierflow.examples.flights import write_labels
+    from tierflow.examples.flights import write_labels, write_weather
 
     write_labels(flights, months=(1,))
+    write_weather(flights, months=(1,))
     env = dict(os.environ, TIERFLOW_DATA_DIR=str(flights), TIERFLOW_LOGS_DIR=str(tmp_path / "logs"))
 
     def tierflow(*args: str) -> subprocess.CompletedProcess[str]:

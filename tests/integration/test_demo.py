@@ -1,0 +1,197 @@
+"""``make demo`` end to end, through its real entry point, twice; and its tiers at scale 2.
+
+The demo runs as ``python -m tierflow.demo`` on a private data folder against the
+session's Kafka broker (the demo borrows a running broker and leaves it running). The
+first run computes everything; the second reuses the batch stages and must be faster.
+At ``--scale 2`` the planner moves the ingest and the training set to Dask, and the
+original flights' features must be those of the scale-1 run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tests.support import project_for, read_table
+from tierflow.demo.pipeline import Demo, DemoOptions, load_demo_config
+from tierflow.examples.flights import CLEAN_JOBS, ID_STRIDE, INGEST_JOBS, LABEL_JOBS, write_raw
+
+PROJECT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+BATCH = ("raw", "ingest", "clean", "profile", "labels", "training_set", "training")
+
+
+def run_demo(
+    data: Path, logs: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    env = dict(os.environ, TIERFLOW_LOGS_DIR=str(logs))
+    done = subprocess.run(
+        [sys.executable, "-m", "tierflow.demo", "--data-dir", str(data), *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    report = json.loads((logs / "demo" / "latest" / "report.json").read_text())
+    return done, report
+
+
+@pytest.fixture(scope="module")
+def runs(kafka_bootstrap, tmp_path_factory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("demo")
+    data, logs = base / "data", base / "logs"
+    first, report1 = run_demo(data, logs)
+    html = (logs / "demo" / "latest" / "report.html").read_text()
+    second, report2 = run_demo(data, logs)
+    return {
+        "data": data,
+        "logs": logs,
+        "runs": [first, second],
+        "reports": [report1, report2],
+        "html": html,
+    }
+
+
+def stages(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["key"]: s for s in report["stages"]}
+
+
+def test_the_demo_succeeds_end_to_end(runs):
+    first, report = runs["runs"][0], runs["reports"][0]
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Demo succeeded" in first.stdout
+    assert report["status"] == "succeeded"
+    assert list(stages(report)) == [*BATCH, "streaming", "parity", "serving"]
+    jobs = {j["job"]: j for j in report["results"]["jobs"]}
+    # The real data's anomalies, quarantined with their reasons; the counts add up.
+    assert jobs["flights_silver"]["quarantine_by_rule"] == {
+        "flights.check arrival_has_a_delay": 717,
+        "flights.check plausible_speed": 4,
+    }
+    assert jobs["flights_silver"]["rows_in"] == 336_776 + 3_322  # flights + planes
+    assert jobs["flights_silver"]["rows_out"] == 336_776 - 721
+    assert jobs["weather_silver"]["quarantine_by_rule"] == {"weather.range": 1, "weather.unique": 6}
+    assert {j["engine"] for j in jobs.values()} == {"single"}
+
+
+def test_the_model_beats_the_baseline(runs):
+    training = runs["reports"][0]["results"]["training"]
+    assert training["metrics"]["strategy"] == "ddp" and training["metrics"]["workers"] == 2
+    comparison = training["comparison"]
+    assert comparison["rows"]["test"] > 20_000  # December
+    assert comparison["model"]["auc"] > comparison["baseline"]["auc"] + 0.05
+    assert comparison["model"]["logloss"] < comparison["baseline"]["logloss"]
+    assert comparison["model_beats_baseline"] is True
+
+
+def test_streaming_applies_every_event_once_and_parity_holds(runs):
+    data, results = runs["data"], runs["reports"][0]["results"]
+    streaming = results["streaming"]
+    config = load_demo_config(project_for(data))
+    start = int(config.replay_from.timestamp() * 1e6)
+    end = int(config.replay_until.timestamp() * 1e6)
+    flights = read_table(data / "silver" / "flights")
+
+    def between(column: str) -> int:
+        t = pc.cast(flights[column], pa.int64())
+        return pc.sum(pc.and_(pc.greater_equal(t, start), pc.less(t, end))).as_py()
+
+    assert streaming["events"]["flights.departures"] == between("dep_at")
+    assert streaming["events"]["flights.arrivals"] == between("arr_at")
+    total = sum(streaming["events"].values())
+    consumed = sum(s["consumed"] for s in streaming["summaries"])
+    assert consumed == total  # the restarted daemon read only the rest
+    assert sum(s["poison"] for s in streaming["summaries"]) == 0
+    assert streaming["exit_codes"] == [0, 0]
+    assert streaming["throughput"] > 0 and streaming["freshness"]["p50_ms"] is not None
+    parity = results["parity"]
+    assert {p["view"] for p in parity} == {
+        "carrier_delays",
+        "origin_delays",
+        "route_history",
+        "origin_weather",
+    }
+    for view in parity:
+        assert view["ok"] and view["entities"] > 0 and view["mismatches"] == 0, view
+
+
+def test_serving_answers_for_upcoming_flights(runs):
+    serving = runs["reports"][0]["results"]["serving"]
+    assert len(serving["predictions"]) == 6
+    for answer in serving["predictions"]:
+        assert 0.0 < answer["score"] < 1.0
+        assert answer["scheduled"] >= "2013-12-31 18:00"
+        assert answer["carrier_delay_1h"] is not None  # served from the online store
+
+
+def test_the_report_is_written_and_readable(runs):
+    html, run_dir = (
+        runs["html"],
+        Path(runs["runs"][0].stdout.split("Report: ")[1].split()[0]).parent,
+    )
+    for title in (
+        "Stages: where each ran and why",
+        "Quarantine reasons",
+        "Model against the baseline",
+        "Streaming: December replayed through Kafka",
+        "Parity: online store against batch recomputation",
+        "Serving: predictions for upcoming flights",
+        "Profile of silver flights",
+    ):
+        assert title in html
+    assert "data:image/png;base64," in html
+    assert (run_dir / "flights_profile.html").stat().st_size > 10_000
+    assert (run_dir / "report.md").read_text().count("\n| ") > 30
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_second_run_reuses_the_batch_stages_and_is_faster(runs):
+    second, (report1, report2) = runs["runs"][1], runs["reports"]
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for key in ("ingest", "clean", "profile", "labels", "training_set", "training"):
+        assert stages(report2)[key]["cached"], key
+    batch1 = sum(stages(report1)[k]["seconds"] for k in BATCH)
+    batch2 = sum(stages(report2)[k]["seconds"] for k in BATCH)
+    assert batch2 < batch1 / 5, (batch1, batch2)
+    assert report2["seconds"] < report1["seconds"]
+    assert all(p["ok"] for p in report2["results"]["parity"])
+
+
+def test_scale_two_moves_stages_to_dask_with_the_same_features(runs, tmp_path):
+    reference = read_table(runs["data"] / "gold" / "training" / "flight_delays")
+    data = tmp_path / "data"
+    project = project_for(data)
+    demo = Demo(project, load_demo_config(project), DemoOptions(scale=2))
+    write_raw(demo.project.data_dir, 2)
+    demo.jobs_stage("ingest", "ingest", INGEST_JOBS)
+    demo.jobs_stage("clean", "clean", CLEAN_JOBS)
+    demo.jobs_stage("labels", "labels", LABEL_JOBS)
+    demo.training_set_stage()
+    tiers = {s.key: s.tier for s in demo.stages}
+    engines = {j["job"]: j["engine"] for j in demo.results["jobs"]}
+    assert engines["flights_bronze"] == "dask"  # 2 years of CSV: over the single-node limit
+    assert tiers["training_set"] == "dask"
+    scaled = read_table(data / "gold" / "training" / "flight_delays")
+    assert scaled.num_rows == 2 * reference.num_rows
+    original = scaled.filter(pc.less(scaled["flight_id"], ID_STRIDE)).sort_by("flight_id")
+    expected = reference.sort_by("flight_id").select(original.column_names)
+    assert original.num_rows == expected.num_rows
+    for name in expected.column_names:
+        left, right = original[name].combine_chunks(), expected[name].combine_chunks()
+        assert left.is_null().equals(right.is_null()), name
+        if pa.types.is_floating(right.type):
+            a = left.fill_null(0.0).to_numpy(zero_copy_only=False)
+            b = right.fill_null(0.0).to_numpy(zero_copy_only=False)
+            assert np.allclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True), name
+        else:
+            assert left.cast(right.type).equals(right), name
