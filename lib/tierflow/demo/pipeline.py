@@ -320,7 +320,8 @@ class Demo:
             metrics, comparison = cached["metrics"], cached["comparison"]
             stage.tier = f"ray train {metrics['strategy']} x{metrics['workers']}"
             stage.reason = "tierflow plan-train: " + _train_reason(metrics)
-            shutil.copyfile(folder / "curves.png", self.run_dir / "curves.png")
+            for artifact in ("curves.png", "history.json"):
+                shutil.copyfile(folder / artifact, self.run_dir / artifact)
             model, base = comparison["model"], comparison["baseline"]
             self.say(f"trained {metrics['steps']} steps in {metrics['seconds']:.0f}s "
                      f"({metrics['strategy']}, {metrics['workers']} workers)")  # fmt: skip

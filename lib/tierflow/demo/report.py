@@ -142,6 +142,70 @@ def _tables(demo: Demo) -> list[Table]:
     return tables
 
 
+def curves_svg(history: list[dict[str, Any]], width: int = 720, height: int = 300) -> str:
+    """Training and validation loss with labelled axes, as inline SVG.
+
+    Training loss per step (raw, and a 50-step moving average), validation loss per epoch.
+    """
+    steps = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    valid = [(h["step"], h["valid_loss"]) for h in history if "valid_loss" in h]
+    if not steps:
+        return ""
+    window = 50
+    smooth = []
+    total = 0.0
+    for i, (_, loss) in enumerate(steps):
+        total += loss
+        if i >= window:
+            total -= steps[i - window][1]
+        smooth.append(total / min(i + 1, window))
+    values = [v for _, v in steps] + [v for _, v in valid]
+    low, high = min(values), max(values)
+    high = high if high > low else low + 1.0
+    left, right, top, bottom = 60, 20, 20, 40
+    last = steps[-1][0]
+
+    def x(step: float) -> float:
+        return float(left + (width - left - right) * (step / last if last else 0.0))
+
+    def y(value: float) -> float:
+        return float(top + (height - top - bottom) * (1 - (value - low) / (high - low)))
+
+    def path(points: list[tuple[float, float]], color: str, size: float) -> str:
+        d = " ".join(f"{'M' if i == 0 else 'L'}{x(a):.1f},{y(b):.1f}"
+                     for i, (a, b) in enumerate(points))  # fmt: skip
+        return f"<path d='{d}' fill='none' stroke='{color}' stroke-width='{size}'/>"
+
+    parts = [path(steps, "#9ecae1", 0.6),
+             path([(a, v) for (a, _), v in zip(steps, smooth, strict=True)], "#1f77b4", 1.6)]  # fmt: skip
+    parts += [f"<circle cx='{x(a):.1f}' cy='{y(b):.1f}' r='4' fill='#d62728'/>" for a, b in valid]
+    for i in range(5):
+        value = low + (high - low) * i / 4
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(value):.1f}' "
+                     f"y2='{y(value):.1f}' stroke='#eee'/><text x='{left - 6}' "
+                     f"y='{y(value) + 4:.1f}' text-anchor='end' font-size='11'>{value:.3f}</text>")  # fmt: skip
+    for i in range(5):
+        step = last * i / 4
+        parts.append(f"<text x='{x(step):.1f}' y='{height - bottom + 16}' text-anchor='middle' "
+                     f"font-size='11'>{step:,.0f}</text>")  # fmt: skip
+    parts.append(f"<text x='{(left + width - right) / 2}' y='{height - 6}' text-anchor='middle' "
+                 "font-size='12'>optimizer step</text>")  # fmt: skip
+    parts.append(f"<text transform='translate(14,{(top + height - bottom) / 2}) rotate(-90)' "
+                 "text-anchor='middle' font-size='12'>log loss</text>")  # fmt: skip
+    legend = [("#9ecae1", "training loss, per step"), ("#1f77b4", "training loss, 50-step mean"),
+              ("#d62728", "validation loss, per epoch")]  # fmt: skip
+    for i, (color, label) in enumerate(legend):
+        ly = top + 14 + 16 * i
+        parts.append(f"<rect x='{width - right - 210}' y='{ly - 9}' width='12' height='10' "
+                     f"fill='{color}'/><text x='{width - right - 192}' y='{ly}' "
+                     f"font-size='11'>{label}</text>")  # fmt: skip
+    axes = (f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#444'/>"
+            f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' "
+            f"y2='{height - bottom}' stroke='#444'/>")  # fmt: skip
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+            f"role='img' aria-label='training curves'>{axes}{''.join(parts)}</svg>")  # fmt: skip
+
+
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
     body = "".join(
@@ -181,6 +245,8 @@ def write_report(demo: Demo, status: str, error: str, seconds: float) -> Path:
     facts = (f"Run {demo.run_id}: scale {opts.scale}, online store {opts.online_store}, "
              f"{seconds / 60:.1f} min, status: {status}")  # fmt: skip
     curves = demo.run_dir / "curves.png"
+    history_file = demo.run_dir / "history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
     profile = demo.run_dir / "flights_profile.html"
     parts = [f"<h1>tierflow demo: NYC flights 2013</h1><p class='{'ok' if status == 'succeeded' else 'bad'}'>"
              f"{html.escape(facts)}</p>"]  # fmt: skip
@@ -192,12 +258,15 @@ def write_report(demo: Demo, status: str, error: str, seconds: float) -> Path:
     for table in tables:
         parts.append(_html_table(table))
         md += [_md_table(table), ""]
-        if table.title.startswith("Model against") and curves.is_file():
-            data = base64.b64encode(curves.read_bytes()).decode()
-            parts.append("<h3>Training curves</h3><p class='note'>Training loss per step, "
-                         "validation loss per epoch.</p>"
-                         f"<img alt='training curves' src='data:image/png;base64,{data}'>")  # fmt: skip
-            md += ["### Training curves", "", "![training curves](curves.png)", ""]
+        if table.title.startswith("Model against") and history:
+            parts.append("<h3>Training curves</h3>" + curves_svg(history))
+            if curves.is_file():
+                data = base64.b64encode(curves.read_bytes()).decode()
+                parts.append("<p class='note'>As drawn by <code>tierflow train</code> "
+                             "(curves.png: loss per step in blue, validation loss per epoch in "
+                             f"red):</p><img alt='training curves' src='data:image/png;base64,{data}'>")  # fmt: skip
+            md += ["### Training curves", "", "![training curves](curves.png) (loss per step in "
+                   "blue, validation loss per epoch in red; report.html has them with axes)", ""]  # fmt: skip
         if table.title.startswith("Quarantine") and profile.is_file():
             parts.append("<h2>Profile of silver flights</h2><p class='note'><a "
                          "href='flights_profile.html'>flights_profile.html</a> (per column: "
