@@ -188,7 +188,8 @@ class Demo:
         self.say(f"{name}: planner chose {plan.engine} ({plan.reason})")
         record = project.run(job, echo=False)
         result = {
-            "job": name, "engine": record.engine, "reason": plan.reason,
+            "job": name, "engine": plan.engine, "engine_detail": record.engine,
+            "reason": plan.reason,
             "estimate_gib": plan.total_in_memory_bytes / 1024**3,
             "status": record.status, "rows_in": record.rows_in,
             "rows_quarantined": record.rows_quarantined,

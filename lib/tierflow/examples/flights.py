@@ -48,7 +48,11 @@ def flights_table(months: tuple[int, ...] | None = None) -> Any:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(io.BytesIO(raw_file("flights")))
+    # "NA" is null in every column, strings included (tail numbers).
+    table = pacsv.read_csv(
+        io.BytesIO(raw_file("flights")),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+    )
     if months:
         table = table.filter(pc.is_in(table["month"], pa.array(list(months), table["month"].type)))
     hour, minute = table["hour"], table["minute"]
@@ -125,9 +129,9 @@ def write_labels(data_dir: Path, months: tuple[int, ...] | None = None) -> Path:
     arrived = flights.filter(pc.is_valid(flights["arr_delay"])).sort_by("flight_id")
     month = arrived["month"]
     split = pc.if_else(pc.less(month, 10), "train", pc.if_else(pc.less(month, 12), "valid", "test"))
-    hours = pc.divide(
+    hours = pc.floor(pc.divide(
         pc.cast(arrived["sched_dep_at"], pa.int64()).cast(pa.float64()), 3_600_000_000.0
-    )
+    ))  # fmt: skip
     labels = pa.table({
         **{c: arrived[c] for c in ("flight_id", "carrier", "origin", "dest", "tailnum",
                                    "sched_dep_at")},
