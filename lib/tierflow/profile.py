@@ -192,9 +192,11 @@ def _top_values(frame: nw.LazyFrame[Any], name: str) -> list[tuple[Any, int]]:
 def _target_by_value(
     frame: nw.LazyFrame[Any], name: str, target: str, top: list[tuple[Any, int]]
 ) -> list[tuple[Any, float | None]]:
+    # Cast first, then an elementary mean: Dask takes only elementary aggregations.
     means = (
-        frame.group_by(name)
-        .agg(nw.col(target).cast(nw.Float64).mean().alias("__m"))
+        frame.with_columns(nw.col(target).cast(nw.Float64).alias("__t"))
+        .group_by(name)
+        .agg(nw.col("__t").mean().alias("__m"))
         .collect()
         .rows(named=True)
     )

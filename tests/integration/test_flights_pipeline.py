@@ -118,3 +118,23 @@ def test_silver_equals_the_reference(results, tmp_path: Path):
         .sort_by([(k, "ascending") for k in key])
         .equals(weather.sort_by([(k, "ascending") for k in key]))
     )
+
+
+def test_the_profile_with_a_target_runs_on_every_tier(results, tmp_path, spark, dask_scheduler):
+    reports = {}
+    for engine in ENGINES:
+        data = Path(str(results[engine]["records"]["flights_silver"].output["path"])).parents[1]
+        project = project_for(data)
+        out, plan = project.profile(
+            "silver/flights",
+            target="arr_delay",
+            engine=engine,
+            options=engine_options(engine, spark=spark, dask_scheduler=dask_scheduler),
+            out=tmp_path / f"{engine}.html",
+        )
+        assert f"engine: {engine}" in plan
+        reports[engine] = out.read_text()
+    for engine, page in reports.items():
+        # Every tier profiles every column, with the target's mean per carrier.
+        assert page.count("<section id='col-") >= 20, engine
+        assert "arr_delay" in page and "UA" in page, engine
