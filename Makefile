@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench-features bench-streaming bench-training horovod
+.PHONY: dist examples bench bench-etl bench-delta bench-features bench-streaming bench-training horovod
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -47,6 +47,15 @@ services-down: ## stop the local services started by services-up
 services-status: ## show which local services run and answer
 	@$(BIN)/tierflow services status $(SERVICES)
 
+bench: setup ## every benchmark against its hand-written peer, then benchmarks/results/<date>/summary.md
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.run_all
+
+bench-etl: setup ## TPC-H-derived jobs per tier against pandas, Polars, DuckDB, Dask, PySpark by hand
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_etl
+
+bench-delta: setup ## tierflow's Delta sink against pyarrow's Parquet writer; MERGE 1% against overwrite
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_delta
+
 bench-features: setup ## benchmark online-store loading and reads against raw redis-py
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
 
@@ -70,7 +79,7 @@ shell: setup ## a shell in a private network namespace holding only loopback
 
 lock: ## re-resolve pyproject.toml's dependencies into requirements.lock
 	@rm -rf .local/lock-venv && python3 -m venv .local/lock-venv
-	@.local/lock-venv/bin/pip install -q -e '.[spark,dask,single,delta,kafka,redis,ray,serving,examples,dev]'
+	@.local/lock-venv/bin/pip install -q -e '.[spark,dask,single,delta,kafka,redis,ray,serving,examples,bench,dev]'
 	@{ echo "# The tested set of Python packages. Regenerate with \`make lock\` after changing pyproject.toml."; \
 	  .local/lock-venv/bin/pip freeze --exclude-editable | grep -v '^tierflow'; } > requirements.lock
 	@rm -rf .local/lock-venv

@@ -1,0 +1,186 @@
+"""The summary of one results folder: every table, the targets met or missed, and plots.
+
+``python -m benchmarks.summary [FOLDER]`` (the newest ``benchmarks/results/<date>`` by
+default) reads each ``<name>.json`` the benchmarks wrote and writes ``summary.md`` (the
+tables, then each target with the measured value and whether it is met) and one SVG bar
+chart of ratios per benchmark (``<name>.svg``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import ROOT
+
+ORDER = ("etl", "delta", "streaming", "features", "training")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target from the benchmarks' brief, and how to read it off the results."""
+
+    what: str
+    goal: str
+    measure: Callable[[dict[str, list[dict[str, Any]]]], tuple[float | None, bool | None]]
+
+
+def _rows(results: dict[str, list[dict[str, Any]]], name: str) -> list[dict[str, Any]]:
+    return results.get(name, [])
+
+
+def _etl_ratio(tier: str, limit: float) -> Callable[..., tuple[float | None, bool | None]]:
+    def measure(results: dict[str, list[dict[str, Any]]]) -> tuple[float | None, bool | None]:
+        ratios = [r["ratio"] for r in _rows(results, "etl") if r.get("tier") == tier]
+        if not ratios:
+            return None, None
+        worst = max(ratios)
+        return worst, worst <= limit
+
+    return measure
+
+
+def _planner(results: dict[str, list[dict[str, Any]]]) -> tuple[float | None, bool | None]:
+    ratios = [
+        r["ratio"] for r in _rows(results, "etl") if str(r.get("tier", "")).startswith("planner")
+    ]
+    return (max(ratios), max(ratios) <= 1.2) if ratios else (None, None)
+
+
+def _row(name: str, test: Callable[[dict[str, Any]], bool], key: str = "ratio",
+         check: Callable[[float], bool] = lambda _v: True) -> Callable[..., tuple[float | None, bool | None]]:  # fmt: skip
+    def measure(results: dict[str, list[dict[str, Any]]]) -> tuple[float | None, bool | None]:
+        for r in _rows(results, name):
+            if test(r) and r.get(key) is not None:
+                value = float(r[key])
+                return value, check(value)
+        return None, None
+
+    return measure
+
+
+TARGETS = (
+    Target("ETL, single-node tier: tierflow / Polars by hand (worst case)", "<= 1.05",
+           _etl_ratio("single", 1.05)),
+    Target("ETL, Dask tier: tierflow / Dask by hand (worst case)", "<= 1.05", _etl_ratio("dask", 1.05)),
+    Target("ETL, Spark tier: tierflow / PySpark by hand (worst case)", "<= 1.10",
+           _etl_ratio("spark", 1.10)),
+    Target("ETL: planner's pick / fastest measured (worst case)", "<= 1.2", _planner),
+    Target("Delta write: pyarrow's time / tierflow's (throughput ratio)", ">= 0.9",
+           _row("delta", lambda r: "pyarrow" in r.get("peer_name", ""), "ratio",
+                lambda v: 1 / v >= 0.9)),
+    Target("Streaming throughput: tierflow / naive loop", ">= 3",
+           _row("streaming", lambda r: r["metric"] == "events/s" and "pre-filled" in r["benchmark"],
+                "ratio", lambda v: v >= 3)),
+    Target("Streaming freshness p99 at the fixed rate, ms", "<= 100 (at 20k events/s)",
+           _row("streaming", lambda r: r["metric"] == "freshness p99 ms", "tierflow",
+                lambda v: v <= 100)),
+    Target("Online read p99, 1 entity, ms", "<= 1",
+           _row("features", lambda r: r["benchmark"].endswith(" 1 entities") and r["metric"] == "p99 ms",
+                "tierflow", lambda v: v <= 1)),
+    Target("Online read p99, 100 entities, ms", "<= 5",
+           _row("features", lambda r: r["benchmark"].endswith("100 entities") and r["metric"] == "p99 ms",
+                "tierflow", lambda v: v <= 5)),
+    Target("Ray Train DDP step / torchrun", "<= 1.03",
+           _row("training", lambda r: r["metric"] == "ms/step", "ratio", lambda v: v <= 1.03)),
+)  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return "-" if value is None else str(value)
+
+
+def bars_svg(title: str, bars: list[tuple[str, float]], width: int = 760) -> str:
+    """Horizontal bars of ratios (tierflow / peer), a line at 1.0."""
+    if not bars:
+        return ""
+    label_w, row_h, top = 360, 22, 34
+    height = top + row_h * len(bars) + 30
+    top_value = max(2.0, max(v for _, v in bars) * 1.1)
+
+    def x(v: float) -> float:
+        return label_w + (width - label_w - 60) * v / top_value
+
+    parts = [f"<text x='10' y='20' font-size='14' font-weight='bold'>{html.escape(title)}</text>"]
+    for i, (label, value) in enumerate(bars):
+        y = top + i * row_h
+        color = "#2ca02c" if value <= 1.0 else "#d62728"
+        parts.append(f"<text x='{label_w - 8}' y='{y + 14}' font-size='11' text-anchor='end'>"
+                     f"{html.escape(label[:58])}</text><rect x='{label_w}' y='{y + 3}' "
+                     f"width='{x(value) - label_w:.1f}' height='{row_h - 6}' fill='{color}'/>"
+                     f"<text x='{x(value) + 4:.1f}' y='{y + 14}' font-size='11'>{value:.2f}</text>")  # fmt: skip
+    one = x(1.0)
+    bottom = top + row_h * len(bars)
+    parts.append(f"<line x1='{one:.1f}' x2='{one:.1f}' y1='{top}' y2='{bottom}' stroke='#333' "
+                 f"stroke-dasharray='4 3'/><text x='{one:.1f}' y='{bottom + 16}' font-size='11' "
+                 "text-anchor='middle'>1.0 = as fast as the peer (time ratio; lower is better)</text>")  # fmt: skip
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
+            f"<rect width='100%' height='100%' fill='white'/>{''.join(parts)}</svg>")  # fmt: skip
+
+
+_TIME_LIKE = (
+    "ms",
+    "seconds",
+    "ms/step",
+    "p50 ms",
+    "p99 ms",
+    "freshness p50 ms",
+    "freshness p99 ms",
+)
+
+
+def _time_ratio(row: dict[str, Any]) -> float | None:
+    """The row's ratio as tierflow's time over the peer's (rates are inverted)."""
+    ratio = row.get("ratio")
+    if ratio is None:
+        return None
+    metric = str(row.get("metric", "seconds"))
+    return float(ratio) if metric in _TIME_LIKE or "tierflow_s" in row else 1 / float(ratio)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    base = ROOT / "benchmarks" / "results"
+    folder = Path(args[0]) if args else max(p for p in base.iterdir() if p.is_dir())
+    loaded = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    results = {name: data["rows"] for name, data in loaded.items()}
+    machine = next(iter(loaded.values()))["machine"] if loaded else {}
+    lines = [f"# Benchmarks, {folder.name}", "",
+             f"Machine: {machine.get('cpus')} CPUs ({machine.get('cpu')}), "
+             f"{machine.get('memory_gib')} GiB, Python {machine.get('python')}. Medians of "
+             "several rounds; ratio = tierflow / peer (in time, or in the metric's unit "
+             "where the metric is a rate).", ""]  # fmt: skip
+    for name in sorted(results, key=lambda n: ORDER.index(n) if n in ORDER else 99):
+        lines.append((folder / f"{name}.md").read_text().strip())
+        lines.append("")
+        bars = []
+        for r in results[name]:
+            value = _time_ratio(r)
+            if value is not None:
+                label = " ".join(str(r.get(k)) for k in ("benchmark", "tier", "metric", "native",
+                                                          "peer_name") if r.get(k) not in (None, "-"))  # fmt: skip
+                bars.append((label, value))
+        svg = bars_svg(f"{name}: tierflow time / peer time", bars)
+        if svg:
+            (folder / f"{name}.svg").write_text(svg)
+            lines += [f"![{name}]({name}.svg)", ""]
+    lines += ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for target in TARGETS:
+        value, met = target.measure(results)
+        verdict = "-" if met is None else "yes" if met else "**no**"
+        lines.append(f"| {target.what} | {target.goal} | {_fmt(value)} | {verdict} |")
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nsummary in {folder / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
