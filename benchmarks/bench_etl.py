@@ -14,7 +14,7 @@ tierflow runs each as a job (``conf``-style YAML, a Narwhals transform) on ``sin
 Polars, DuckDB, Dask and PySpark, each writing Delta the way a user of that tool would
 (``deltalake`` for the first four, delta-spark for Spark). The Dask and Spark peers share
 tierflow's cluster and session (started once, not timed). Rounds alternate tierflow and
-the peers; medians over ``ROUNDS``. Every output is read back and compared with the
+the peers; medians over ``ROUNDS`` after one untimed warm-up round. Every output is read back and compared with the
 others (rows sorted, floats to 1e-9 relative).
 
 Inputs are the generated files with decimals as float64 and strings as plain strings
@@ -400,9 +400,9 @@ def main() -> int:
                     picked = project.plan(job).engine
                     times: dict[str, list[float]] = {}
                     outputs: dict[str, Any] = {}
-                    for _round in range(ROUNDS):
+                    for round_ in range(ROUNDS + 1):  # round 0 warms up, untimed
                         for tier, options in tier_options.items():
-                            out = work / f"tf-{tier}"
+                            out = work / f"tf-{tier}-{query}"
                             job_t = project.load_job(str(job_file(work, query, data, out)))
                             began = time.perf_counter()
                             record = project.run(job_t, engine=tier, options=options, echo=False)  # type: ignore[arg-type]
@@ -413,11 +413,13 @@ def main() -> int:
                                 raise RuntimeError(f"{tier} {query}: {record.error}")
                             outputs[f"tierflow-{tier}"] = read_back(out)
                         for name, run in peers.items():
-                            out = work / f"native-{name}"
+                            out = work / f"native-{name}-{query}"
                             began = time.perf_counter()
                             run(query, data, out)
                             times.setdefault(name, []).append(time.perf_counter() - began)
                             outputs[name] = read_back(out)
+                        if round_ == 0:
+                            times.clear()
                         print(f"  SF{scale:g} {query}: " + ", ".join(
                             f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)  # fmt: skip
                     reference = outputs["duckdb"]

@@ -119,6 +119,7 @@ def validate(frame: nw.LazyFrame[Any], name: str, source: SourceConfig) -> nw.La
     if not text and columns:
         frame = _conform_columns(frame, source, name)
     reasons: list[Any] = []
+    extras: list[str] = []
     if text:
         reasons.append(_when(nw.col(META_ERROR) != "", nw.col(META_ERROR)))
     elif columns:
@@ -129,7 +130,6 @@ def validate(frame: nw.LazyFrame[Any], name: str, source: SourceConfig) -> nw.La
             raise ContractError(f"source {name!r} has undeclared column(s) {', '.join(extras)}")
         if source.extra_columns == "quarantine":
             reasons += [_when(~nw.col(c).is_null(), nw.lit(f"extra column: {c}")) for c in extras]
-        frame = frame.select(*columns, META_FILE, META_RECORD) if extras else frame
     for column, contract in columns.items():
         reasons += _column_reasons(column, contract, has_bad_cols=text)
     for check in source.checks:
@@ -147,7 +147,8 @@ def validate(frame: nw.LazyFrame[Any], name: str, source: SourceConfig) -> nw.La
         frame = frame.with_columns(reason.alias(REASON))
     else:
         frame = frame.with_columns(nw.lit("").alias(REASON))
-    drop = [c for c in (META_ERROR, META_BAD_COLS) if c in frame.collect_schema().names()]
+    # Undeclared columns go only now: their reasons above were computed from them.
+    drop = [c for c in (META_ERROR, META_BAD_COLS, *extras) if c in frame.collect_schema().names()]
     drop += [c for c in frame.collect_schema().names() if c.startswith("_tf_dup_")]
     frame = frame.drop(*drop) if drop else frame
     # Decoder reasons and rule reasons are joined by "; "; an all-null fold leaves "".

@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -123,6 +123,13 @@ def normalize_for_table(frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
     return frame.with_columns(*casts) if casts else frame
 
 
+def can_quarantine(source: SourceConfig) -> bool:
+    """Whether any row of this source could fail its contract (and be quarantined)."""
+    return bool(
+        source.format in ("csv", "jsonl") or source.columns or source.checks or source.unique_key
+    )
+
+
 def _row_accounts(frame: nw.LazyFrame[Any]) -> tuple[int, int, int]:
     """Rows read, valid and quarantined, in one pass (one job on the distributed engines)."""
     reason = nw.col(REASON)
@@ -216,6 +223,46 @@ def run_job(
     return record
 
 
+def _read_and_validate(
+    engine: Engine,
+    source: ResolvedSource,
+    stage: Callable[[str], Any],
+    log: StageLog,
+    persisted: list[nw.LazyFrame[Any]],
+) -> tuple[nw.LazyFrame[Any], int, int, Mapping[str, int]]:
+    """A source's rows with their reasons, and its counts: read, quarantined, by rule."""
+    if not can_quarantine(source.config):
+        # Nothing in the contract can fail (no columns, checks or keys declared, and not
+        # text that must be decoded): read lazily, so the engine can push the transform's
+        # projections and filters into the scan. No copy; the row count comes from the
+        # footers or the Delta log when they have it, else from one count.
+        with stage(f"read {source.name} ({source.label}, no contract to check)"):
+            frame = read_source(engine, source).with_columns(nw.lit("").alias(REASON))
+            exact = source.rows if source.rows_exact else None
+            total = exact if exact is not None else engine.count(frame)
+        log.info(f"{source.name}: {total:,} rows, no contract to check")
+        return frame, total, 0, {}
+    with stage(f"read and validate {source.name} ({source.label})"):
+        # The source is read once: validation uses it twice (uniqueness counts are
+        # joined back onto the rows), and a lazy engine would otherwise read it twice.
+        raw = engine.persist(read_source(engine, source))
+        frame = engine.persist(validate(raw, source.name, source.config))
+        persisted.append(frame)
+        total, valid_rows, bad = _row_accounts(frame)
+        engine.release(raw)
+        # The promise of quarantine: every row is either valid or quarantined, once.
+        if valid_rows + bad != total:
+            raise TierflowError(
+                f"row accounting failed for {source.name}: {valid_rows} valid + {bad} "
+                f"quarantined != {total} read"
+            )
+        counts = rule_counts(frame, rule_labels(source.config)) if bad else {}
+    log.info(
+        f"{source.name}: {total:,} rows, {total - bad:,} valid, {bad:,} quarantined {counts or ''}"
+    )
+    return frame, total, bad, counts
+
+
 def _execute(
     job: JobConfig,
     plan: TierPlan,
@@ -235,31 +282,13 @@ def _execute(
     bad_counts: dict[str, int] = {}
     by_rule: dict[str, int] = {}
     for source in plan.sources:
-        with stage(f"read and validate {source.name} ({source.label})"):
-            # The source is read once: validation uses it twice (uniqueness counts are
-            # joined back onto the rows), and a lazy engine would otherwise read it twice.
-            raw = engine.persist(read_source(engine, source))
-            frame = engine.persist(validate(raw, source.name, source.config))
-            persisted.append(frame)
-            total, valid_rows, bad = _row_accounts(frame)
-            engine.release(raw)
-            # The promise of quarantine: every row is either valid or quarantined, once.
-            if valid_rows + bad != total:
-                raise TierflowError(
-                    f"row accounting failed for {source.name}: {valid_rows} valid + {bad} "
-                    f"quarantined != {total} read"
-                )
-            counts = rule_counts(frame, rule_labels(source.config)) if bad else {}
+        frame, total, bad, counts = _read_and_validate(engine, source, stage, log, persisted)
         flagged[source.name] = frame
         bad_counts[source.name] = bad
         record.rows_in += total
         record.rows_quarantined += bad
         for rule, n in counts.items():
             by_rule[f"{source.name}.{rule}"] = n
-        log.info(
-            f"{source.name}: {total:,} rows, {total - bad:,} valid, "
-            f"{bad:,} quarantined {counts or ''}"
-        )
     record.rows_valid = record.rows_in - record.rows_quarantined
     record.quarantine_by_rule = by_rule
 

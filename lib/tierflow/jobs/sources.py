@@ -37,6 +37,7 @@ class ResolvedSource:
     rows: int | None
     in_memory_bytes: int
     estimate: str
+    rows_exact: bool = False  # ``rows`` is a count (every footer, or the Delta log), not a guess
 
     @property
     def label(self) -> str:
@@ -140,7 +141,7 @@ def resolve_source(name: str, config: SourceConfig, data_dir: Path) -> ResolvedS
         )
         return ResolvedSource(
             name, config, location, tuple(files), None, on_disk,
-            int(rows * scale), int(uncompressed * scale), how,
+            int(rows * scale), int(uncompressed * scale), how, len(sample) == len(files),
         )  # fmt: skip
     factor = _TEXT_EXPANSION[config.format]
     return ResolvedSource(
@@ -181,5 +182,5 @@ def _resolve_delta(name: str, config: SourceConfig, location: str) -> ResolvedSo
         ratio, how = 3.0, "Delta log bytes x 3 (footers unreadable)"
     return ResolvedSource(
         name, config, location, tuple(files), table.version(), on_disk, rows,
-        int(on_disk * ratio), how,
+        int(on_disk * ratio), how, rows is not None,
     )  # fmt: skip
