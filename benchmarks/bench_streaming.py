@@ -221,13 +221,18 @@ def fixed_rate(make, bootstrap: str, topic: str, items) -> tuple[float, float, f
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             consumer.poll_once()
-            assigned = getattr(consumer, "daemon", None)
-            if assigned is None or assigned.partitions:
+            daemon = getattr(consumer, "daemon", None)
+            if daemon.partitions if daemon is not None else consumer.consumer.assignment():
                 break
         producer = threading.Thread(target=produce, args=(bootstrap, topic, items, RATE))
         began = time.perf_counter()
         producer.start()
+        # A consumer that stalls fails the round instead of hanging the benchmark.
+        deadline = time.monotonic() + len(items) / RATE + 120
         while consumer.applied < len(items):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{type(consumer).__name__} applied {consumer.applied:,} of "
+                                   f"{len(items):,} events in time")  # fmt: skip
             consumer.poll_once()
         producer.join()
         elapsed = time.perf_counter() - began
