@@ -61,8 +61,7 @@ def _row(name: str, test: Callable[[dict[str, Any]], bool], key: str = "time_rat
         for r in _rows(results, name):
             if not test(r):
                 continue
-            ratio = time_ratio(r)
-            value = (ratio if key == "time_ratio" else 1 / ratio if key == "speedup" and ratio
+            value = (time_ratio(r) if key == "time_ratio" else speedup(r) if key == "speedup"
                      else r.get(key))  # fmt: skip
             if value is not None:
                 return float(value), check(float(value))
@@ -147,6 +146,19 @@ def time_ratio(row: dict[str, Any]) -> float | None:
     if str(row.get("metric", "")).endswith("/s"):  # a rate: rows/s, events/s
         return float(theirs) / float(ours)
     return float(ours) / float(theirs)
+
+
+def speedup(row: dict[str, Any]) -> float | None:
+    """The peer's time over tierflow's (a throughput ratio), computed without inverting."""
+    if "tierflow_s" in row:
+        ours, theirs = row.get("tierflow_s"), row.get("native_s")
+        return float(theirs) / float(ours) if ours and theirs else None
+    ours, theirs = row.get("tierflow"), row.get("peer")
+    if not ours or not theirs:
+        return None
+    if str(row.get("metric", "")).endswith("/s"):
+        return float(ours) / float(theirs)
+    return float(theirs) / float(ours)
 
 
 def main(argv: list[str] | None = None) -> int:

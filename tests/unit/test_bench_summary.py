@@ -1,0 +1,41 @@
+"""The benchmark summary's arithmetic: time ratios whatever the unit, targets, charts."""
+
+from __future__ import annotations
+
+import pytest
+from benchmarks.summary import TARGETS, bars_svg, time_ratio
+
+
+def test_time_ratio_turns_rates_around():
+    assert time_ratio({"metric": "rows/s", "tierflow": 50.0, "peer": 100.0}) == 2.0
+    assert time_ratio({"metric": "ms/step", "tierflow": 6.0, "peer": 5.0}) == pytest.approx(1.2)
+    assert time_ratio({"metric": "p99 ms", "tierflow": 1.0, "peer": 2.0}) == 0.5
+    assert time_ratio({"tierflow_s": 3.0, "native_s": 1.5}) == 2.0
+    assert time_ratio({"metric": "entities/s", "tierflow": 10.0, "peer": None}) is None
+
+
+def test_targets_read_the_rows_they_name():
+    results = {
+        "training": [{"metric": "ms/step", "tierflow": 6.0, "peer": 5.0}],
+        "delta": [
+            {
+                "metric": "rows/s",
+                "tierflow": 90.0,
+                "peer": 100.0,
+                "peer_name": "pyarrow.parquet.write_table",
+            }
+        ],
+    }
+    by_name = {t.what: t.measure(results) for t in TARGETS}
+    assert by_name["Ray Train DDP step / torchrun"] == (pytest.approx(1.2), False)
+    assert by_name["Delta write throughput: tierflow / pyarrow.parquet"] == (
+        pytest.approx(0.9),
+        True,
+    )
+    assert by_name["Online read p99, 1 entity, ms"] == (None, None)  # not measured: no verdict
+
+
+def test_bars_svg_draws_one_bar_per_ratio():
+    svg = bars_svg("etl", [("a", 0.5), ("b", 1.5)])
+    assert svg.startswith("<svg") and svg.count("<rect") == 3  # background + 2 bars
+    assert "#2ca02c" in svg and "#d62728" in svg  # faster green, slower red
