@@ -24,9 +24,11 @@ from pathlib import Path
 from tierflow.config.services import RayServiceConfig
 from tierflow.services.base import Command, LocalService, ProbeFailedError, port_answers
 
-# Ray puts unix sockets under <temp>/session_<timestamp>_<pid>/sockets/; the kernel
-# limits a socket path to 107 bytes, which leaves about 44 for <temp>.
-_MAX_TEMP_DIR = 44
+# Ray puts unix sockets under <temp>/session_<date>_<time>_<micros>_<pid>/sockets/<name>;
+# the kernel limits a socket path to 107 bytes. The session part takes up to 43 bytes
+# (7-digit pids), "/sockets/" 9, and the longest names (dashboard modules such as
+# dash_MetricsHead) about 25, which leaves 30 for <temp>.
+_MAX_TEMP_DIR = 30
 
 _PROBE = """
 import json, sys, ray
