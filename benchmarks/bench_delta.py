@@ -110,10 +110,7 @@ def main() -> int:
     results.add(benchmark=f"MERGE 1% ({changes_n:,} rows) into {ROWS:,}", metric="seconds",
                 tierflow=m["merge"], peer=m["overwrite"], peer_name="tierflow full overwrite",
                 ratio=m["merge"] / m["overwrite"])  # fmt: skip
-    out = results.write()
-    print(results.markdown())
-    print(f"results in {out}")
-    return 0
+    return results.finish()
 
 
 if __name__ == "__main__":

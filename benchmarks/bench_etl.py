@@ -445,10 +445,7 @@ def main() -> int:
         spark.stop()
         client.close()
         cluster.close()
-    out_dir = results.write()
-    print(results.markdown())
-    print(f"results in {out_dir}")
-    return 0
+    return results.finish()
 
 
 if __name__ == "__main__":

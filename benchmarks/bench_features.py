@@ -173,10 +173,7 @@ def main() -> int:
             results.add(benchmark=f"online read, {size} entities", metric="p99 ms", tierflow=median(ours_p99),
                         peer=median(peer_p99), peer_name="redis-py HMGET", ratio=median(ours_p99) / median(peer_p99))  # fmt: skip
         store.close()
-    out = results.write()
-    print(results.markdown())
-    print(f"results in {out}")
-    return 0
+    return results.finish()
 
 
 if __name__ == "__main__":

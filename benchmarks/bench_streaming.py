@@ -293,10 +293,7 @@ def main() -> int:
             b = median([r[index] for r in fresh["peer"]])
             results.add(benchmark=f"fixed input rate {RATE}/s for {SECONDS} s", metric=metric,
                         tierflow=a, peer=b, peer_name="kafka-python loop", ratio=a / b)  # fmt: skip
-    out = results.write()
-    print(results.markdown())
-    print(f"results in {out}")
-    return 0
+    return results.finish()
 
 
 if __name__ == "__main__":

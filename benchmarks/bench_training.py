@@ -137,10 +137,7 @@ def main() -> int:
                     tierflow=median(a), peer=median(b), peer_name="deltalake -> pyarrow",
                     ratio=median(a) / median(b))  # fmt: skip
         ray.shutdown()
-    out = results.write()
-    print(results.markdown())
-    print(f"results in {out}")
-    return 0
+    return results.finish()
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ class Results:
         (out_dir / f"{self.name}.md").write_text(self.markdown())
         return out_dir
 
+    def finish(self) -> int:
+        """Write the results, print the table and where it went; the exit status."""
+        out = self.write()
+        print(self.markdown())
+        print(f"results in {out}")
+        return 0
+
     def markdown(self) -> str:
         """The table in Markdown."""
         if not self.rows:

@@ -131,34 +131,32 @@ def bars_svg(title: str, bars: list[tuple[str, float]], width: int = 760) -> str
             f"<rect width='100%' height='100%' fill='white'/>{''.join(parts)}</svg>")  # fmt: skip
 
 
-def time_ratio(row: dict[str, Any]) -> float | None:
-    """tierflow's time over the peer's for a row, whatever its unit (rates are inverted).
+def _times(row: dict[str, Any]) -> tuple[float, float] | None:
+    """(tierflow, peer) for a row, as quantities where lower is better (rates turned round).
 
-    Computed from the values, not the row's own ``ratio`` (benchmarks differ in which way
-    round they print it).
+    Read from the values, not the row's own ``ratio`` (benchmarks differ in which way round
+    they print it). For a rate the pair is (peer's rate, tierflow's rate): their quotient
+    is the same time ratio without inverting a float.
     """
     if "tierflow_s" in row:
         ours, theirs = row.get("tierflow_s"), row.get("native_s")
-        return float(ours) / float(theirs) if ours and theirs else None
-    ours, theirs = row.get("tierflow"), row.get("peer")
-    if not ours or not theirs:
-        return None
-    if str(row.get("metric", "")).endswith("/s"):  # a rate: rows/s, events/s
-        return float(theirs) / float(ours)
-    return float(ours) / float(theirs)
+    else:
+        ours, theirs = row.get("tierflow"), row.get("peer")
+        if str(row.get("metric", "")).endswith("/s"):  # a rate: rows/s, events/s
+            ours, theirs = theirs, ours
+    return (float(ours), float(theirs)) if ours and theirs else None
+
+
+def time_ratio(row: dict[str, Any]) -> float | None:
+    """tierflow's time over the peer's, whatever the row's unit."""
+    pair = _times(row)
+    return pair[0] / pair[1] if pair else None
 
 
 def speedup(row: dict[str, Any]) -> float | None:
-    """The peer's time over tierflow's (a throughput ratio), computed without inverting."""
-    if "tierflow_s" in row:
-        ours, theirs = row.get("tierflow_s"), row.get("native_s")
-        return float(theirs) / float(ours) if ours and theirs else None
-    ours, theirs = row.get("tierflow"), row.get("peer")
-    if not ours or not theirs:
-        return None
-    if str(row.get("metric", "")).endswith("/s"):
-        return float(ours) / float(theirs)
-    return float(theirs) / float(ours)
+    """The peer's time over tierflow's (a throughput ratio)."""
+    pair = _times(row)
+    return pair[1] / pair[0] if pair else None
 
 
 def main(argv: list[str] | None = None) -> int:

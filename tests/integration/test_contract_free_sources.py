@@ -44,6 +44,12 @@ def write_job(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def run(data: Path, job: Path, engine_name: str, spark, dask_scheduler):
+    project = project_for(data)
+    options = engine_options(engine_name, spark=spark, dask_scheduler=dask_scheduler)
+    return project.run(project.load_job(str(job)), engine=engine_name, options=options, echo=False)
+
+
 def test_a_contract_free_parquet_source_is_counted_and_transformed(
     data: Path, engine_name: str, spark, dask_scheduler
 ):
@@ -58,13 +64,7 @@ sql: SELECT shop, sum(amount) AS total, count(*) AS n FROM sales GROUP BY shop
 sink: {format: delta, path: gold/by_shop, mode: overwrite}
 """,
     )
-    project = project_for(data)
-    record = project.run(
-        project.load_job(str(job)),
-        engine=engine_name,
-        options=engine_options(engine_name, spark=spark, dask_scheduler=dask_scheduler),
-        echo=False,
-    )
+    record = run(data, job, engine_name, spark, dask_scheduler)
     assert record.status == "succeeded", record.error
     assert (record.rows_in, record.rows_quarantined, record.rows_out) == (3000, 0, 3)
     rows = sorted(read_table(data / "gold" / "by_shop").to_pylist(), key=lambda r: r["shop"])
@@ -89,13 +89,7 @@ sink: {format: delta, path: silver/shops, mode: overwrite}
 quarantine: {max_bad_fraction: 1.0}
 """,
     )
-    project = project_for(data)
-    record = project.run(
-        project.load_job(str(job)),
-        engine=engine_name,
-        options=engine_options(engine_name, spark=spark, dask_scheduler=dask_scheduler),
-        echo=False,
-    )
+    record = run(data, job, engine_name, spark, dask_scheduler)
     assert record.status == "succeeded", record.error
     # city and size are not declared: every row has a value in one of them.
     assert record.rows_quarantined == 3

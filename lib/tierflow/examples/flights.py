@@ -37,6 +37,35 @@ def raw_file(name: str) -> bytes:
     return (folder / f"{name}.csv").read_bytes()
 
 
+def _read_months(name: str, months: tuple[int, ...] | None, **options: Any) -> Any:
+    """One of the package's CSV files as Arrow, keeping ``months`` (all when None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    table = pacsv.read_csv(io.BytesIO(raw_file(name)), **options)
+    if months:
+        table = table.filter(pc.is_in(table["month"], pa.array(list(months), table["month"].type)))
+    return table
+
+
+def _day(table: Any) -> Any:
+    """Midnight of each row's year/month/day, as timestamp[us]."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.strptime(
+        pc.binary_join_element_wise(
+            pc.cast(table["year"], pa.string()),
+            pc.utf8_lpad(pc.cast(table["month"], pa.string()), 2, "0"),
+            pc.utf8_lpad(pc.cast(table["day"], pa.string()), 2, "0"),
+            "-",
+        ),
+        "%Y-%m-%d",
+        "us",
+    )
+
+
 def flights_table(months: tuple[int, ...] | None = None) -> Any:
     """The flights as an Arrow table with event timestamps and a flight id.
 
@@ -49,23 +78,10 @@ def flights_table(months: tuple[int, ...] | None = None) -> Any:
     import pyarrow.csv as pacsv
 
     # "NA" is null in every column, strings included (tail numbers).
-    table = pacsv.read_csv(
-        io.BytesIO(raw_file("flights")),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
-    )
-    if months:
-        table = table.filter(pc.is_in(table["month"], pa.array(list(months), table["month"].type)))
+    options = pacsv.ConvertOptions(strings_can_be_null=True)
+    table = _read_months("flights", months, convert_options=options)
     hour, minute = table["hour"], table["minute"]
-    day = pc.strptime(
-        pc.binary_join_element_wise(
-            pc.cast(table["year"], pa.string()),
-            pc.utf8_lpad(pc.cast(table["month"], pa.string()), 2, "0"),
-            pc.utf8_lpad(pc.cast(table["day"], pa.string()), 2, "0"),
-            "-",
-        ),
-        "%Y-%m-%d",
-        "us",
-    )
+    day = _day(table)
     minute_us = 60_000_000
 
     def minutes_of_day(hhmm: Any) -> Any:
@@ -151,22 +167,10 @@ def write_weather(data_dir: Path, months: tuple[int, ...] | None = None) -> Path
     """Write ``silver/weather`` as the ``weather_silver`` job does, minus its quarantine."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
     from deltalake import write_deltalake
 
-    table = pacsv.read_csv(io.BytesIO(raw_file("weather")))
-    if months:
-        table = table.filter(pc.is_in(table["month"], pa.array(list(months), table["month"].type)))
-    day = pc.strptime(
-        pc.binary_join_element_wise(
-            pc.cast(table["year"], pa.string()),
-            pc.utf8_lpad(pc.cast(table["month"], pa.string()), 2, "0"),
-            pc.utf8_lpad(pc.cast(table["day"], pa.string()), 2, "0"),
-            "-",
-        ),
-        "%Y-%m-%d",
-        "us",
-    )
+    table = _read_months("weather", months)
+    day = _day(table)
     obs = pc.add(pc.cast(day, pa.int64()), pc.multiply(pc.cast(table["hour"], pa.int64()),
                                                        3_600_000_000))  # fmt: skip
     columns = {"origin": table["origin"],
