@@ -105,18 +105,25 @@ def replay(
         batch_size=256 * 1024,
         compression_type=None,
     )
+    # The first send would otherwise wait for the topic's metadata after its slot in the
+    # schedule had started, and the next messages would go early to catch up.
+    producer.partitions_for(topic)
     began = time.monotonic()
+    # The schedule starts at the first message, not before the first chunk is encoded:
+    # otherwise the encoding time is "caught up" by sending the next messages early.
+    schedule_start = began
     first_event: int | None = None
     sent = 0
     try:
         for key, value, ts in event_messages(rows, keys, time_column):
-            first_event = ts if first_event is None else first_event
+            if first_event is None:
+                first_event, schedule_start = ts, time.monotonic()
             due = 0.0
             if rate:
                 due = sent / rate
             if speedup:
                 due = max(due, (ts - first_event) / 1e6 / speedup)
-            wait = due - (time.monotonic() - began)
+            wait = due - (time.monotonic() - schedule_start)
             if wait > 0:
                 time.sleep(wait)
             producer.send(topic, key=key, value=value)
