@@ -121,7 +121,7 @@ def local_services(*names: str) -> Iterator[Any]:
 
     os.environ.setdefault("TIERFLOW_STATE_DIR", str(ROOT / ".local" / "bench-services"))
     paths = ProjectPaths.discover()
-    manager = ServiceManager(load_services_config(None, paths.conf / "services.yaml"), paths)
+    manager = ServiceManager(load_services_config(None, paths.settings("services.yaml")), paths)
     manager.up(list(names))
     try:
         yield manager

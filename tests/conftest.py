@@ -53,7 +53,7 @@ def project_paths() -> ProjectPaths:
 
 @pytest.fixture(scope="session")
 def services_config(project_paths: ProjectPaths) -> ServicesConfig:
-    return load_services_config(None, project_paths.conf / "services.yaml")
+    return load_services_config(None, project_paths.settings("services.yaml"))
 
 
 @pytest.fixture(scope="session")

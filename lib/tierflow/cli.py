@@ -183,7 +183,7 @@ def _services(args: argparse.Namespace) -> int:
     from tierflow.services.manager import ServiceManager
 
     paths = ProjectPaths.discover()
-    config = load_services_config(args.services_conf, paths.conf / "services.yaml")
+    config = load_services_config(args.services_conf, paths.settings("services.yaml"))
     manager = ServiceManager(config, paths, progress=lambda m: print(m, file=sys.stderr))
     if args.action == "up":
         for st in manager.up(args.names):

@@ -14,6 +14,9 @@ from pathlib import Path
 PROJECT_ENV = "TIERFLOW_PROJECT_DIR"
 STATE_ENV = "TIERFLOW_STATE_DIR"
 JARS_ENV = "TIERFLOW_JARS_DIR"
+PROFILE_ENV = "TIERFLOW_PROFILE"
+#: The settings files a profile may replace; jobs, views and training stay shared.
+PROFILE_FILES = ("tierflow.yaml", "services.yaml", "streaming.yaml")
 
 
 def _looks_like_project(path: Path) -> bool:
@@ -46,14 +49,43 @@ class ProjectPaths:
     project: Path
     state: Path
     jars: Path
+    profile: str | None = None
 
     @classmethod
     def discover(cls) -> ProjectPaths:
-        """Resolve the folders from the environment and the project layout."""
+        """Resolve the folders from the environment and the project layout.
+
+        Raises:
+            ConfigError: ``$TIERFLOW_PROFILE`` names no folder under ``conf/profiles``.
+        """
         project = find_project_dir()
         state = Path(os.environ.get(STATE_ENV) or project / ".local" / "services")
         jars = Path(os.environ.get(JARS_ENV) or project / ".local" / "jars")
-        return cls(project=project, state=state.resolve(), jars=jars.resolve())
+        profile = os.environ.get(PROFILE_ENV) or None
+        if profile is not None and not (project / "conf" / "profiles" / profile).is_dir():
+            from tierflow.errors import ConfigError
+
+            known = sorted(p.name for p in (project / "conf" / "profiles").glob("*") if p.is_dir())
+            raise ConfigError(
+                f"{PROFILE_ENV} = {profile!r}: no folder conf/profiles/{profile} "
+                f"(profiles: {', '.join(known) or 'none'})"
+            )
+        return cls(project=project, state=state.resolve(), jars=jars.resolve(), profile=profile)
+
+    def settings(self, name: str) -> Path:
+        """A settings file (``services.yaml``): the profile's own if it has one, else conf's.
+
+        A profile (``TIERFLOW_PROFILE=secure``) is a folder ``conf/profiles/<name>/`` of
+        whole settings files that replace the top-level ones; jobs, feature views and
+        training configs are the same in every profile.
+        """
+        if name not in PROFILE_FILES:
+            raise ValueError(f"{name} is not a settings file ({', '.join(PROFILE_FILES)})")
+        if self.profile:
+            own = self.conf / "profiles" / self.profile / name
+            if own.is_file():
+                return own
+        return self.conf / name
 
     @property
     def conf(self) -> Path:

@@ -41,7 +41,7 @@ class Project:
     def load(cls, *, data_dir: str | None = None, paths: ProjectPaths | None = None) -> Project:
         """Read ``conf/tierflow.yaml`` (or defaults) and resolve the folders."""
         paths = paths or ProjectPaths.discover()
-        config = ProjectConfig.load(paths.conf)
+        config = ProjectConfig.load(paths.settings("tierflow.yaml"))
         logs = Path(os.environ.get(LOGS_DIR_ENV) or config.logs_dir)
         return cls(
             paths=paths,

@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tierflow.errors import MissingDependencyError
@@ -69,6 +70,44 @@ def spark_conf(
         conf["spark.driver.host"] = driver_host
         conf["spark.driver.bindAddress"] = driver_host
     return conf
+
+
+def auth_settings() -> dict[str, str]:
+    """``spark.authenticate`` settings when the ``spark_auth_secret`` secret is set.
+
+    The secret itself goes in a properties file of mode 0600 in a private folder
+    (``--properties-file``): settings given as ``--conf`` show on the command line. Spark
+    redacts it from its UI and event logs (its key matches ``spark.redaction.regex``).
+    """
+    from tierflow.secrets import read_secret
+
+    secret = read_secret("spark_auth_secret")
+    if secret is None:
+        return {}
+    return {
+        "spark.authenticate": "true",
+        "spark.network.crypto.enabled": "true",
+        "spark.io.encryption.enabled": "true",
+        _PROPERTIES_FILE: str(_secret_properties(secret.get_secret_value())),
+    }
+
+
+# Not a Spark setting: where auth_settings put the secret, for --properties-file.
+_PROPERTIES_FILE = "tierflow.properties-file"
+
+
+def _secret_properties(secret: str) -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    from tierflow.secrets import write_secret_file
+
+    folder = Path(tempfile.mkdtemp(prefix="tierflow-spark-"))  # mode 0700
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = folder / "auth.properties"
+    write_secret_file(path, f"spark.authenticate.secret={secret}\n")
+    return path
 
 
 def _process_env(driver_host: str | None) -> dict[str, str]:
@@ -133,7 +172,14 @@ def get_spark(
         settings.setdefault("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2))))
     settings.setdefault("spark.ui.enabled", "false")
     settings.setdefault("spark.ui.showConsoleProgress", "false")
+    if not master.startswith("local"):
+        settings.update(auth_settings())
     settings.update(conf or {})
+    properties = settings.pop(_PROPERTIES_FILE, None)
+    if properties:
+        # Read by the spark-submit that pyspark runs to start the driver's JVM.
+        submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "pyspark-shell")
+        os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {properties} {submit_args}"
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
@@ -160,6 +206,10 @@ def spark_submit_command(
         jars.extend(user[at + 1].split(","))
         del user[at : at + 2]
     argv = [str(spark_home() / "bin" / "spark-submit"), "--jars", ",".join(jars)]
+    conf |= auth_settings()
+    properties = conf.pop(_PROPERTIES_FILE, None)
+    if properties:
+        argv += ["--properties-file", properties]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
     return argv + user, _process_env(driver_host)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from tierflow.config.loader import FrozenModel, load_model
 
@@ -38,14 +38,14 @@ class TierThresholds(FrozenModel):
 class OnlineStoreConfig(FrozenModel):
     """Where online features live: an embedded SQLite file (default) or Redis.
 
-    A Redis password comes from ``TIERFLOW_REDIS_PASSWORD`` (or ``password`` in a file
-    outside ``conf/``); it is a secret and never printed.
+    A Redis user goes in the URL (``redis://tierflow@host:port/0``); its password is a
+    secret, from ``TIERFLOW_REDIS_PASSWORD`` or the file ``TIERFLOW_REDIS_PASSWORD_FILE``
+    (see :mod:`tierflow.secrets`), never from this file.
     """
 
     kind: Literal["sqlite", "redis"] = "sqlite"
     path: str = ".local/online/features.db"
     url: str = "redis://127.0.0.1:26379/0"
-    password: SecretStr | None = None
 
 
 class ServingConfig(FrozenModel):
@@ -68,9 +68,8 @@ class ProjectConfig(FrozenModel):
     materialize_chunk_rows: Annotated[int, Field(ge=100)] = 200_000
 
     @classmethod
-    def load(cls, conf_dir: Path) -> ProjectConfig:
-        """``conf/tierflow.yaml`` if present, else the defaults."""
-        path = conf_dir / "tierflow.yaml"
+    def load(cls, path: Path) -> ProjectConfig:
+        """``path`` (``conf/tierflow.yaml``) if present, else the defaults."""
         return load_model(cls, path) if path.is_file() else cls()
 
 

@@ -78,9 +78,16 @@ class RayServiceConfig(FrozenModel):
 
 
 class ServicesConfig(FrozenModel):
-    """All local services. ``host`` must be a loopback address: nothing is exposed."""
+    """All local services. ``host`` must be a loopback address: nothing is exposed.
+
+    ``secure`` (the ``secure`` profile) starts every service with authentication and
+    encryption: Kafka SASL/SCRAM over TLS with ACLs, Redis ACL users with the default
+    user off, Dask over mutual TLS, Spark with ``spark.authenticate`` and encryption,
+    Ray with token authentication (always on).
+    """
 
     host: str = "127.0.0.1"
+    secure: bool = False
     kafka: KafkaServiceConfig = KafkaServiceConfig()
     redis: RedisServiceConfig = RedisServiceConfig()
     spark: SparkServiceConfig = SparkServiceConfig()

@@ -26,6 +26,11 @@ class StreamingConfig(FrozenModel):
     """How the feature daemons consume, judge, write and report."""
 
     bootstrap_servers: str | None = None  # None: the local Kafka of conf/services.yaml
+    # How clients authenticate; the password is the kafka_password secret (tierflow.secrets).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = None
+    sasl_username: str | None = None
+    ssl_cafile: str | None = None  # the CA that signed the brokers' certificates
     group_id: Annotated[str, Field(min_length=1)] = "tierflow-features"
     topic_prefix: str = ""  # put before every topic name (environments sharing a cluster)
     dead_letter_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
@@ -41,16 +46,13 @@ class StreamingConfig(FrozenModel):
     event_log_interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
-def load_streaming_config(
-    conf_dir: Path, environ: Mapping[str, str] | None = None
-) -> StreamingConfig:
-    """``conf/streaming.yaml`` (defaults when absent) with ``TIERFLOW_STREAM_*`` overrides.
+def load_streaming_config(path: Path, environ: Mapping[str, str] | None = None) -> StreamingConfig:
+    """``path`` (``conf/streaming.yaml``; defaults when absent) with ``TIERFLOW_STREAM_*``.
 
     Raises:
         ConfigError: naming the file or variable, the key and the value.
     """
     environ = os.environ if environ is None else environ
-    path = conf_dir / "streaming.yaml"
     data: dict[str, object] = {}
     if path.is_file():
         loaded = yaml.safe_load(path.read_text())

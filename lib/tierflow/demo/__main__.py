@@ -11,7 +11,10 @@ from typing import Any
 from tierflow.config.services import load_services_config
 from tierflow.demo.pipeline import Demo, DemoOptions, load_demo_config
 from tierflow.project import Project
+from tierflow.services.kafka import KafkaService
 from tierflow.services.manager import ServiceManager
+from tierflow.services.redis import RedisService
+from tierflow.stream.connection import KafkaConnection
 
 #: The Redis database the demo owns (emptied at the start of each run that uses Redis),
 #: so that an earlier run's values never meet this one's.
@@ -22,7 +25,7 @@ class DemoServices:
     """Kafka (and Redis) for the live stages: started when needed, stopped if we started them."""
 
     def __init__(self, project: Project, store: str) -> None:
-        config = load_services_config(None, project.paths.conf / "services.yaml")
+        config = load_services_config(None, project.paths.settings("services.yaml"))
         self.manager = ServiceManager(
             config, project.paths, progress=lambda m: print(f"   {m}", flush=True)
         )
@@ -44,15 +47,23 @@ class DemoServices:
             return
         running = {s.name for s in self.manager.status(self.wanted, probe=False)
                    if s.state != "stopped"}  # fmt: skip
-        print(f"   local services: {', '.join(self.wanted)} on 127.0.0.1", flush=True)
+        secure = " (secure profile)" if self.manager.config.secure else ""
+        print(f"   local services: {', '.join(self.wanted)} on 127.0.0.1{secure}", flush=True)
         self.manager.up(self.wanted)
         self.started = [n for n in self.wanted if n not in running]
         self.up = True
 
-    def bootstrap(self) -> str:
-        """Kafka's bootstrap servers (starting Kafka if needed)."""
+    def kafka(self) -> tuple[KafkaConnection, dict[str, str]]:
+        """How the demo and its daemons reach Kafka (starting it if needed).
+
+        The connection is for this process; the variables are for the daemons it starts
+        (in the secure profile: the SASL settings and the password *file*, never the
+        password).
+        """
         self._up()
-        return self.manager.service("kafka").endpoints()["bootstrap_servers"]
+        service = self.manager.service("kafka")
+        assert isinstance(service, KafkaService)
+        return service.connection(), service.client_env()
 
     def store_env(self, run_dir: Path) -> dict[str, str]:
         """The environment that points the daemon, the server and the demo at one store."""
@@ -64,12 +75,14 @@ class DemoServices:
         self._up()
         import redis
 
-        base = self.manager.service("redis").endpoints()["url"].rsplit("/", 1)[0]
+        service = self.manager.service("redis")
+        assert isinstance(service, RedisService)
+        base = service.url.rsplit("/", 1)[0]
         url = f"{base}/{DEMO_REDIS_DB}"
-        client: Any = redis.Redis.from_url(url)
+        client: Any = redis.Redis.from_url(url, password=service.client_password())
         client.flushdb()
         client.close()
-        return {"TIERFLOW_ONLINE_STORE": "redis", "TIERFLOW_REDIS_URL": url}
+        return service.client_env() | {"TIERFLOW_ONLINE_STORE": "redis", "TIERFLOW_REDIS_URL": url}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

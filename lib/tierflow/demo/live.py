@@ -25,6 +25,7 @@ from typing import Any
 
 from tierflow.config.features import FeatureViewConfig
 from tierflow.stores.base import OnlineStore
+from tierflow.stream.connection import KafkaConnection
 
 TIERFLOW = str(Path(sys.executable).parent / "tierflow")
 
@@ -163,7 +164,7 @@ def _split(events: Any, time_column: str, at_us: int) -> tuple[Any, Any]:
 def run_stream(
     feeds: list[TopicFeed],
     *,
-    bootstrap: str,
+    bootstrap: KafkaConnection,
     prefix: str,
     group: str,
     partitions: int,
@@ -196,7 +197,7 @@ def run_stream(
     phases = [_split(f.events, f.views[0].event_time, paced_from_us) for f in feeds]
     for phase in (0, 1):
         port = free_port()
-        args = [TIERFLOW, "stream", "--bootstrap", bootstrap, "--metrics-port", str(port)]
+        args = [TIERFLOW, "stream", "--bootstrap", str(bootstrap), "--metrics-port", str(port)]
         args += [a for name in views for a in ("--view", name)]
         log = run_dir / f"daemon-{phase + 1}.log"
         daemon = Process.start("tierflow stream", args, daemon_env, log)

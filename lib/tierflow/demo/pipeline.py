@@ -47,6 +47,7 @@ from tierflow.config.loader import FrozenModel, load_model
 from tierflow.config.project import TierThresholds
 from tierflow.examples.flights import CLEAN_JOBS, INGEST_JOBS, LABEL_JOBS
 from tierflow.project import Project
+from tierflow.stream.connection import KafkaConnection
 
 CODE = (Path(__file__).parents[3] / "jobs" / "transforms" / "flights.py",)
 
@@ -333,7 +334,9 @@ class Demo:
 
     # --- live stages ----------------------------------------------------------------------
 
-    def live_stages(self, bootstrap: str, store_env: dict[str, str]) -> bool:
+    def live_stages(
+        self, kafka: tuple[KafkaConnection, dict[str, str]], store_env: dict[str, str]
+    ) -> bool:
         """Streaming, parity and serving; False when parity fails."""
         from tierflow.demo import live
 
@@ -342,6 +345,7 @@ class Demo:
         prefix = f"demo-{self.run_id}."
         group = f"demo-{self.run_id}"
         partitions = self.config.topic_partitions
+        bootstrap, kafka_env = kafka
         env = {"TIERFLOW_DATA_DIR": str(project.data_dir), **store_env}
         start, end = _us(self.config.replay_from), _us(self.config.replay_until)
         store = self._store(store_env)
@@ -350,7 +354,8 @@ class Demo:
                 feeds = live.december_feeds(project.data_dir, views, start, end)
                 outcome = live.run_stream(
                     feeds, bootstrap=bootstrap, prefix=prefix, group=group,
-                    partitions=partitions, env=env, store=store, run_dir=self.run_dir,
+                    partitions=partitions, env=env | kafka_env, store=store,
+                    run_dir=self.run_dir,
                     paced_from_us=_us(self.config.paced_from), paced_rate=self.config.paced_rate,
                     say=self.say,
                 )  # fmt: skip
@@ -402,7 +407,9 @@ class Demo:
             updates["path"] = store_env["TIERFLOW_ONLINE_DB"]
         if "TIERFLOW_REDIS_URL" in store_env:
             updates["url"] = store_env["TIERFLOW_REDIS_URL"]
-        return open_store(config.model_copy(update=updates), self.project.paths.project)
+        return open_store(
+            config.model_copy(update=updates), self.project.paths.project, environ=store_env
+        )
 
     # --- the whole run --------------------------------------------------------------------
 
@@ -428,7 +435,7 @@ class Demo:
             version = self.training_set_stage()
             self.training_stage(version)
             store_env = services.store_env(self.run_dir)
-            ok = self.live_stages(services.bootstrap(), store_env)
+            ok = self.live_stages(services.kafka(), store_env)
             status = "succeeded" if ok else "failed: online values differ from batch"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"

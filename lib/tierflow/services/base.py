@@ -18,6 +18,7 @@ from typing import ClassVar
 from tierflow.config.services import ServicesConfig
 from tierflow.errors import MissingDependencyError, PortInUseError
 from tierflow.paths import ProjectPaths
+from tierflow.services.credentials import ServiceCredentials
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,21 @@ class LocalService(ABC):
         return self.home / "data"
 
     @property
+    def secure(self) -> bool:
+        """Whether the service runs with authentication and encryption (secure profile)."""
+        return self.config.secure
+
+    @property
+    def credentials(self) -> ServiceCredentials:
+        """The secure profile's CA, certificates and passwords (shared by all services)."""
+        return ServiceCredentials(self.paths.state / "credentials")
+
+    def prepare_credentials(self) -> None:
+        """Create the credentials on first use (the secure profile only)."""
+        if self.secure:
+            self.credentials.ensure(self.host)
+
+    @property
     def host(self) -> str:
         """The loopback address every listener binds."""
         return self.config.host
@@ -73,6 +89,7 @@ class LocalService(ABC):
         """Create files the service needs before its first start (default: folders only)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
+        self.prepare_credentials()
 
     @abstractmethod
     def commands(self) -> list[Command]:
@@ -92,6 +109,9 @@ class LocalService(ABC):
     @abstractmethod
     def endpoints(self) -> dict[str, str]:
         """Addresses a client uses, by name."""
+
+    def after_start(self) -> None:  # noqa: B027 - optional hook, most services need none
+        """Set up what needs the running service (Kafka's ACLs); default: nothing."""
 
     def client_env(self) -> dict[str, str]:
         """Environment variables a client process needs (default: none)."""

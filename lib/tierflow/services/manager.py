@@ -146,7 +146,9 @@ class ServiceManager:
                 )
                 # Saved after every launch: a crash between launches still lets `down` find them.
                 save_records(path, records)
-            return self._wait_healthy(service, records, started_now=True)
+            status = self._wait_healthy(service, records, started_now=True)
+            service.after_start()
+            return status
         except BaseException:
             stop(records, grace=15)
             path.unlink(missing_ok=True)

@@ -3,6 +3,13 @@
 The pyspark package is a complete SPARK_HOME except for ``sbin/``: there are no
 ``start-master.sh``/``start-worker.sh`` scripts, so the daemons are started the way those
 scripts would, with ``bin/spark-class`` and the daemon's main class.
+
+The REST submission server is always off. In the secure profile master, worker and every
+application share a secret (``spark.authenticate``) and encrypt their RPC traffic
+(``spark.network.crypto.enabled``): a driver without the secret cannot register with the
+master. The daemons get the secret in Spark's own ``_SPARK_AUTH_SECRET`` variable, never on
+a command line; drivers get it from :func:`tierflow.spark.spark_conf` (a properties file
+of mode 0600).
 """
 
 from __future__ import annotations
@@ -56,15 +63,30 @@ class SparkStandaloneService(LocalService):
             "SPARK_DAEMON_MEMORY": self._cfg.daemon_memory,
             "SPARK_NO_DAEMONIZE": "1",
             # The REST submission server accepts unauthenticated job submissions: off.
-            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+            "SPARK_MASTER_OPTS": f"-Dspark.master.rest.enabled=false {self._auth_opts()}".strip(),
+            "SPARK_WORKER_OPTS": self._auth_opts(),
             "JAVA_HOME": str(_java_home()),
-        }
+        } | self.client_env()
+
+    def _auth_opts(self) -> str:
+        if not self.secure:
+            return ""
+        return "-Dspark.authenticate=true -Dspark.network.crypto.enabled=true"
+
+    def client_env(self) -> dict[str, str]:
+        """Secure profile: where drivers find the shared secret (a ``*_FILE`` variable)."""
+        if not self.secure:
+            return {}
+        return {"TIERFLOW_SPARK_AUTH_SECRET_FILE": str(self.credentials.password_file("spark"))}
 
     def commands(self) -> list[Command]:
         """``spark-class ...Master`` then ``spark-class ...Worker``."""
         cfg = self._cfg
         spark_class = str(spark_home() / "bin" / "spark-class")
         env = self._env()
+        if self.secure:
+            # Spark's daemons read the shared secret from this variable (not argv).
+            env["_SPARK_AUTH_SECRET"] = self.credentials.password("spark")
         master = (
             spark_class, "org.apache.spark.deploy.master.Master",
             "--host", self.host, "--port", str(cfg.master_port),

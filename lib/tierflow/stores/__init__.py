@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,13 +11,19 @@ if TYPE_CHECKING:
     from tierflow.stores.base import OnlineStore
 
 
-def open_store(config: OnlineStoreConfig, project: Path) -> OnlineStore:
-    """Open the online store ``config`` describes (paths relative to the project)."""
+def open_store(
+    config: OnlineStoreConfig, project: Path, environ: Mapping[str, str] | None = None
+) -> OnlineStore:
+    """Open the online store ``config`` describes (paths relative to the project).
+
+    Secrets (the Redis password) come from ``environ``, by default the process's.
+    """
     if config.kind == "redis":
+        from tierflow.secrets import read_secret
         from tierflow.stores.redis_store import RedisOnlineStore
 
-        password = config.password.get_secret_value() if config.password else None
-        password = password or os.environ.get("TIERFLOW_REDIS_PASSWORD") or None
+        # The user, if any, is in the URL; the password is a secret, never in conf/.
+        password = read_secret("redis_password", environ)
         return RedisOnlineStore(config.url, password=password)
     from tierflow.stores.sqlite_store import SQLiteOnlineStore
 

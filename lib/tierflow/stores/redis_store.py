@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import SecretStr
+
 from tierflow.stores.base import (
     OnlineRow,
     OnlineStore,
@@ -98,10 +100,12 @@ class RedisOnlineStore(OnlineStore):
 
     kind = "redis"
 
-    def __init__(self, url: str, *, password: str | None = None) -> None:
+    def __init__(self, url: str, *, password: SecretStr | str | None = None) -> None:
         import redis
 
         self._redis = redis
+        if isinstance(password, SecretStr):
+            password = password.get_secret_value()
         self.client = redis.Redis.from_url(url, password=password, socket_timeout=10)
         self._script = self.client.register_script(_WRITE)
         self._commit = self.client.register_script(_COMMIT)

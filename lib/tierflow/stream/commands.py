@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tierflow.config.features import FeatureViewConfig
     from tierflow.config.streaming import StreamingConfig
     from tierflow.project import Project
+    from tierflow.stream.connection import KafkaConnection
 
 COMMANDS = ("stream", "event-log", "replay")
 
@@ -57,16 +58,22 @@ def add_parsers(sub: Any) -> None:
     rep.add_argument("--data-dir", help="data folder")
 
 
-def bootstrap_servers(project: Project, config: StreamingConfig, given: str | None) -> str:
-    """``--bootstrap``, else streaming.yaml's, else the local Kafka of services.yaml."""
-    if given:
-        return given
-    if config.bootstrap_servers:
-        return config.bootstrap_servers
-    from tierflow.config.services import load_services_config
+def bootstrap_servers(
+    project: Project, config: StreamingConfig, given: str | None
+) -> KafkaConnection:
+    """``--bootstrap``, else streaming.yaml's, else the local Kafka of services.yaml.
 
-    services = load_services_config(None, project.paths.conf / "services.yaml")
-    return f"{services.host}:{services.kafka.port}"
+    With the security settings of streaming.yaml and the ``kafka_password`` secret.
+    """
+    from tierflow.stream.connection import KafkaConnection
+
+    servers = given or config.bootstrap_servers
+    if not servers:
+        from tierflow.config.services import load_services_config
+
+        services = load_services_config(None, project.paths.settings("services.yaml"))
+        servers = f"{services.host}:{services.kafka.port}"
+    return KafkaConnection.from_config(servers, config)
 
 
 def _views_for(project: Project, names: list[str] | None) -> list[FeatureViewConfig]:
@@ -83,7 +90,7 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
     """Run one streaming command."""
     from tierflow.config.streaming import load_streaming_config
 
-    config = load_streaming_config(project.paths.conf)
+    config = load_streaming_config(project.paths.settings("streaming.yaml"))
     if args.command == "replay":
         return _replay(args, project, config)
     from tierflow.stream.metrics import json_logging
@@ -170,13 +177,15 @@ def read_table(path: str) -> Any:
     return ds.dataset(path, format="parquet").to_table()
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def ensure_topic(bootstrap: KafkaConnection | str, topic: str, partitions: int) -> None:
     """Create ``topic`` with ``partitions`` partitions unless it exists."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    from tierflow.stream.connection import kafka_options
+
+    admin = KafkaAdminClient(**kafka_options(bootstrap))
     try:
         admin.create_topics([NewTopic(topic, partitions, 1)])
     except TopicAlreadyExistsError:

@@ -44,6 +44,7 @@ from tierflow.config.features import FeatureViewConfig
 from tierflow.config.streaming import StreamingConfig
 from tierflow.errors import TierflowError
 from tierflow.stores.base import OnlineStore, PartitionCommit, StaleCommitError, StoreError
+from tierflow.stream.connection import KafkaConnection, kafka_options
 from tierflow.stream.events import (
     OFFSET,
     TopicSchema,
@@ -135,7 +136,7 @@ class FeatureDaemon:
         views: Sequence[FeatureViewConfig],
         config: StreamingConfig,
         store: OnlineStore,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaConnection | str,
         *,
         client_id: str = "tierflow-features",
     ) -> None:
@@ -169,7 +170,7 @@ class FeatureDaemon:
 
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap,
+                **kafka_options(self.bootstrap),
                 client_id=f"{self.client_id}-dlq",
                 acks="all",
                 linger_ms=5,
@@ -177,7 +178,7 @@ class FeatureDaemon:
             )
             self._ensure_dead_letter_topics()
             self._consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **kafka_options(self.bootstrap),
                 group_id=self.config.group_id,
                 client_id=self.client_id,
                 enable_auto_commit=False,
@@ -213,7 +214,7 @@ class FeatureDaemon:
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id=self.client_id)
+        admin = KafkaAdminClient(**kafka_options(self.bootstrap), client_id=self.client_id)
         try:
             deadline = time.monotonic() + 30
             counts: dict[str, int] = {}
@@ -589,7 +590,7 @@ class FeatureDaemon:
             dead_topic, runtime.partition % self._dead_partitions[runtime.topic]
         )
         reader = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_options(self.bootstrap),
             client_id=f"{self.client_id}-dlq-scan",
             enable_auto_commit=False,
             group_id=None,

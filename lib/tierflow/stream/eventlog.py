@@ -23,6 +23,7 @@ from kafka import ConsumerRebalanceListener
 
 from tierflow.config.features import FeatureViewConfig
 from tierflow.config.streaming import StreamingConfig
+from tierflow.stream.connection import KafkaConnection, kafka_options
 from tierflow.stream.events import OFFSET, TopicSchema, check_messages
 
 log = logging.getLogger("tierflow.stream.eventlog")
@@ -43,7 +44,7 @@ class EventLogger:
         views: Sequence[FeatureViewConfig],
         path: str,
         config: StreamingConfig,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaConnection | str,
     ) -> None:
         self.topic = topic
         self.schema = TopicSchema.of(topic, views)
@@ -77,7 +78,7 @@ class EventLogger:
         from kafka import KafkaConsumer
 
         self._consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **kafka_options(self.bootstrap),
             group_id=f"{self.config.group_id}-eventlog",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

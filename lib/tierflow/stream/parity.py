@@ -19,6 +19,7 @@ from typing import Any
 
 from tierflow.config.features import FeatureViewConfig, duration_us
 from tierflow.stores.base import OnlineStore, entity_key
+from tierflow.stream.connection import KafkaConnection, kafka_options
 
 Expected = dict[tuple[Any, ...], tuple[int, dict[str, Any]]]
 
@@ -35,11 +36,11 @@ def partition_of(entity: tuple[Any, ...], partitions: int) -> int:
     return int(murmur2(entity_key(entity).encode()) & 0x7FFFFFFF) % partitions
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+def end_offsets(bootstrap: KafkaConnection | str, topic: str) -> dict[int, int]:
     """The end offset of each partition of ``topic``."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(**kafka_options(bootstrap))
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tierflow.stores.base import entity_key
+from tierflow.stream.connection import KafkaConnection, kafka_options
 
 _CHUNK = 10_000
 
@@ -77,7 +78,7 @@ def event_messages(
 def replay(
     table: pa.Table,
     topic: str,
-    bootstrap_servers: str,
+    bootstrap_servers: KafkaConnection | str,
     *,
     keys: Sequence[str],
     time_column: str,
@@ -99,7 +100,7 @@ def replay(
     if limit is not None:
         rows = rows.slice(0, limit)
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_options(bootstrap_servers),
         acks="all",
         linger_ms=20,
         batch_size=256 * 1024,
