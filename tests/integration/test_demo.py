@@ -1,10 +1,13 @@
 """``make demo`` end to end, through its real entry point, twice; and its tiers at scale 2.
 
-The demo runs as ``python -m tierflow.demo`` on a private data folder against the
-session's Kafka broker (the demo borrows a running broker and leaves it running). The
-first run computes everything; the second reuses the batch stages and must be faster.
-At ``--scale 2`` the planner moves the ingest and the training set to Dask, and the
-original flights' features must be those of the scale-1 run.
+The demo runs as ``python -m tierflow.demo`` on a private data folder. The two main runs
+use the secure profile with the Redis online store: the demo starts its own Kafka
+(SASL/SCRAM over TLS) and Redis (ACL user) in a private state folder and stops them at
+the end. Their passwords are canaries, and so is a secret set in the environment: none
+may appear in any log, run record or report. The first run computes everything; the
+second reuses the batch stages and must be faster. At scale 2 (the batch stages, in
+process) the planner moves the ingest and the training set to Dask, and the original
+flights' features must be those of the scale-1 run.
 """
 
 from __future__ import annotations
@@ -26,14 +29,41 @@ from tierflow.demo.pipeline import Demo, DemoOptions, load_demo_config
 from tierflow.examples.flights import CLEAN_JOBS, ID_STRIDE, INGEST_JOBS, LABEL_JOBS, write_raw
 
 PROJECT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 BATCH = ("raw", "ingest", "clean", "profile", "labels", "training_set", "training")
 
 
+CANARY = "canary-7f3a9c"
+# Ports of their own: the session's plaintext services run beside the demo's.
+SECURE_SERVICES = """\
+host: 127.0.0.1
+secure: true
+kafka: {port: 29292, controller_port: 29293}
+redis: {port: 26579}
+"""
+
+
+def secure_env(base: Path) -> dict[str, str]:
+    """The secure profile's services in ``base``, with canary passwords seeded."""
+    conf = base / "services.yaml"
+    conf.write_text(SECURE_SERVICES)
+    credentials = base / "state" / "credentials"
+    credentials.mkdir(parents=True, mode=0o700)
+    for name in ("kafka-admin", "kafka-tierflow", "redis-tierflow", "spark"):
+        (credentials / f"{name}.password").write_text(f"{CANARY}-{name}")
+        (credentials / f"{name}.password").chmod(0o600)
+    return {
+        "TIERFLOW_SERVICES_CONF": str(conf),
+        "TIERFLOW_STATE_DIR": str(base / "state"),
+        # A secret in the environment that nothing at scale 1 needs: still never printed.
+        "TIERFLOW_SPARK_AUTH_SECRET": f"{CANARY}-environment",
+    }
+
+
 def run_demo(
-    data: Path, logs: Path, *args: str
+    data: Path, logs: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    env = dict(os.environ, TIERFLOW_LOGS_DIR=str(logs))
+    env = dict(os.environ, TIERFLOW_LOGS_DIR=str(logs)) | (env or {})
     done = subprocess.run(
         [sys.executable, "-m", "tierflow.demo", "--data-dir", str(data), *args],
         cwd=PROJECT,
@@ -47,13 +77,15 @@ def run_demo(
 
 
 @pytest.fixture(scope="module")
-def runs(kafka_bootstrap, tmp_path_factory) -> dict[str, Any]:
+def runs(tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("demo")
     data, logs = base / "data", base / "logs"
-    first, report1 = run_demo(data, logs)
+    env = secure_env(base)
+    first, report1 = run_demo(data, logs, "--online-store", "redis", env=env)
     html = (logs / "demo" / "latest" / "report.html").read_text()
-    second, report2 = run_demo(data, logs)
+    second, report2 = run_demo(data, logs, "--online-store", "redis", env=env)
     return {
+        "base": base,
         "data": data,
         "logs": logs,
         "runs": [first, second],
@@ -82,6 +114,26 @@ def test_the_demo_succeeds_end_to_end(runs):
     assert jobs["flights_silver"]["rows_out"] == 336_776 - 721
     assert jobs["weather_silver"]["quarantine_by_rule"] == {"weather.range": 1, "weather.unique": 6}
     assert {j["engine"] for j in jobs.values()} == {"single"}
+
+
+def test_the_demo_ran_on_the_secure_services_and_no_secret_leaked(runs):
+    first = runs["runs"][0]
+    assert "kafka, redis on 127.0.0.1 (secure profile)" in first.stdout
+    base: Path = runs["base"]
+    credentials = base / "state" / "credentials"
+    # Every file the runs wrote (logs, run records, reports, data, the services' logs),
+    # except the credentials and the services' own config files, which hold them by design.
+    allowed = {
+        credentials,
+        base / "state" / "kafka" / "config",
+        base / "state" / "redis" / "config",
+    }
+    written = [p for p in base.rglob("*") if p.is_file() and p.parent not in allowed]
+    assert len(written) > 100
+    leaks = [str(p) for p in written if CANARY.encode() in p.read_bytes()]
+    leaks += [f"stdout/stderr of run {i}" for i, run in enumerate(runs["runs"])
+              if CANARY in run.stdout + run.stderr]  # fmt: skip
+    assert not leaks, leaks
 
 
 def test_the_model_beats_the_baseline(runs):
