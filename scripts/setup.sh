@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup, idempotent and safe on a fresh machine:
 #   Debian packages (redis-server, iproute2) -> .venv with the locked Python set ->
-#   JVM jars from Maven Central (Spark extras, Kafka broker) into .local/jars.
+#   JVM jars from Maven Central (Spark extras, Kafka broker) into .local/jars ->
+#   the docker compose CLI plugin from the Go module proxy into .local/docker.
 # Each step leaves a stamp holding a hash of its inputs; a second run on a ready machine
 # only compares hashes, so it takes seconds.
 set -euo pipefail
@@ -75,4 +76,6 @@ for name in spark kafka; do
     mark "jars-$name" "$want"
   fi
 done
+# --- docker compose (parses docker-compose.yml in the tests; no engine needed) ----------
+scripts/build_compose.sh || die "could not build docker compose (see above)"
 say "ready"

@@ -171,6 +171,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     env = actions.add_parser("env", help="print `export` lines a client of a service needs")
     env.add_argument("names", nargs="*", help=names_help)
+    creds = actions.add_parser(
+        "credentials",
+        help="create a CA, certificates and passwords for a cluster (files of mode 0600)",
+    )
+    creds.add_argument("--dir", type=Path, required=True, help="folder to write them in")
+    creds.add_argument("--host", default="127.0.0.1", help="IP address put in the certificates")
+    creds.add_argument(
+        "--name", action="append", default=[], help="a host name the services are reached by"
+    )
+    creds.add_argument(
+        "--group", type=int, default=None, help="let this group id read them (mode 0640)"
+    )
 
     # These take their arguments raw (see main); the parsers are here for --help.
     for name, what in _PASSTHROUGH.items():
@@ -182,6 +194,16 @@ def _services(args: argparse.Namespace) -> int:
     from tierflow.config.services import load_services_config
     from tierflow.services.manager import ServiceManager
 
+    if args.action == "credentials":
+        from tierflow.services.credentials import ServiceCredentials, share_with_group
+
+        credentials = ServiceCredentials(args.dir)
+        credentials.ensure(args.host, tuple(args.name))
+        if args.group is not None:
+            share_with_group(args.dir, args.group)
+        # Names only: the values stay in the files.
+        print("\n".join(sorted(p.name for p in args.dir.iterdir())))
+        return 0
     paths = ProjectPaths.discover()
     config = load_services_config(args.services_conf, paths.settings("services.yaml"))
     manager = ServiceManager(config, paths, progress=lambda m: print(m, file=sys.stderr))

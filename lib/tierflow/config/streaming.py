@@ -34,6 +34,8 @@ class StreamingConfig(FrozenModel):
     group_id: Annotated[str, Field(min_length=1)] = "tierflow-features"
     topic_prefix: str = ""  # put before every topic name (environments sharing a cluster)
     dead_letter_suffix: Annotated[str, Field(min_length=1)] = ".dlq"
+    # Replicas of the topics tierflow creates (dead letters, replays): 3 on a cluster.
+    topic_replication_factor: Annotated[int, Field(ge=1, le=16)] = 1
     late_events: Literal["drop", "dead_letter"] = "drop"
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 2000
     poll_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200

@@ -21,6 +21,9 @@ from tierflow.secrets import write_secret_file
 KAFKA_ADMIN_USER = "admin"  # the brokers' own (inter-broker) user, super user
 KAFKA_CLIENT_USER = "tierflow"  # what jobs and daemons use, limited by ACLs
 REDIS_USER = "tierflow"
+#: The generated passwords: Kafka's two SCRAM users, Redis's user, Spark's shared secret,
+#: Ray's token (the local Ray service keeps its own; clusters use this one).
+PASSWORDS = ("kafka-admin", "kafka-tierflow", "redis-tierflow", "spark", "ray")
 
 
 @dataclass(frozen=True)
@@ -65,34 +68,71 @@ class ServiceCredentials:
         return self.folder / "client-key.pem"
 
     def password_file(self, name: str) -> Path:
-        """A generated password: kafka-admin, kafka-tierflow, redis-tierflow or spark."""
+        """A generated password, one of :data:`PASSWORDS`."""
         return self.folder / f"{name}.password"
 
     def password(self, name: str) -> str:
         """The password's value (for writing service config files only)."""
         return self.password_file(name).read_text(encoding="utf-8")
 
-    def ensure(self, host: str) -> None:
-        """Create the CA, certificates and passwords that do not exist yet."""
+    @property
+    def redis_acl(self) -> Path:
+        """Redis ACL file (``aclfile``): default user off, the ``tierflow`` user."""
+        return self.folder / "redis-users.acl"
+
+    def ensure(self, host: str, names: tuple[str, ...] = ()) -> None:
+        """Create the CA, certificates and passwords that do not exist yet.
+
+        Args:
+            host: The address the services bind (an IP address, put in the certificates).
+            names: Host names the services are reached by (a cluster's), also put in the
+                certificates' subject alternative names.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o700)
-        for name in ("kafka-admin", "kafka-tierflow", "redis-tierflow", "spark"):
+        for name in PASSWORDS:
             if not self.password_file(name).exists():
-                write_secret_file(self.password_file(name), secrets.token_urlsafe(24))
+                write_secret_file(self.password_file(name), secrets.token_hex(24))
         if not (self.ca_cert.exists() and self.ca_key.exists()):
             _write_ca(self.ca_cert, self.ca_key)
             # A new CA invalidates certificates signed by an old one.
             for old in (self.server_cert, self.client_cert):
                 old.unlink(missing_ok=True)
         if not self.server_cert.exists():
-            _write_leaf(self, "tierflow-services", host, self.server_cert, self.server_key)
+            _write_leaf(self, "tierflow-services", host, names, self.server_cert, self.server_key)
             self.server_bundle.unlink(missing_ok=True)
         if not self.server_bundle.exists():
             write_secret_file(
                 self.server_bundle, self.server_key.read_text() + self.server_cert.read_text()
             )
         if not self.client_cert.exists():
-            _write_leaf(self, "tierflow-client", host, self.client_cert, self.client_key)
+            _write_leaf(self, "tierflow-client", host, (), self.client_cert, self.client_key)
+        if not self.redis_acl.exists():
+            write_secret_file(self.redis_acl, redis_acl_lines(self.password("redis-tierflow")))
+
+
+def share_with_group(folder: Path, gid: int) -> None:
+    """Let group ``gid`` read every file (mode 0640): containers that run as other users.
+
+    In a compose cluster each image has its own user (Kafka's, Spark's, Redis's); they all
+    join this one group instead of every file becoming world-readable.
+    """
+    import os
+
+    os.chown(folder, -1, gid)
+    folder.chmod(0o750)
+    for path in folder.iterdir():
+        os.chown(path, -1, gid)
+        path.chmod(0o640)
+
+
+def redis_acl_lines(password: str) -> str:
+    """Redis ACL rules: ``default`` off; ``tierflow`` with data commands only."""
+    return (
+        "user default off\n"
+        # The online store needs data commands only: no CONFIG, DEBUG, ACL, MODULE.
+        f"user {REDIS_USER} on >{password} ~* &* +@all -@admin -@dangerous +flushdb +info\n"
+    )
 
 
 def _write_ca(cert_path: Path, key_path: Path) -> None:
@@ -141,7 +181,12 @@ def _write_ca(cert_path: Path, key_path: Path) -> None:
 
 
 def _write_leaf(
-    creds: ServiceCredentials, common_name: str, host: str, cert_path: Path, key_path: Path
+    creds: ServiceCredentials,
+    common_name: str,
+    host: str,
+    names: tuple[str, ...],
+    cert_path: Path,
+    key_path: Path,
 ) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -165,7 +210,10 @@ def _write_leaf(
         .not_valid_after(now + dt.timedelta(days=825))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), *(x509.IPAddress(a) for a in sorted(addresses))]
+                [
+                    *(x509.DNSName(n) for n in ("localhost", *names)),
+                    *(x509.IPAddress(a) for a in sorted(addresses)),
+                ]
             ),
             critical=False,
         )

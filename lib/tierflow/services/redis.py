@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tierflow.secrets import write_secret_file
 from tierflow.services.base import Command, LocalService, ProbeFailedError, require_executable
-from tierflow.services.credentials import REDIS_USER
+from tierflow.services.credentials import REDIS_USER, redis_acl_lines
 
 
 class RedisService(LocalService):
@@ -53,12 +53,7 @@ class RedisService(LocalService):
         super().prepare()
         lines = [f"{key} {value}" for key, value in self._settings()]
         if self.secure:
-            password = self.credentials.password("redis-tierflow")
-            lines += [
-                "user default off",
-                # The online store needs data commands only: no CONFIG, DEBUG, ACL, MODULE.
-                f"user {REDIS_USER} on >{password} ~* &* +@all -@admin -@dangerous +flushdb +info",
-            ]
+            lines += redis_acl_lines(self.credentials.password("redis-tierflow")).splitlines()
         write_secret_file(self._conf_file, "\n".join(lines) + "\n")
 
     def commands(self) -> list[Command]:

@@ -177,7 +177,9 @@ def read_table(path: str) -> Any:
     return ds.dataset(path, format="parquet").to_table()
 
 
-def ensure_topic(bootstrap: KafkaConnection | str, topic: str, partitions: int) -> None:
+def ensure_topic(
+    bootstrap: KafkaConnection | str, topic: str, partitions: int, replication_factor: int = 1
+) -> None:
     """Create ``topic`` with ``partitions`` partitions unless it exists."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -187,7 +189,7 @@ def ensure_topic(bootstrap: KafkaConnection | str, topic: str, partitions: int) 
 
     admin = KafkaAdminClient(**kafka_options(bootstrap))
     try:
-        admin.create_topics([NewTopic(topic, partitions, 1)])
+        admin.create_topics([NewTopic(topic, partitions, replication_factor)])
     except TopicAlreadyExistsError:
         pass
     finally:
@@ -206,7 +208,7 @@ def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig)
     path = args.table if Path(args.table).is_absolute() else str(data_dir / args.table)
     bootstrap = bootstrap_servers(project, config, args.bootstrap)
     topic = config.topic_prefix + args.topic
-    ensure_topic(bootstrap, topic, args.partitions)
+    ensure_topic(bootstrap, topic, args.partitions, config.topic_replication_factor)
     result = replay(
         read_table(path), topic, bootstrap, keys=keys, time_column=time_column,
         rate=args.rate, speedup=args.speedup, limit=args.limit,

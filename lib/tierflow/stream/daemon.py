@@ -237,7 +237,9 @@ class FeatureDaemon:
             for topic, partitions in counts.items():
                 name = topic + self.config.dead_letter_suffix
                 try:
-                    admin.create_topics([NewTopic(name, partitions, 1)])
+                    admin.create_topics(
+                        [NewTopic(name, partitions, self.config.topic_replication_factor)]
+                    )
                 except TopicAlreadyExistsError:
                     pass
                 described = admin.describe_topics([name])[0]

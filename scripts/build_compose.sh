@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Build the Docker Compose CLI plugin from the Go module proxy into .local/docker, so the
+# tests can run `docker compose config` on docker-compose.yml (parsing needs no engine).
+# Idempotent: an existing binary of the pinned version is kept; the Go build cache makes
+# a rebuild in a new checkout quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=v2.40.3
+MODULE=github.com/docker/compose/v2
+out=.local/docker/cli-plugins/docker-compose
+if [ -x "$out" ] && "$out" version --short 2>/dev/null | grep -qx "${VERSION#v}"; then
+  exit 0
+fi
+command -v go >/dev/null 2>&1 \
+  || { echo "[setup] error: Go is needed to build docker compose $VERSION (Debian: apt-get install golang)" >&2; exit 1; }
+echo "[setup] building docker compose $VERSION from the Go module proxy into .local/docker" >&2
+src=$(go mod download -json "$MODULE@$VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+[ -d "$src" ] || { echo "[setup] error: go mod download gave no folder for $MODULE@$VERSION" >&2; exit 1; }
+# Its go.mod has exclude directives, which `go install pkg@version` refuses: build it as
+# the main module from a writable copy.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r "$src/." "$work"
+chmod -R u+w "$work"
+mkdir -p "$(dirname "$out")"
+(cd "$work" && go build -trimpath -ldflags "-s -w -X $MODULE/internal.Version=$VERSION" \
+  -o "$OLDPWD/$out" ./cmd)
+"$out" version --short >/dev/null
