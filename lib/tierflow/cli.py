@@ -453,14 +453,25 @@ def _table(args: argparse.Namespace, data_dir: Path) -> int:
     return 0
 
 
-def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:  # noqa: RET503
-    from tierflow.spark import spark_submit_command
+def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:
+    from tierflow.spark import DRIVER_HOST_ENV, LOOPBACK, spark_submit_command
 
-    argv, env = spark_submit_command(args)
+    # On a cluster the executors must reach the driver: it binds the address given here.
+    argv, env = spark_submit_command(args, driver_host=os.environ.get(DRIVER_HOST_ENV) or LOOPBACK)
     if print_only:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0
-    os.execve(argv[0], argv, dict(os.environ) | env)  # replaces this process
+    if "--properties-file" not in argv:
+        os.execve(argv[0], argv, dict(os.environ) | env)  # replaces this process
+    # The properties file holds the Spark secret: wait for spark-submit, then delete it
+    # (an exec would leave it behind).
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(argv, env=dict(os.environ) | env)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda sig, _frame: child.send_signal(sig))
+    return child.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,8 @@ warnings.filterwarnings(
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOOPBACK = "127.0.0.1"
+#: The address ``tierflow spark-submit``'s driver binds and advertises (default loopback).
+DRIVER_HOST_ENV = "TIERFLOW_SPARK_DRIVER_HOST"
 
 
 def spark_jars(paths: ProjectPaths | None = None) -> list[str]:

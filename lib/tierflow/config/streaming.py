@@ -41,6 +41,9 @@ class StreamingConfig(FrozenModel):
     poll_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     max_event_bytes: Annotated[int, Field(ge=64)] = 1_048_576
     session_timeout_ms: Annotated[int, Field(ge=6000, le=300_000)] = 10_000
+    # How long a request to one broker may go unanswered before the client gives up on
+    # it and asks another (a broker behind a dead link never answers at all).
+    request_timeout_ms: Annotated[int, Field(ge=1000, le=600_000)] = 30_000
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 28400  # 0: any free port
     event_log_dir: Annotated[str, Field(min_length=1)] = "events"  # under the data folder

@@ -73,6 +73,10 @@ class TrainingConfig(FrozenModel):
     seed: int = 0
     strategy: Strategy = "auto"
     workers: Annotated[int, Field(ge=1)] = 2
+    # Ray's placement of the workers: "pack" fills a node first (fast collectives on one
+    # machine); "spread" puts them on different nodes where it can (a lost node takes
+    # fewer workers with it; the restarted group packs onto what is left if it must).
+    placement: Literal["pack", "spread"] = "pack"
     use_gpu: Literal["auto", True, False] = "auto"
     checkpoint: CheckpointConfig = CheckpointConfig()
     max_failures: Annotated[int, Field(ge=0)] = 3

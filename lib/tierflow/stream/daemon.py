@@ -173,6 +173,8 @@ class FeatureDaemon:
                 **kafka_options(self.bootstrap),
                 client_id=f"{self.client_id}-dlq",
                 acks="all",
+                enable_idempotence=True,
+                request_timeout_ms=self.config.request_timeout_ms,
                 linger_ms=5,
                 max_request_size=2_000_000,
             )
@@ -185,6 +187,9 @@ class FeatureDaemon:
                 auto_offset_reset="earliest",
                 max_poll_records=self.config.max_poll_records,
                 session_timeout_ms=self.config.session_timeout_ms,
+                request_timeout_ms=max(
+                    self.config.request_timeout_ms, self.config.session_timeout_ms + 1000
+                ),
                 heartbeat_interval_ms=max(1000, self.config.session_timeout_ms // 4),
                 fetch_max_bytes=16 * 1024 * 1024,
                 max_partition_fetch_bytes=2 * 1024 * 1024,

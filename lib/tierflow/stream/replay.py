@@ -102,9 +102,12 @@ def replay(
     producer = KafkaProducer(
         **kafka_options(bootstrap_servers),
         acks="all",
+        # A retried batch (a broker lost mid-send) is written once, not twice.
+        enable_idempotence=True,
         linger_ms=20,
         batch_size=256 * 1024,
         compression_type=None,
+        request_timeout_ms=15_000,
     )
     # The first send would otherwise wait for the topic's metadata after its slot in the
     # schedule had started, and the next messages would go early to catch up.

@@ -193,7 +193,11 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.use_gpu),
+            scaling_config=ScalingConfig(
+                num_workers=plan.workers,
+                use_gpu=plan.use_gpu,
+                placement_strategy=config.placement.upper(),
+            ),
             run_config=RunConfig(
                 name="ray",
                 storage_path=str(folder),

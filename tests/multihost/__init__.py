@@ -1,0 +1,1 @@
+"""A cluster of several hosts on one machine, in network namespaces, with a host cut off."""
