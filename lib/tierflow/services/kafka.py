@@ -165,6 +165,16 @@ class KafkaService(LocalService):
                     f"{self.host}:{self._cfg.controller_port}; remove it with "
                     "`tierflow services down kafka --purge` and start again"
                 )
+            # SCRAM users exist only if the storage was formatted in the secure profile.
+            if bool(formatted.get("secure", False)) != self.secure:
+                was = "secure" if formatted.get("secure") else "plaintext"
+                now = "secure" if self.secure else "plaintext"
+                raise ServiceError(
+                    f"kafka storage in {self.data} was formatted for the {was} profile, "
+                    f"and this start is {now}; use another state folder "
+                    "(TIERFLOW_STATE_DIR) or remove it with "
+                    "`tierflow services down kafka --purge` and start again"
+                )
             return
         log = self.logs / "format.log"
         args = [
@@ -191,7 +201,11 @@ class KafkaService(LocalService):
             argfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise ServiceError(f"formatting kafka storage failed; {log}:\n{tail(log)}")
-        marker.write_text(json.dumps({"controller": f"{self.host}:{self._cfg.controller_port}"}))
+        marker.write_text(
+            json.dumps(
+                {"controller": f"{self.host}:{self._cfg.controller_port}", "secure": self.secure}
+            )
+        )
 
     def commands(self) -> list[Command]:
         """``kafka.Kafka server.properties`` on the fetched classpath."""

@@ -154,6 +154,7 @@ class FeatureDaemon:
         self.ops: OpsServer | None = None
         self._consumer: Any = None
         self._producer: Any = None
+        self._dlq_reader: Any = None
         self._dead_partitions: dict[str, int] = {}
         self._to_load: list[Any] = []
 
@@ -284,6 +285,9 @@ class FeatureDaemon:
             self._producer.flush()
             self._producer.close()
             self._producer = None
+        if self._dlq_reader is not None:
+            self._dlq_reader.close()
+            self._dlq_reader = None
         if self.ops is not None:
             self.ops.stop()
             self.ops = None
@@ -596,35 +600,38 @@ class FeatureDaemon:
         target = TopicPartition(
             dead_topic, runtime.partition % self._dead_partitions[runtime.topic]
         )
-        reader = KafkaConsumer(
-            **kafka_options(self.bootstrap),
-            client_id=f"{self.client_id}-dlq-scan",
-            enable_auto_commit=False,
-            group_id=None,
-        )
+        if self._dlq_reader is None:
+            # One reader for the daemon's life: a client made while a broker is
+            # unreachable can spend its whole bootstrap timeout on that broker, and a
+            # long-lived one already knows which brokers lead what.
+            self._dlq_reader = KafkaConsumer(
+                **kafka_options(self.bootstrap),
+                client_id=f"{self.client_id}-dlq-scan",
+                enable_auto_commit=False,
+                group_id=None,
+                request_timeout_ms=self.config.request_timeout_ms,
+            )
+        reader = self._dlq_reader
         found: set[int] = set()
-        try:
-            reader.assign([target])
-            end = reader.end_offsets([target])[target]
-            begin = runtime.dead_letter_end or 0
-            if end <= begin:
-                return found
-            reader.seek(target, begin)
-            floor = runtime.stored_offset or 0
-            while reader.position(target) < end:
-                for messages in reader.poll(timeout_ms=1000).values():
-                    for m in messages:
-                        headers = dict(m.headers or [])
-                        if (
-                            headers.get(H_TOPIC) == runtime.topic.encode()
-                            and headers.get(H_PARTITION) == str(runtime.partition).encode()
-                            and headers.get(H_GROUP) == self.config.group_id.encode()
-                        ):
-                            offset = int(headers[H_OFFSET])
-                            if offset >= floor:
-                                found.add(offset)
-        finally:
-            reader.close()
+        reader.assign([target])
+        end = reader.end_offsets([target])[target]
+        begin = runtime.dead_letter_end or 0
+        if end <= begin:
+            return found
+        reader.seek(target, begin)
+        floor = runtime.stored_offset or 0
+        while reader.position(target) < end:
+            for messages in reader.poll(timeout_ms=1000).values():
+                for m in messages:
+                    headers = dict(m.headers or [])
+                    if (
+                        headers.get(H_TOPIC) == runtime.topic.encode()
+                        and headers.get(H_PARTITION) == str(runtime.partition).encode()
+                        and headers.get(H_GROUP) == self.config.group_id.encode()
+                    ):
+                        offset = int(headers[H_OFFSET])
+                        if offset >= floor:
+                            found.add(offset)
         return found
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
