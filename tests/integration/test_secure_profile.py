@@ -208,25 +208,34 @@ def test_dask_scheduler_refuses_clients_without_a_certificate(secure: Secure) ->
 def test_spark_master_registers_no_driver_without_the_secret(secure: Secure, tmp_path) -> None:
     spark = secure.service("spark")
     script = tmp_path / "driver.py"
+    # The driver also reads its own UI's environment page (REST API): the secret must be
+    # redacted there.
     script.write_text(
-        "import sys\n"
+        "import sys, urllib.request\n"
         "from tierflow.spark import get_spark\n"
-        "s = get_spark(sys.argv[1], master=sys.argv[2])\n"
+        "s = get_spark(sys.argv[1], master=sys.argv[2], conf={'spark.ui.enabled': 'true'})\n"
         "print('COUNT', s.range(1000).count(), flush=True)\n"
+        "sc = s.sparkContext\n"
+        "url = f'{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}/environment'\n"
+        "open(sys.argv[3], 'wb').write(urllib.request.urlopen(url, timeout=10).read())\n"
         "s.stop()\n"
     )
+    environment = tmp_path / "environment.json"
     without = {k: v for k, v in secure.client_env().items() if "SPARK_AUTH_SECRET" not in k}
     intruder = subprocess.Popen(
-        [sys.executable, str(script), "without-the-secret", spark.master_url],
+        [sys.executable, str(script), "without-the-secret", spark.master_url, "/dev/null"],
         env=without, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         done = subprocess.run(
-            [sys.executable, str(script), "with-the-secret", spark.master_url],
+            [sys.executable, str(script), "with-the-secret", spark.master_url, str(environment)],
             env=secure.client_env(), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert "COUNT 1000" in done.stdout
+        shown = environment.read_text()
+        assert "spark.authenticate.secret" in shown  # the key is listed...
+        assert spark.credentials.password("spark") not in shown  # ...its value is not
         # Both drivers have had their JVM up and tried to register for the same time.
         with urllib.request.urlopen(f"{spark.master_ui}/json/", timeout=5) as resp:
             state = json.load(resp)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tierflow.config.services import load_services_config
-from tierflow.demo.pipeline import Demo, DemoOptions, load_demo_config
+from tierflow.config.streaming import load_streaming_config
+from tierflow.demo.pipeline import Demo, DemoOptions, KafkaAccess, load_demo_config
 from tierflow.project import Project
 from tierflow.services.kafka import KafkaService
 from tierflow.services.manager import ServiceManager
@@ -22,9 +23,17 @@ DEMO_REDIS_DB = 15
 
 
 class DemoServices:
-    """Kafka (and Redis) for the live stages: started when needed, stopped if we started them."""
+    """Kafka (and Redis) for the live stages: started when needed, stopped if we started them.
+
+    When the streaming settings name a Kafka cluster (``bootstrap_servers``, as the
+    ``cluster`` profile does), the demo uses that cluster and the configured Redis and
+    starts nothing.
+    """
 
     def __init__(self, project: Project, store: str) -> None:
+        self.project = project
+        self.streaming = load_streaming_config(project.paths.settings("streaming.yaml"))
+        self.external = self.streaming.bootstrap_servers is not None
         config = load_services_config(None, project.paths.settings("services.yaml"))
         self.manager = ServiceManager(
             config, project.paths, progress=lambda m: print(f"   {m}", flush=True)
@@ -43,7 +52,7 @@ class DemoServices:
             self.manager.down(self.started)
 
     def _up(self) -> None:
-        if self.up:
+        if self.up or self.external:
             return
         running = {s.name for s in self.manager.status(self.wanted, probe=False)
                    if s.state != "stopped"}  # fmt: skip
@@ -53,17 +62,20 @@ class DemoServices:
         self.started = [n for n in self.wanted if n not in running]
         self.up = True
 
-    def kafka(self) -> tuple[KafkaConnection, dict[str, str]]:
-        """How the demo and its daemons reach Kafka (starting it if needed).
-
-        The connection is for this process; the variables are for the daemons it starts
-        (in the secure profile: the SASL settings and the password *file*, never the
-        password).
-        """
+    def kafka(self) -> KafkaAccess:
+        """How the demo and its daemons reach Kafka (starting it if needed)."""
+        if self.streaming.bootstrap_servers is not None:
+            # The daemons read the same settings (profile and environment) themselves.
+            servers = self.streaming.bootstrap_servers
+            return KafkaAccess(
+                KafkaConnection.from_config(servers, self.streaming),
+                {},
+                self.streaming.topic_replication_factor,
+            )
         self._up()
         service = self.manager.service("kafka")
         assert isinstance(service, KafkaService)
-        return service.connection(), service.client_env()
+        return KafkaAccess(service.connection(), service.client_env(), 1)
 
     def store_env(self, run_dir: Path) -> dict[str, str]:
         """The environment that points the daemon, the server and the demo at one store."""
@@ -72,14 +84,24 @@ class DemoServices:
                 "TIERFLOW_ONLINE_STORE": "sqlite",
                 "TIERFLOW_ONLINE_DB": str(run_dir / "online.db"),
             }
-        self._up()
         import redis
 
+        if self.external:
+            from tierflow.secrets import read_secret
+
+            url = self.project.config.online_store.url.rsplit("/", 1)[0] + f"/{DEMO_REDIS_DB}"
+            secret = read_secret("redis_password")
+            password = secret.get_secret_value() if secret else None
+            client: Any = redis.Redis.from_url(url, password=password)
+            client.flushdb()
+            client.close()
+            return {"TIERFLOW_ONLINE_STORE": "redis", "TIERFLOW_REDIS_URL": url}
+        self._up()
         service = self.manager.service("redis")
         assert isinstance(service, RedisService)
         base = service.url.rsplit("/", 1)[0]
         url = f"{base}/{DEMO_REDIS_DB}"
-        client: Any = redis.Redis.from_url(url, password=service.client_password())
+        client = redis.Redis.from_url(url, password=service.client_password())
         client.flushdb()
         client.close()
         return service.client_env() | {"TIERFLOW_ONLINE_STORE": "redis", "TIERFLOW_REDIS_URL": url}

@@ -168,6 +168,7 @@ def run_stream(
     prefix: str,
     group: str,
     partitions: int,
+    replication_factor: int = 1,
     env: Mapping[str, str],
     store: OnlineStore,
     run_dir: Path,
@@ -189,7 +190,7 @@ def run_stream(
     from tierflow.stream.replay import replay
 
     for feed in feeds:
-        ensure_topic(bootstrap, prefix + feed.topic, partitions)
+        ensure_topic(bootstrap, prefix + feed.topic, partitions, replication_factor)
     daemon_env = {**env, "TIERFLOW_STREAM_TOPIC_PREFIX": prefix,
                   "TIERFLOW_STREAM_GROUP_ID": group}  # fmt: skip
     views = [v.name for f in feeds for v in f.views]

@@ -52,6 +52,20 @@ from tierflow.stream.connection import KafkaConnection
 CODE = (Path(__file__).parents[3] / "jobs" / "transforms" / "flights.py",)
 
 
+@dataclasses.dataclass(frozen=True)
+class KafkaAccess:
+    """What the live stages need of Kafka.
+
+    ``connection`` is for this process; ``env`` for the daemons it starts (in the secure
+    profile: the SASL settings and the password *file*, never the password);
+    ``replication_factor`` for the topics it creates.
+    """
+
+    connection: KafkaConnection
+    env: dict[str, str]
+    replication_factor: int
+
+
 class DemoConfig(FrozenModel):
     """``conf/demo.yaml``."""
 
@@ -334,9 +348,7 @@ class Demo:
 
     # --- live stages ----------------------------------------------------------------------
 
-    def live_stages(
-        self, kafka: tuple[KafkaConnection, dict[str, str]], store_env: dict[str, str]
-    ) -> bool:
+    def live_stages(self, kafka: KafkaAccess, store_env: dict[str, str]) -> bool:
         """Streaming, parity and serving; False when parity fails."""
         from tierflow.demo import live
 
@@ -345,7 +357,7 @@ class Demo:
         prefix = f"demo-{self.run_id}."
         group = f"demo-{self.run_id}"
         partitions = self.config.topic_partitions
-        bootstrap, kafka_env = kafka
+        bootstrap, kafka_env = kafka.connection, kafka.env
         env = {"TIERFLOW_DATA_DIR": str(project.data_dir), **store_env}
         start, end = _us(self.config.replay_from), _us(self.config.replay_until)
         store = self._store(store_env)
@@ -354,8 +366,8 @@ class Demo:
                 feeds = live.december_feeds(project.data_dir, views, start, end)
                 outcome = live.run_stream(
                     feeds, bootstrap=bootstrap, prefix=prefix, group=group,
-                    partitions=partitions, env=env | kafka_env, store=store,
-                    run_dir=self.run_dir,
+                    partitions=partitions, replication_factor=kafka.replication_factor,
+                    env=env | kafka_env, store=store, run_dir=self.run_dir,
                     paced_from_us=_us(self.config.paced_from), paced_rate=self.config.paced_rate,
                     say=self.say,
                 )  # fmt: skip
