@@ -14,6 +14,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tierflow.secrets import write_secret_file
 
@@ -135,9 +136,24 @@ def redis_acl_lines(password: str) -> str:
     )
 
 
+def _write_pair(key: Any, cert: Any, key_path: Path, cert_path: Path) -> None:
+    """The key (PKCS#8, mode 0600) and its certificate, as PEM."""
+    from cryptography.hazmat.primitives import serialization
+
+    write_secret_file(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def _write_ca(cert_path: Path, key_path: Path) -> None:
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
@@ -169,15 +185,7 @@ def _write_ca(cert_path: Path, key_path: Path) -> None:
         )
         .sign(key, hashes.SHA256())
     )
-    write_secret_file(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(key, cert, key_path, cert_path)
 
 
 def _write_leaf(
@@ -226,12 +234,4 @@ def _write_leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    write_secret_file(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_pair(key, cert, key_path, cert_path)
