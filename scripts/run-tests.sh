@@ -12,7 +12,8 @@ if [ ! -f .local/stamps/horovod ]; then
   default_markers="not gpu and not horovod"
   echo "[tests] Horovod is not built (make horovod): its tests are not selected"
 fi
-.venv/bin/python -m pytest -m "${PYTEST_MARKERS:-$default_markers}" "$@"
+# The slowest tests are listed at the end, to keep an eye on the suite's time.
+.venv/bin/python -m pytest -m "${PYTEST_MARKERS:-$default_markers}" --durations=15 "$@"
 rc=$?
 .venv/bin/tierflow services down >/dev/null 2>&1 || true
 exit $rc
