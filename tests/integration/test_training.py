@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,7 +168,16 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_result(
     while not list(run_folder.glob("checkpoint_*/meta.json")):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
-    victims = training_worker_pids(ray_env)
+
+    # This run's workers, by the PIDs Ray prefixes their forwarded lines with: the actor
+    # list can still show an earlier run's workers as alive while they are torn down.
+    def own_workers() -> list[int]:
+        seen = set(map(int, re.findall(r"RayTrainWorker pid=(\d+)", log.read_text())))
+        return sorted(seen & set(training_worker_pids(ray_env)))
+
+    while len(victims := own_workers()) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
     assert len(victims) == 2, victims
     os.kill(victims[-1], signal.SIGKILL)
     out, _ = proc.communicate(timeout=400)
