@@ -614,7 +614,7 @@ class FeatureDaemon:
         reader = self._dlq_reader
         found: set[int] = set()
         reader.assign([target])
-        end = reader.end_offsets([target])[target]
+        end = self._end_offset(reader, target)
         begin = runtime.dead_letter_end or 0
         if end <= begin:
             return found
@@ -633,6 +633,19 @@ class FeatureDaemon:
                         if offset >= floor:
                             found.add(offset)
         return found
+
+    def _end_offset(self, reader: Any, target: Any, patience_s: float = 180.0) -> int:
+        """The partition's end offset, waiting out a leader failover (a broker just lost)."""
+        from kafka.errors import KafkaTimeoutError
+
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return int(reader.end_offsets([target])[target])
+            except KafkaTimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("no leader answers for %s yet; asking again", target)
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
         """Note new partitions; they are loaded after the poll returns.
