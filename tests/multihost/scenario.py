@@ -429,13 +429,20 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
         )
         for i in (1, 2)
     ]
+    # Half the events before the cut, half after it: the second half is produced while
+    # partitions led by the lost broker fail over, whatever the timings before the cut.
     sent: list[Any] = []
-    producer = threading.Thread(
-        target=lambda: sent.append(replay(events, TOPIC, cluster.bootstrap,
-                                          keys=list(view.entities),
-                                          time_column=view.event_time, rate=100)),
-        daemon=True,
-    )  # fmt: skip
+    cut_done = threading.Event()
+
+    def produce() -> None:
+        half = events.num_rows // 2
+        for part in (events.slice(0, half), events.slice(half)):
+            if sent:
+                cut_done.wait(timeout=900)
+            sent.append(replay(part, TOPIC, cluster.bootstrap, keys=list(view.entities),
+                               time_column=view.event_time, rate=100))  # fmt: skip
+
+    producer = threading.Thread(target=produce, daemon=True)
     producer.start()
     spark_log = work / "logs" / "spark-submit.log"
     spark = spark_submit(cluster, spark_data, spark_log)
@@ -463,19 +470,20 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
         p for p, leader in leaders.items() if leader == 3
     )
     in_flight = {"spark": spark.poll() is None, "training": training.status() == "RUNNING",
-                 "producer": producer.is_alive()}  # fmt: skip
+                 "streaming": all(d.poll() is None for d in daemons)}  # fmt: skip
     assert all(in_flight.values()), (
         f"finished before the cut, which would prove nothing: {in_flight}"
     )
     say(f"cutting h3 off (training workers on {result['training_workers_before_cut']}, "
         f"executors {result['spark_executors_before_cut']})")  # fmt: skip
     lab.cut("h3")
+    cut_done.set()
     WATCH[:] = [lambda: cluster.check_alive(cut=("h3",))]
     result["cut_at_s"] = round(time.monotonic() - began, 1)
 
     producer.join(timeout=600)
-    assert sent, "the producer did not finish"
-    result["events_sent"] = sent[0].sent
+    assert len(sent) == 2, "the producer did not finish"
+    result["events_sent"] = sum(r.sent for r in sent)
     spark_rc = spark.wait(timeout=900)
     result["spark_submit_rc"] = spark_rc
     result["ray_job_status"] = training.wait(timeout=900)
