@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,28 +75,33 @@ def spark_conf(
     return conf
 
 
-def auth_settings() -> dict[str, str]:
-    """``spark.authenticate`` settings when the ``spark_auth_secret`` secret is set.
+@dataclass(frozen=True)
+class SparkAuth:
+    """What a driver needs for ``spark.authenticate``: settings, and the secret's file.
 
-    The secret itself goes in a properties file of mode 0600 in a private folder
-    (``--properties-file``): settings given as ``--conf`` show on the command line. Spark
-    redacts it from its UI and event logs (its key matches ``spark.redaction.regex``).
+    The secret goes in a properties file of mode 0600 in a private folder, deleted when
+    this process ends, passed as ``--properties-file``: settings given as ``--conf``
+    show on the command line. Spark redacts it from its UI and event logs (its key
+    matches ``spark.redaction.regex``).
     """
+
+    conf: dict[str, str]
+    properties_file: Path
+
+
+def spark_auth() -> SparkAuth | None:
+    """The driver's authentication when the ``spark_auth_secret`` secret is set."""
     from tierflow.secrets import read_secret
 
     secret = read_secret("spark_auth_secret")
     if secret is None:
-        return {}
-    return {
+        return None
+    conf = {
         "spark.authenticate": "true",
         "spark.network.crypto.enabled": "true",
         "spark.io.encryption.enabled": "true",
-        _PROPERTIES_FILE: str(_secret_properties(secret.get_secret_value())),
     }
-
-
-# Not a Spark setting: where auth_settings put the secret, for --properties-file.
-_PROPERTIES_FILE = "tierflow.properties-file"
+    return SparkAuth(conf, _secret_properties(secret.get_secret_value()))
 
 
 def _secret_properties(secret: str) -> Path:
@@ -174,17 +180,27 @@ def get_spark(
         settings.setdefault("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2))))
     settings.setdefault("spark.ui.enabled", "false")
     settings.setdefault("spark.ui.showConsoleProgress", "false")
-    if not master.startswith("local"):
-        settings.update(auth_settings())
+    auth = None if master.startswith("local") else spark_auth()
+    if auth is not None:
+        settings.update(auth.conf)
     settings.update(conf or {})
-    properties = settings.pop(_PROPERTIES_FILE, None)
-    if properties:
-        # Read by the spark-submit that pyspark runs to start the driver's JVM.
-        submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "pyspark-shell")
-        os.environ["PYSPARK_SUBMIT_ARGS"] = f"--properties-file {properties} {submit_args}"
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    if auth is None:
+        return builder.getOrCreate()
+    # Read by the spark-submit that pyspark runs to start the driver's JVM; only for
+    # this start, so that a later session of this process adds no second file.
+    before = os.environ.get("PYSPARK_SUBMIT_ARGS")
+    os.environ["PYSPARK_SUBMIT_ARGS"] = (
+        f"--properties-file {auth.properties_file} {before or 'pyspark-shell'}"
+    )
+    try:
+        return builder.getOrCreate()
+    finally:
+        if before is None:
+            del os.environ["PYSPARK_SUBMIT_ARGS"]
+        else:
+            os.environ["PYSPARK_SUBMIT_ARGS"] = before
 
 
 def spark_submit_command(
@@ -208,10 +224,10 @@ def spark_submit_command(
         jars.extend(user[at + 1].split(","))
         del user[at : at + 2]
     argv = [str(spark_home() / "bin" / "spark-submit"), "--jars", ",".join(jars)]
-    conf |= auth_settings()
-    properties = conf.pop(_PROPERTIES_FILE, None)
-    if properties:
-        argv += ["--properties-file", properties]
+    auth = spark_auth()
+    if auth is not None:
+        conf |= auth.conf
+        argv += ["--properties-file", str(auth.properties_file)]
     for key, value in conf.items():
         argv += ["--conf", f"{key}={value}"]
     return argv + user, _process_env(driver_host)

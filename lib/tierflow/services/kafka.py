@@ -269,13 +269,15 @@ class KafkaService(LocalService):
 
     def client_env(self) -> dict[str, str]:
         """Streaming settings and the password file of the ``tierflow`` user."""
-        env = {"TIERFLOW_STREAM_BOOTSTRAP_SERVERS": self.bootstrap_servers}
-        if self.secure:
+        conn = self.connection()
+        env = {"TIERFLOW_STREAM_BOOTSTRAP_SERVERS": conn.bootstrap_servers}
+        if conn.uses_sasl:
             env |= {
-                "TIERFLOW_STREAM_SECURITY_PROTOCOL": "SASL_SSL",
-                "TIERFLOW_STREAM_SASL_MECHANISM": _SCRAM,
-                "TIERFLOW_STREAM_SASL_USERNAME": KAFKA_CLIENT_USER,
-                "TIERFLOW_STREAM_SSL_CAFILE": str(self.credentials.ca_cert),
+                "TIERFLOW_STREAM_SECURITY_PROTOCOL": conn.security_protocol,
+                "TIERFLOW_STREAM_SASL_MECHANISM": str(conn.sasl_mechanism),
+                "TIERFLOW_STREAM_SASL_USERNAME": str(conn.username),
+                "TIERFLOW_STREAM_SSL_CAFILE": str(conn.ca_file),
+                # The file, never the value: the daemons read it themselves.
                 "TIERFLOW_KAFKA_PASSWORD_FILE": str(
                     self.credentials.password_file("kafka-tierflow")
                 ),

@@ -8,7 +8,7 @@ The REST submission server is always off. In the secure profile master, worker a
 application share a secret (``spark.authenticate``) and encrypt their RPC traffic
 (``spark.network.crypto.enabled``): a driver without the secret cannot register with the
 master. The daemons get the secret in Spark's own ``_SPARK_AUTH_SECRET`` variable, never on
-a command line; drivers get it from :func:`tierflow.spark.spark_conf` (a properties file
+a command line; drivers get it from :func:`tierflow.spark.spark_auth` (a properties file
 of mode 0600).
 """
 
@@ -66,7 +66,7 @@ class SparkStandaloneService(LocalService):
             "SPARK_MASTER_OPTS": f"-Dspark.master.rest.enabled=false {self._auth_opts()}".strip(),
             "SPARK_WORKER_OPTS": self._auth_opts(),
             "JAVA_HOME": str(_java_home()),
-        } | self.client_env()
+        }
 
     def _auth_opts(self) -> str:
         if not self.secure:
