@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-command setup, idempotent and safe on a fresh machine:
 #   Debian packages (redis-server, iproute2) -> .venv with the locked Python set ->
-#   JVM jars from Maven Central (Spark extras, Kafka broker) into .local/jars ->
-#   the docker compose CLI plugin from the Go module proxy into .local/docker.
+#   JVM jars from Maven Central (Spark extras, S3A, Kafka broker) into .local/jars ->
+#   the docker compose CLI plugin and the MinIO server from the Go module proxy.
 # Each step leaves a stamp holding a hash of its inputs; a second run on a ready machine
 # only compares hashes, so it takes seconds.
 set -euo pipefail
@@ -60,7 +60,7 @@ if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
 fi
 
 # --- JVM jars -----------------------------------------------------------------------------
-for name in spark kafka; do
+for name in spark spark-s3 kafka; do
   want=$(hash_of "scripts/jvm/$name/pom.xml" scripts/jvm/prune_spark_jars.py)
   out="$ROOT/.local/jars/$name"
   if ! fresh "jars-$name" "$want" || ! compgen -G "$out/*.jar" >/dev/null; then
@@ -70,7 +70,7 @@ for name in spark kafka; do
       -DincludeScope=runtime -DoutputDirectory="$out" \
       || die "Maven could not fetch the $name jars (is Maven Central reachable, or ~/.m2 filled?)"
     rm -rf "scripts/jvm/$name/target"
-    if [ "$name" = spark ]; then
+    if [ "$name" != kafka ]; then
       .venv/bin/python scripts/jvm/prune_spark_jars.py "$out"
     fi
     mark "jars-$name" "$want"
@@ -78,4 +78,6 @@ for name in spark kafka; do
 done
 # --- docker compose (parses docker-compose.yml in the tests; no engine needed) ----------
 scripts/build_compose.sh || die "could not build docker compose (see above)"
+# --- MinIO (the S3-compatible object store the tests and the local profile use) --------
+scripts/build_minio.sh || die "could not build MinIO (see above)"
 say "ready"

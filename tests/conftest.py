@@ -141,3 +141,23 @@ def dask_scheduler(services: Services) -> str:
 @pytest.fixture(scope="session")
 def ray_head(services: Services) -> LocalService:
     return services.ensure("ray")
+
+
+# --- MinIO (object storage) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def minio(services: Services) -> LocalService:
+    return services.ensure("minio")
+
+
+@pytest.fixture
+def object_store(minio: LocalService, unique_name: Callable[[str], str]) -> Iterator[str]:
+    """This process reads and writes ``s3://`` paths on the session's MinIO; yields a
+    fresh ``s3://bucket/prefix`` no other test uses."""
+    from tierflow import storage
+    from tierflow.config.project import ObjectStoreConfig
+
+    storage.configure(storage.ObjectStore.from_config(ObjectStoreConfig(), minio.client_env()))
+    yield f"{minio.endpoints()['bucket']}/{unique_name('t')}"
+    storage.configure(None)

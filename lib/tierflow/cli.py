@@ -434,8 +434,11 @@ def _features(args: argparse.Namespace, project: Any) -> int:
 
 def _table(args: argparse.Namespace, data_dir: Path) -> int:
     from tierflow import tables
+    from tierflow.config.jobs import is_uri
 
-    path = args.path if Path(args.path).is_absolute() else str(data_dir / args.path)
+    path = args.path
+    if not (is_uri(path) or Path(path).is_absolute()):
+        path = str(data_dir / path)
     if args.action == "history":
         for entry in tables.history(path, args.limit):
             print(json.dumps(entry, default=str))

@@ -98,6 +98,11 @@ class ProjectPaths:
         return self.jars / "spark"
 
     @property
+    def spark_s3_jars(self) -> Path:
+        """S3A (hadoop-aws and the AWS SDK bundle): on Spark's classpath when a store is set."""
+        return self.jars / "spark-s3"
+
+    @property
     def kafka_jars(self) -> Path:
         """The Apache Kafka broker's classpath (kept apart from Spark's)."""
         return self.jars / "kafka"

@@ -22,6 +22,8 @@ KNOWN_SECRETS: dict[str, str] = {
     "kafka_password": "the SASL password of the Kafka user (streaming.yaml's sasl_username)",
     "redis_password": "the password of the Redis user (the user named in the Redis URL)",
     "spark_auth_secret": "Spark's shared secret (spark.authenticate)",
+    "s3_access_key_id": "the access key id for S3-compatible object storage",
+    "s3_secret_access_key": "the secret access key for S3-compatible object storage",
 }
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tierflow.errors import MissingDependencyError
-from tierflow.jvm import jars_in, java_executable, spark_home
+from tierflow.jvm import classpath, jars_in, java_executable, spark_home
 from tierflow.paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -72,7 +72,31 @@ def spark_conf(
     if driver_host:
         conf["spark.driver.host"] = driver_host
         conf["spark.driver.bindAddress"] = driver_host
+    if any(paths.spark_s3_jars.glob("*.jar")):
+        # S3A, for s3:// tables. On the classpath rather than in spark.jars: the AWS SDK
+        # bundle is over 600 MB, and spark.jars would copy it to every executor of every
+        # application. Workers need the same folder (the local cluster and the images
+        # have it); a worker without it only lacks s3:// support.
+        s3 = classpath(paths.spark_s3_jars, "Spark S3A (hadoop-aws, AWS SDK)")
+        conf["spark.driver.extraClassPath"] = s3
+        conf["spark.executor.extraClassPath"] = s3
     return conf
+
+
+def apply_object_store(spark: SparkSession) -> None:
+    """Give the running session the object store's S3A settings (``s3://`` paths).
+
+    Set on the live Hadoop configuration, which tasks receive with their work, so the
+    access keys never appear on a command line or in the UI's Spark properties.
+    """
+    from tierflow.storage import current
+
+    store = current()
+    if not store.configured:
+        return
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in store.hadoop_conf().items():
+        hadoop.set(key, value)
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,7 @@ def get_spark(
                 "this application was submitted without the Delta jars and extension; "
                 "submit it with `tierflow spark-submit ...` (it adds them)"
             )
+        apply_object_store(spark)
         return spark
 
     for key, value in _process_env(driver_host).items():
@@ -187,7 +212,9 @@ def get_spark(
     for key, value in settings.items():
         builder = builder.config(key, value)
     if auth is None:
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
+        apply_object_store(spark)
+        return spark
     # Read by the spark-submit that pyspark runs to start the driver's JVM; only for
     # this start, so that a later session of this process adds no second file.
     before = os.environ.get("PYSPARK_SUBMIT_ARGS")
@@ -195,12 +222,14 @@ def get_spark(
         f"--properties-file {auth.properties_file} {before or 'pyspark-shell'}"
     )
     try:
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
     finally:
         if before is None:
             del os.environ["PYSPARK_SUBMIT_ARGS"]
         else:
             os.environ["PYSPARK_SUBMIT_ARGS"] = before
+    apply_object_store(spark)
+    return spark
 
 
 def spark_submit_command(

@@ -1,6 +1,7 @@
 """Delta table maintenance: history, compaction, and vacuum with a retention guard.
 
-These work on any Delta table, whichever engine wrote it, through delta-rs.
+These work on any Delta table, whichever engine wrote it, local or at an ``s3://`` path,
+through delta-rs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ class RetentionError(TierflowError):
 
 def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The table's commits, newest first: version, timestamp, operation, parameters, metrics."""
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table
 
-    table = DeltaTable(path)
+    table = delta_table(path)
     latest = table.version()
     entries = table.history(limit)
     out = []
@@ -42,12 +43,12 @@ def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
 
 def optimize(path: str, *, target_size_mb: int | None = None) -> dict[str, Any]:
     """Compact small files into larger ones (a new version; old files stay until vacuum)."""
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table
 
-    table = DeltaTable(path)
+    table = delta_table(path)
     target = target_size_mb * 1024 * 1024 if target_size_mb else None
     metrics = table.optimize.compact(target_size=target)
-    return {"version": DeltaTable(path).version(), **metrics}
+    return {"version": delta_table(path).version(), **metrics}
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def vacuum(
     ``allow_short_retention``: time travel to older versions, and readers still on them,
     would break.
     """
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table
 
     if retention_hours < MIN_RETENTION_HOURS and not allow_short_retention:
         raise RetentionError(
@@ -80,7 +81,7 @@ def vacuum(
             "older than that could no longer be read (time travel, long-running readers); "
             "pass allow_short_retention (--allow-short-retention) if that is intended"
         )
-    files = DeltaTable(path).vacuum(
+    files = delta_table(path).vacuum(
         retention_hours=retention_hours,
         dry_run=dry_run,
         enforce_retention_duration=not allow_short_retention,
@@ -90,8 +91,8 @@ def vacuum(
 
 def delta_version(path: str) -> int | None:
     """The newest version of the Delta table at ``path``; None when there is no table."""
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table, is_delta_table
 
-    if not DeltaTable.is_deltatable(path):
+    if not is_delta_table(path):
         return None
-    return int(DeltaTable(path).version())
+    return int(delta_table(path).version())

@@ -21,7 +21,7 @@ from tierflow.services.process import read_stat
 
 pytestmark = [
     pytest.mark.kafka, pytest.mark.redis, pytest.mark.spark_cluster, pytest.mark.dask,
-    pytest.mark.ray, pytest.mark.slow,
+    pytest.mark.ray, pytest.mark.minio, pytest.mark.slow,
 ]  # fmt: skip
 
 SHIFT = -10_000
@@ -30,7 +30,7 @@ TIERFLOW = str(Path(sys.executable).parent / "tierflow")
 
 def shifted_config(path: Path) -> ServicesConfig:
     doc = ServicesConfig().model_dump()
-    for section in ("kafka", "redis", "spark", "dask", "ray"):
+    for section in ("kafka", "redis", "spark", "dask", "ray", "minio"):
         for key, value in doc[section].items():
             if key.endswith("port"):
                 doc[section][key] = value + SHIFT
@@ -78,7 +78,7 @@ def test_up_status_down_leaves_nothing_running(cli):
     assert result.returncode == 0, result.stderr
     before = statuses(cli)
     assert {n: s["state"] for n, s in before.items()} == dict.fromkeys(before, "healthy")
-    assert set(before) == {"kafka", "redis", "spark", "dask", "ray"}
+    assert set(before) == {"kafka", "redis", "spark", "dask", "ray", "minio"}
     pids = [pid for s in before.values() for pid in s["pids"]]
     assert len(pids) >= 8  # ray alone runs a dozen processes
 

@@ -48,6 +48,23 @@ class OnlineStoreConfig(FrozenModel):
     url: str = "redis://127.0.0.1:26379/0"
 
 
+class ObjectStoreConfig(FrozenModel):
+    """S3-compatible object storage for tables at ``s3://bucket/key`` paths (MinIO, AWS S3).
+
+    Where the store is lives here; who you are does not: the access key pair is a secret,
+    ``TIERFLOW_S3_ACCESS_KEY_ID`` and ``TIERFLOW_S3_SECRET_ACCESS_KEY`` (or their
+    ``_FILE`` variants, see :mod:`tierflow.secrets`). Without them the AWS default chain
+    applies (``AWS_*`` variables, instance roles). ``$TIERFLOW_S3_ENDPOINT_URL`` overrides
+    ``endpoint_url`` (``tierflow services env minio`` prints it for the local MinIO).
+    """
+
+    endpoint_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")] | None = None
+    region: Annotated[str, Field(min_length=1)] = "us-east-1"
+    #: ``bucket.host`` addressing instead of ``host/bucket``; default: virtual-hosted for
+    #: AWS, path style (what MinIO needs) whenever ``endpoint_url`` is set.
+    virtual_hosted_style: bool | None = None
+
+
 class ServingConfig(FrozenModel):
     """The online feature HTTP endpoint."""
 
@@ -65,6 +82,7 @@ class ProjectConfig(FrozenModel):
     tiers: TierThresholds = TierThresholds()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     serving: ServingConfig = ServingConfig()
+    object_store: ObjectStoreConfig = ObjectStoreConfig()
     materialize_chunk_rows: Annotated[int, Field(ge=100)] = 200_000
 
     @classmethod

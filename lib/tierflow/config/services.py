@@ -77,6 +77,14 @@ class RayServiceConfig(FrozenModel):
     object_store_memory_mb: Annotated[int, Field(ge=100)] = 1024
 
 
+class MinioServiceConfig(FrozenModel):
+    """MinIO, the S3-compatible object store for tables at ``s3://`` paths."""
+
+    port: Port = 29000
+    #: Created at start (if missing), so ``s3://<bucket>/...`` paths work at once.
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = "tierflow"
+
+
 class ServicesConfig(FrozenModel):
     """All local services. ``host`` must be a loopback address: nothing is exposed.
 
@@ -93,6 +101,7 @@ class ServicesConfig(FrozenModel):
     spark: SparkServiceConfig = SparkServiceConfig()
     dask: DaskServiceConfig = DaskServiceConfig()
     ray: RayServiceConfig = RayServiceConfig()
+    minio: MinioServiceConfig = MinioServiceConfig()
 
     @field_validator("host")
     @classmethod
@@ -129,7 +138,7 @@ class ServicesConfig(FrozenModel):
     def all_ports(self) -> dict[str, int]:
         """Every single port of every service, keyed by its config path (``kafka.port``)."""
         ports: dict[str, int] = {}
-        for section in ("kafka", "redis", "spark", "dask", "ray"):
+        for section in ("kafka", "redis", "spark", "dask", "ray", "minio"):
             model = getattr(self, section)
             for name, value in model.model_dump().items():
                 if name.endswith("port") and name not in ("min_worker_port", "max_worker_port"):

@@ -34,6 +34,7 @@ from tierflow.io.textdecode import (
     decode_to_table,
     output_schema,
 )
+from tierflow.storage import ObjectStore, adopt, arrow_location, delta_table, for_workers
 
 # Narwhals announces that Dask support will move to a separate package; the built-in
 # support is what we use and test.
@@ -49,8 +50,14 @@ def _to_pandas(table: Any) -> Any:
 
 
 def _decode_task(
-    path: str, fmt: str, types: dict[str, str], extra: ExtraPolicy, csv: CsvOptions
+    path: str,
+    fmt: str,
+    types: dict[str, str],
+    extra: ExtraPolicy,
+    csv: CsvOptions,
+    store: ObjectStore | None = None,
 ) -> Any:
+    adopt(store)
     table = decode_to_table([path], fmt, types, extra_columns=extra, csv=csv)
     return _to_pandas(table)
 
@@ -68,11 +75,13 @@ def _tagged_schema(schema: Any) -> Any:
     return schema.append(pa.field(META_FILE, pa.string())).append(pa.field(META_RECORD, pa.int64()))
 
 
-def _parquet_task(path: str, schema: Any) -> Any:
+def _parquet_task(path: str, schema: Any, store: ObjectStore | None = None) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    adopt(store)
+    filesystem, inner = arrow_location(path)
+    table = pq.read_table(inner, filesystem=filesystem)
     # Files written before a column was added lack it: fill it with nulls.
     columns = [
         table.column(f.name).cast(f.type)
@@ -83,10 +92,9 @@ def _parquet_task(path: str, schema: Any) -> Any:
     return _to_pandas(_tag(pa.Table.from_arrays(columns, schema=schema), path))
 
 
-def _delta_task(index: int, path: str, version: int) -> Any:
-    from deltalake import DeltaTable
-
-    dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+def _delta_task(index: int, path: str, version: int, store: ObjectStore | None = None) -> Any:
+    adopt(store)
+    dataset = delta_table(path, version).to_pyarrow_dataset()
     fragment = list(dataset.get_fragments())[index]
     table = fragment.to_table(schema=dataset.schema)
     return _to_pandas(_tag(table, f"{path}@v{version}"))
@@ -187,7 +195,8 @@ class DaskEngine(Engine):
 
         frame = dd.from_map(
             _decode_task, list(files), fmt=fmt, types=dict(types), extra=extra_columns,
-            csv=csv, meta=self._meta(output_schema(types)), enforce_metadata=False,
+            csv=csv, store=for_workers(list(files)), meta=self._meta(output_schema(types)),
+            enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
 
@@ -197,7 +206,7 @@ class DaskEngine(Engine):
 
         unified = unified_parquet_schema(files)
         frame = dd.from_map(
-            _parquet_task, list(files), schema=unified,
+            _parquet_task, list(files), schema=unified, store=for_workers(list(files)),
             meta=self._meta(_tagged_schema(unified)), enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
@@ -205,16 +214,15 @@ class DaskEngine(Engine):
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
         """One read task per data file of the table at ``version``."""
         import dask.dataframe as dd
-        from deltalake import DeltaTable
 
-        dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+        dataset = delta_table(path, version).to_pyarrow_dataset()
         count = len(list(dataset.get_fragments()))
         schema = _tagged_schema(dataset.schema)
         if count == 0:
             return nw.from_native(dd.from_pandas(self._meta(schema), npartitions=1))
         frame = dd.from_map(
             _delta_task, list(range(count)), path=path, version=version,
-            meta=self._meta(schema), enforce_metadata=False,
+            store=for_workers(path), meta=self._meta(schema), enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
 

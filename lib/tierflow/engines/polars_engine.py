@@ -17,6 +17,7 @@ from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, WriteResult
 from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions, decode_to_table
+from tierflow.storage import polars_options
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -62,16 +63,18 @@ class PolarsEngine(Engine):
         # Files written before a column was added lack it: scan with the union of schemas.
         unified = pl.DataFrame(unified_parquet_schema(files).empty_table()).schema
         frame = pl.scan_parquet(
-            list(files), schema=unified, missing_columns="insert", include_file_paths=META_FILE
-        )
+            list(files), schema=unified, missing_columns="insert", include_file_paths=META_FILE,
+            storage_options=polars_options(files[0]),
+        )  # fmt: skip
         return nw.from_native(frame.with_columns(pl.lit(None, pl.Int64).alias(META_RECORD)))
 
     def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
         """Scan the table at ``version`` through delta-rs's Arrow dataset."""
         import polars as pl
-        from deltalake import DeltaTable
 
-        dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+        from tierflow.storage import delta_table
+
+        dataset = delta_table(path, version).to_pyarrow_dataset()
         frame = pl.scan_pyarrow_dataset(dataset).with_columns(
             pl.lit(f"{path}@v{version}").alias(META_FILE), pl.lit(None, pl.Int64).alias(META_RECORD)
         )

@@ -27,13 +27,20 @@ from tierflow.io.textdecode import (
     decode_file,
     output_schema,
 )
+from tierflow.storage import ObjectStore, adopt, for_workers
 
 log = logging.getLogger(__name__)
 
 
 def _decode_partition(
-    batches: Iterator[Any], fmt: str, types: dict[str, str], extra: ExtraPolicy, csv: CsvOptions
+    batches: Iterator[Any],
+    fmt: str,
+    types: dict[str, str],
+    extra: ExtraPolicy,
+    csv: CsvOptions,
+    store: ObjectStore | None = None,
 ) -> Iterator[Any]:
+    adopt(store)
     for batch in batches:
         for path in batch.column(0).to_pylist():
             yield from decode_file(path, fmt, types, extra_columns=extra, csv=csv)
@@ -64,12 +71,14 @@ class SparkEngine(Engine):
     def __init__(self, options: EngineOptions) -> None:
         from pyspark.sql import SparkSession
 
-        from tierflow.spark import get_spark
+        from tierflow.spark import apply_object_store, get_spark
 
         # A session someone else started (a notebook's, a test's) is used, never stopped.
         existing = options.spark_session or SparkSession.getActiveSession()
         self._owned = existing is None
         self.spark = existing or get_spark("tierflow-job", master=options.spark_master)
+        if existing is not None:
+            apply_object_store(self.spark)
 
     def describe(self) -> str:
         """``spark (master, version)``."""
@@ -92,8 +101,9 @@ class SparkEngine(Engine):
             "path string"
         )
         decode = functools.partial(
-            _decode_partition, fmt=fmt, types=dict(types), extra=extra_columns, csv=csv
-        )
+            _decode_partition, fmt=fmt, types=dict(types), extra=extra_columns, csv=csv,
+            store=for_workers(list(files)),
+        )  # fmt: skip
         return nw.from_native(paths.mapInArrow(decode, schema))
 
     def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
@@ -255,6 +265,10 @@ class SparkEngine(Engine):
         return WriteResult(path, "delta", sink.mode, rows, metrics["version"], details)
 
     def _write_parquet(self, native: Any, sink: SinkConfig, path: str) -> WriteResult:
+        if is_uri(path):
+            # No footers to count from without listing the store: count the output.
+            native = native.persist()
+            rows = native.count()
         _, before = _parquet_rows(path)
         writer = native.write
         if sink.partition_by:
@@ -264,9 +278,12 @@ class SparkEngine(Engine):
         else:
             writer = writer.mode("append" if sink.mode == "append" else "overwrite")
         writer.parquet(path)
-        rows, _ = _parquet_rows(path, None if sink.mode == "overwrite" else before)
-        if sink.mode == "overwrite_partitions":
-            rows = native.count()
+        if not is_uri(path):
+            rows, _ = _parquet_rows(path, None if sink.mode == "overwrite" else before)
+            if sink.mode == "overwrite_partitions":
+                rows = native.count()
+        else:
+            native.unpersist()
         return WriteResult(path, "parquet", sink.mode, rows)
 
     def close(self) -> None:

@@ -70,9 +70,9 @@ def partition_predicate(columns: Sequence[str], values: Iterable[Sequence[Any]])
 
 
 def _delta_exists(path: str) -> bool:
-    from deltalake import DeltaTable
+    from tierflow.storage import is_delta_table
 
-    return DeltaTable.is_deltatable(path)
+    return is_delta_table(path)
 
 
 def write_delta(
@@ -95,9 +95,13 @@ def write_delta(
             the output (computed by the engine before the stream is consumed).
         commit_metadata: Stored as the commit's ``userMetadata``.
     """
-    from deltalake import CommitProperties, DeltaTable, write_deltalake
+    from deltalake import CommitProperties, write_deltalake
     from deltalake.exceptions import DeltaError
 
+    from tierflow.storage import delta_path, delta_table, storage_options
+
+    options = storage_options(path)
+    target = delta_path(path)
     counter = _Counter(batches)
     commit = (
         CommitProperties(custom_metadata={"userMetadata": commit_metadata})
@@ -114,7 +118,7 @@ def write_delta(
         if sink.mode == "merge" and exists:
             predicate = " AND ".join(f"t.{k} = s.{k}" for k in sink.merge_keys)
             metrics = (
-                DeltaTable(path)
+                delta_table(path)
                 .merge(
                     _reader(schema, counter),
                     predicate=predicate,
@@ -137,38 +141,41 @@ def write_delta(
             predicate = partition_predicate(sink.partition_by, partition_values())
             details = {"replaced": predicate}
             write_deltalake(
-                path,
+                target,
                 _reader(schema, counter),
                 mode="overwrite",
                 predicate=predicate,
                 partition_by=partition_by,
                 schema_mode=schema_mode,
                 commit_properties=commit,
+                storage_options=options,
             )
         elif sink.mode in ("append", "merge"):
             write_deltalake(
-                path,
+                target,
                 _reader(schema, counter),
                 mode="append",
                 partition_by=partition_by,
                 schema_mode=schema_mode,
                 commit_properties=commit,
+                storage_options=options,
             )
         else:
             write_deltalake(
-                path,
+                target,
                 _reader(schema, counter),
                 mode="overwrite",
                 partition_by=partition_by,
                 schema_mode=schema_mode,
                 commit_properties=commit,
+                storage_options=options,
             )
     except DeltaError as exc:
         message = str(exc)
         if "schema" in message.lower():
             raise SchemaMismatchError(f"{path}: {message}") from exc
         raise
-    version = DeltaTable(path).version()
+    version = delta_table(path).version()
     return WriteResult(path, "delta", sink.mode, counter.rows, version, details)
 
 
@@ -222,12 +229,12 @@ def check_schema(existing: pa.Schema | None, new: pa.Schema, sink: SinkConfig, p
 def existing_schema(path: str, fmt: str) -> pa.Schema | None:
     """The schema of the table at ``path``, or None when there is no table yet."""
     if fmt == "delta":
-        from deltalake import DeltaTable
+        from tierflow.storage import delta_table, is_delta_table
 
-        if not DeltaTable.is_deltatable(path):
+        if not is_delta_table(path):
             return None
         # delta-rs returns an arro3 schema; pyarrow reads it through the C interface.
-        return pa.schema(DeltaTable(path).schema().to_arrow())
+        return pa.schema(delta_table(path).schema().to_arrow())
     if is_uri(path) or not Path(path).exists():
         return None
     files = sorted(Path(path).rglob("*.parquet"))
@@ -240,10 +247,13 @@ def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
     """The union of the files' schemas (files written before a column was added lack it)."""
     import pyarrow.parquet as pq
 
+    from tierflow.storage import arrow_location
+
     schemas = []
     seen = set()
     for file in files:
-        schema = pq.read_schema(file).remove_metadata()
+        filesystem, inner = arrow_location(file)
+        schema = pq.read_schema(inner, filesystem=filesystem).remove_metadata()
         key = schema.to_string()
         if key not in seen:
             seen.add(key)
@@ -276,14 +286,18 @@ def write_parquet(
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)
     else:
+        from tierflow.storage import arrow_location
+
         behavior = (
             "delete_matching"
             if sink.mode in ("overwrite_partitions", "overwrite")
             else "overwrite_or_ignore"
         )
+        filesystem, base = arrow_location(path)
         pads.write_dataset(
-            _reader(schema, counter), path, format="parquet", partitioning=partitioning,
+            _reader(schema, counter), base, format="parquet", partitioning=partitioning,
             basename_template=f"part-{token}-{{i}}.parquet", existing_data_behavior=behavior,
+            filesystem=filesystem,
         )  # fmt: skip
     return WriteResult(path, "parquet", sink.mode, counter.rows)
 

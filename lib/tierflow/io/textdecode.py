@@ -246,9 +246,15 @@ def typed_batch(
 
 
 def _open(path: str) -> Any:
-    filesystem, inner = (
-        pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    )
+    from tierflow.storage import arrow_location, is_object_uri
+
+    if is_object_uri(path):
+        filesystem, inner = arrow_location(path)
+        assert filesystem is not None
+    elif "://" in path:
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+    else:
+        filesystem, inner = pafs.LocalFileSystem(), path
     return filesystem.open_input_stream(inner)
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tierflow.config.jobs import SourceConfig, is_uri
 from tierflow.errors import TierflowError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 # Bytes in memory per byte on disk for text formats (Arrow columns against text): CSV
 # holds numbers as text, so it shrinks a little; JSON lines repeat every key per row.
@@ -53,19 +57,7 @@ def _locate(path: str, data_dir: Path) -> str:
 
 def _expand(location: str, fmt: str) -> list[str]:
     if is_uri(location):
-        import pyarrow.fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(location)
-        info = filesystem.get_file_info(inner)
-        if info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(inner, recursive=True)
-            scheme = location.split("://", 1)[0]
-            return sorted(
-                f"{scheme}://{i.path}"
-                for i in filesystem.get_file_info(selector)
-                if i.type == pafs.FileType.File and i.path.endswith(f".{fmt}")
-            )
-        return [location] if info.type == pafs.FileType.File else []
+        return _expand_remote(location, fmt)
     path = Path(location)
     if path.is_dir():
         suffix = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}[fmt]
@@ -74,13 +66,44 @@ def _expand(location: str, fmt: str) -> list[str]:
     return sorted(p for p in glob.glob(location, recursive=True) if Path(p).is_file())  # noqa: PTH207
 
 
+def _remote(location: str) -> tuple[pafs.FileSystem, str]:
+    import pyarrow.fs as pafs
+
+    from tierflow.storage import arrow_location
+
+    filesystem, inner = arrow_location(location)
+    if filesystem is None:
+        filesystem, inner = pafs.FileSystem.from_uri(location)
+    return filesystem, inner
+
+
+def _expand_remote(location: str, fmt: str) -> list[str]:
+    """A file or a folder of files (no globs) in an object store, as URIs."""
+    import pyarrow.fs as pafs
+
+    filesystem, inner = _remote(location)
+    try:
+        info = filesystem.get_file_info(inner)
+    except OSError as exc:
+        raise SourceError(f"{location}: {exc}") from None
+    scheme = location.split("://", 1)[0]
+    if info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(inner, recursive=True)
+        return sorted(
+            f"{scheme}://{i.path}"
+            for i in filesystem.get_file_info(selector)
+            if i.type == pafs.FileType.File
+            and i.path.endswith(f".{fmt}")
+            and not i.base_name.startswith((".", "_"))
+        )
+    return [location] if info.type == pafs.FileType.File else []
+
+
 def _size(files: list[str]) -> int:
     total = 0
     for file in files:
         if is_uri(file):
-            import pyarrow.fs as pafs
-
-            filesystem, inner = pafs.FileSystem.from_uri(file)
+            filesystem, inner = _remote(file)
             total += filesystem.get_file_info(inner).size or 0
         else:
             total += Path(file).stat().st_size
@@ -93,7 +116,12 @@ def _parquet_footers(files: list[str]) -> tuple[int, int, int]:
 
     rows = uncompressed = on_disk = 0
     for file in files:
-        meta = pq.read_metadata(file)
+        if is_uri(file):
+            filesystem, inner = _remote(file)
+            with filesystem.open_input_file(inner) as handle:
+                meta = pq.read_metadata(handle)
+        else:
+            meta = pq.read_metadata(file)
         rows += meta.num_rows
         uncompressed += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         on_disk += _size([file])
@@ -151,18 +179,19 @@ def resolve_source(name: str, config: SourceConfig, data_dir: Path) -> ResolvedS
 
 
 def _resolve_delta(name: str, config: SourceConfig, location: str) -> ResolvedSource:
-    from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
+    from tierflow.storage import delta_table
+
     try:
-        table = DeltaTable(location)
+        table = delta_table(location)
         if config.version is not None:
             table.load_as_version(config.version)
         elif config.timestamp is not None:
             table.load_as_version(config.timestamp)
     except TableNotFoundError:
         raise SourceError(f"source {name!r}: no Delta table at {location}") from None
-    except DeltaError as exc:
+    except (DeltaError, OSError) as exc:
         raise SourceError(f"source {name!r}: {location}: {exc}") from None
     import pyarrow as pa
 

@@ -1,4 +1,4 @@
-"""Local services (Kafka, Redis, Spark standalone, Dask, Ray), real and on loopback.
+"""Local services (Kafka, Redis, Spark standalone, Dask, Ray, MinIO), real and on loopback.
 
 ``SERVICE_NAMES`` is the one list of services; :func:`service_class` is the one place
 that maps a name to its implementation, imported only when asked for.
@@ -13,7 +13,7 @@ from tierflow.errors import ServiceError
 if TYPE_CHECKING:
     from tierflow.services.base import LocalService
 
-SERVICE_NAMES: tuple[str, ...] = ("kafka", "redis", "spark", "dask", "ray")
+SERVICE_NAMES: tuple[str, ...] = ("kafka", "redis", "spark", "dask", "ray", "minio")
 
 
 def service_class(name: str) -> type[LocalService]:
@@ -42,4 +42,8 @@ def service_class(name: str) -> type[LocalService]:
         from tierflow.services.ray import RayHeadService
 
         return RayHeadService
+    if name == "minio":
+        from tierflow.services.minio import MinioService
+
+        return MinioService
     raise ServiceError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
