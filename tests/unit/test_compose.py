@@ -69,6 +69,8 @@ def test_the_cluster_has_every_service(resolved: dict[str, Any]) -> None:
     assert {"spark-master", "spark-worker-1", "spark-worker-2"} <= set(services)
     assert {"ray-head", "ray-worker", "dask-scheduler", "dask-worker", "redis"} <= set(services)
     assert {"features-1", "features-2", "credentials", "kafka-setup"} <= set(services)
+    assert {"minio", "minio-setup"} <= set(services)
+    assert services["minio"]["image"].startswith("minio/minio:")
     assert services["kafka-1"]["image"].startswith("apache/kafka:")
     assert services["spark-master"]["build"]["target"] == "spark"
 
@@ -88,6 +90,11 @@ def test_the_services_are_secure_by_default(resolved: dict[str, Any]) -> None:
     spark_start = (PROJECT / "docker" / "spark-start.sh").read_text()
     assert "spark.master.rest.enabled=false" in spark_start
     assert "spark.authenticate=true" in spark_start
+    minio_start = (PROJECT / "docker" / "minio-start.sh").read_text()
+    assert "MINIO_BROWSER=off" in minio_start
+    assert "ports" not in services["minio"]  # the S3 API stays inside the cluster
+    minio_setup = (PROJECT / "docker" / "minio-setup.sh").read_text()
+    assert "mc admin policy attach store tierflow-tables" in minio_setup
     kafka_start = (PROJECT / "docker" / "kafka-start.sh").read_text()
     for setting in (
         "SASL_SSL://",
@@ -111,8 +118,10 @@ def test_the_cluster_profile_parses() -> None:
     assert streaming.topic_replication_factor == 3
     project = load_model(ProjectConfig, folder / "tierflow.yaml")
     assert project.online_store.kind == "redis"
+    assert project.object_store.endpoint_url == "http://minio:9000"
     # What the compose file gives the daemons matches what the profile asks for.
     compose_file = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
     env = compose_file["x-tierflow"]["environment"]
     assert env["TIERFLOW_PROFILE"] == "cluster"
     assert env["TIERFLOW_KAFKA_PASSWORD_FILE"].startswith("/credentials/")
+    assert env["TIERFLOW_S3_SECRET_ACCESS_KEY_FILE"].endswith("/minio-tierflow.password")

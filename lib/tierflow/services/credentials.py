@@ -22,9 +22,15 @@ from tierflow.secrets import write_secret_file
 KAFKA_ADMIN_USER = "admin"  # the brokers' own (inter-broker) user, super user
 KAFKA_CLIENT_USER = "tierflow"  # what jobs and daemons use, limited by ACLs
 REDIS_USER = "tierflow"
+MINIO_USER = "tierflow"  # the compose cluster's MinIO user, limited to the tables' bucket
 #: The generated passwords: Kafka's two SCRAM users, Redis's user, Spark's shared secret,
-#: Ray's token (the local Ray service keeps its own; clusters use this one).
-PASSWORDS = ("kafka-admin", "kafka-tierflow", "redis-tierflow", "spark", "ray")
+#: Ray's token (the local Ray service keeps its own; clusters use this one), and the
+#: compose cluster's MinIO keys, its root's and the tierflow user's (the local MinIO
+#: service keeps its own pair).
+PASSWORDS = (
+    "kafka-admin", "kafka-tierflow", "redis-tierflow", "spark", "ray", "minio-admin",
+    "minio-tierflow",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,11 @@ class ServiceCredentials:
     def ca_key(self) -> Path:
         """The CA's key (only used to sign the certificates below)."""
         return self.folder / "ca-key.pem"
+
+    @property
+    def minio_key_id(self) -> Path:
+        """The access key id of :data:`MINIO_USER` (its secret: ``minio-tierflow``)."""
+        return self.folder / "minio-tierflow.id"
 
     @property
     def server_cert(self) -> Path:
@@ -110,6 +121,8 @@ class ServiceCredentials:
             _write_leaf(self, "tierflow-client", host, (), self.client_cert, self.client_key)
         if not self.redis_acl.exists():
             write_secret_file(self.redis_acl, redis_acl_lines(self.password("redis-tierflow")))
+        if not self.minio_key_id.exists():
+            write_secret_file(self.minio_key_id, MINIO_USER)
 
 
 def share_with_group(folder: Path, gid: int) -> None:
