@@ -354,6 +354,7 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
 
 def _features(args: argparse.Namespace, project: Any) -> int:
     from tierflow.engines import create_engine
+    from tierflow.storage import locate
 
     if args.command == "serve":
         return _serve(args, project)
@@ -377,18 +378,13 @@ def _features(args: argparse.Namespace, project: Any) -> int:
                 _engine_options(args),
             )
             try:
-                out = (
-                    config.path
-                    if Path(config.path).is_absolute()
-                    else str(project.data_dir / config.path)
-                )
+                out = locate(config.path, project.data_dir)
                 snap = training.build(config, views, engine, project.data_dir, out_path=out)
             finally:
                 engine.close()
         else:
             engine = create_engine(args.engine or "single", _engine_options(args))
-            path = args.path if Path(args.path).is_absolute() else str(project.data_dir / args.path)
-            out = args.out if Path(args.out).is_absolute() else str(project.data_dir / args.out)
+            path, out = locate(args.path, project.data_dir), locate(args.out, project.data_dir)
             try:
                 snap = training.rebuild(
                     path, engine, project.data_dir, out_path=out, version=args.version
@@ -434,11 +430,9 @@ def _features(args: argparse.Namespace, project: Any) -> int:
 
 def _table(args: argparse.Namespace, data_dir: Path) -> int:
     from tierflow import tables
-    from tierflow.config.jobs import is_uri
+    from tierflow.storage import locate
 
-    path = args.path
-    if not (is_uri(path) or Path(path).is_absolute()):
-        path = str(data_dir / path)
+    path = locate(args.path, data_dir)
     if args.action == "history":
         for entry in tables.history(path, args.limit):
             print(json.dumps(entry, default=str))

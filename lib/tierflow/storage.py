@@ -23,6 +23,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tierflow.errors import ConfigError
@@ -245,3 +246,10 @@ def polars_options(path: str) -> dict[str, str] | None:
     """Polars' ``storage_options`` for ``path`` (object_store's keys, lower case)."""
     options = storage_options(path)
     return {k.lower(): v for k, v in options.items()} if options else None
+
+
+def locate(path: str, base: Path) -> str:
+    """``path`` as given when it is an ``s3://`` URI or absolute, else under ``base``."""
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str(base / path)

@@ -142,6 +142,27 @@ def test_pipeline_trains_the_transformer_split_across_two_workers(
     assert_close_curves(piped["losses"], single["losses"])
 
 
+@pytest.mark.minio
+def test_a_snapshot_in_object_storage_trains_the_same_model(
+    baselines, data: Path, ray_env: dict[str, str], minio, object_store: str
+) -> None:
+    """The snapshot read from MinIO by Ray Data's tasks (which get the store's settings
+    with the work: the Ray head was started without them) gives the same model."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from tierflow import storage
+
+    snapshot = f"{object_store}/gold/snap"
+    local = DeltaTable(str(data / "gold" / "snap")).to_pyarrow_table()
+    write_deltalake(snapshot, local, storage_options=storage.storage_options(snapshot))
+    remote = train(data, ray_env | minio.client_env(), "mlp_ddp_s3", strategy="ddp",
+                   snapshot={"path": snapshot, "version": 0})  # fmt: skip
+    assert remote["metrics"]["rows"] == baselines["ddp"]["metrics"]["rows"]
+    assert_close_curves(remote["losses"], baselines["ddp"]["losses"])
+    for name, weight in baselines["ddp"]["weights"].items():
+        assert np.allclose(remote["weights"][name], weight, rtol=1e-5, atol=1e-7), name
+
+
 def training_worker_pids(env: dict[str, str]) -> list[int]:
     """PIDs of the live Ray Train workers, from Ray's state API (``ray list actors``)."""
     listed = subprocess.run(

@@ -105,9 +105,9 @@ def build(
 
 def read_recipe(path: str, version: int | None = None) -> dict[str, Any]:
     """The recipe recorded with a snapshot version (the latest by default)."""
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table
 
-    table = DeltaTable(path)
+    table = delta_table(path)
     wanted = table.version() if version is None else version
     for entry in table.history():
         if entry.get("version") == wanted:

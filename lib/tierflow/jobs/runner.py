@@ -24,7 +24,7 @@ from typing import Any
 
 import narwhals as nw
 
-from tierflow.config.jobs import JobConfig, SinkConfig, SourceConfig, is_uri
+from tierflow.config.jobs import JobConfig, SinkConfig, SourceConfig
 from tierflow.engines.base import Engine
 from tierflow.errors import TierflowError
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions
@@ -51,9 +51,9 @@ class RunContext:
 
     def locate(self, path: str) -> str:
         """A sink or quarantine path made absolute against the data folder."""
-        if is_uri(path) or Path(path).is_absolute():
-            return path
-        return str(self.data_dir / path)
+        from tierflow.storage import locate
+
+        return locate(path, self.data_dir)
 
 
 class StageLog:

@@ -50,9 +50,9 @@ class ResolvedSource:
 
 
 def _locate(path: str, data_dir: Path) -> str:
-    if is_uri(path) or Path(path).is_absolute():
-        return path
-    return str(data_dir / path)
+    from tierflow.storage import locate
+
+    return locate(path, data_dir)
 
 
 def _expand(location: str, fmt: str) -> list[str]:

@@ -117,15 +117,14 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
 
 
 def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
-    from deltalake import DeltaTable
-
+    from tierflow.storage import delta_table, locate
     from tierflow.train.data import prepare, snapshot_version, training_columns
     from tierflow.train.runner import plan_for
 
-    path = str(project.data_dir / config.snapshot.path)
+    path = locate(config.snapshot.path, project.data_dir)
     version = snapshot_version(path, config.snapshot.version)
     columns = training_columns(config)
-    table = DeltaTable(path, version=version).to_pyarrow_table(columns=columns)
+    table = delta_table(path, version).to_pyarrow_table(columns=columns)
     splits = prepare(table, config, version)
     gpus = 0
     try:

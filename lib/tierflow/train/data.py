@@ -111,16 +111,28 @@ def snapshot_version(path: str, version: int | None) -> int:
     """The version to read: the configured one, else the newest (to be recorded)."""
     if version is not None:
         return version
-    from deltalake import DeltaTable
+    from tierflow.storage import delta_table
 
-    return int(DeltaTable(path).version())
+    return int(delta_table(path).version())
 
 
 def read_snapshot(path: str, version: int, columns: list[str]) -> pa.Table:
     """The snapshot's columns at ``version``, read by Ray Data."""
     import ray.data
 
-    dataset = ray.data.read_delta(path, version=version, columns=columns)
+    import pyarrow.fs as pafs
+
+    from tierflow.storage import arrow_location, delta_path, storage_options
+
+    # Read tasks run on the cluster: they get the store's settings with the work. The
+    # dataset's file paths are relative to the table, so the filesystem is rooted there.
+    filesystem, root = arrow_location(path)
+    if filesystem is not None:
+        filesystem = pafs.SubTreeFileSystem(root, filesystem)
+    dataset = ray.data.read_delta(
+        delta_path(path), version=version, columns=columns,
+        storage_options=storage_options(path), filesystem=filesystem,
+    )  # fmt: skip
     return pa.concat_tables(
         [pa.Table.from_pandas(b) if not isinstance(b, pa.Table) else b
          for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None)]

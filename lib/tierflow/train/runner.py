@@ -149,12 +149,13 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from tierflow.storage import locate
     from tierflow.train.data import prepare, read_snapshot, snapshot_version, training_columns
     from tierflow.train.loop import META_FILE, STATE_FILE, train_loop
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    path = str(data_dir / config.snapshot.path)
+    path = locate(config.snapshot.path, data_dir)
     storage = Path(config.storage_path)
     storage = storage if storage.is_absolute() else data_dir / storage
     folder = storage / config.name
