@@ -46,7 +46,8 @@ class StreamingConfig(FrozenModel):
     request_timeout_ms: Annotated[int, Field(ge=1000, le=600_000)] = 30_000
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 28400  # 0: any free port
-    event_log_dir: Annotated[str, Field(min_length=1)] = "events"  # under the data folder
+    # Under the data folder unless absolute or an s3:// URI.
+    event_log_dir: Annotated[str, Field(min_length=1)] = "events"
     event_log_batch_records: Annotated[int, Field(ge=1)] = 20_000
     event_log_interval_s: Annotated[float, Field(gt=0)] = 5.0
 

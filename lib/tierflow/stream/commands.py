@@ -141,14 +141,15 @@ def _stream(args: argparse.Namespace, project: Project, config: StreamingConfig)
 def _event_log(args: argparse.Namespace, project: Project, config: StreamingConfig) -> int:
     import signal
 
+    from tierflow.storage import locate
     from tierflow.stream.eventlog import EventLogger
 
     views = [v for v in project.feature_views().values() if v.source.topic == args.topic]
     if not views:
         raise ConfigError(f"no feature view reads topic {args.topic!r}")
-    path = args.path or str(project.data_dir / config.event_log_dir / args.topic.replace(".", "_"))
-    if not Path(path).is_absolute() and "://" not in path:
-        path = str(project.data_dir / path)
+    # Joined as text: the folder may be an s3:// URI, which Path would mangle.
+    default = f"{config.event_log_dir.rstrip('/')}/{args.topic.replace('.', '_')}"
+    path = locate(args.path or default, project.data_dir)
     logger = EventLogger(
         config.topic_prefix + args.topic,
         views,
@@ -168,13 +169,14 @@ def read_table(path: str) -> Any:
     """A Delta table (newest version) or Parquet files, as Arrow."""
     import pyarrow.dataset as ds
 
-    if (Path(path) / "_delta_log").is_dir():
-        from deltalake import DeltaTable
+    from tierflow.storage import arrow_location, delta_table, is_delta_table, is_object_uri
 
-        return DeltaTable(path).to_pyarrow_table()
-    if not Path(path).exists():
+    if is_delta_table(path):
+        return delta_table(path).to_pyarrow_table()
+    if not is_object_uri(path) and not Path(path).exists():
         raise ConfigError(f"no table at {path}")
-    return ds.dataset(path, format="parquet").to_table()
+    filesystem, inner = arrow_location(path)
+    return ds.dataset(inner, format="parquet", filesystem=filesystem).to_table()
 
 
 def ensure_topic(
@@ -197,6 +199,7 @@ def ensure_topic(
 
 
 def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig) -> int:
+    from tierflow.storage import locate
     from tierflow.stream.replay import replay
 
     readers = [v for v in project.feature_views().values() if v.source.topic == args.topic]
@@ -205,7 +208,7 @@ def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig)
     if not keys or not time_column:
         raise ConfigError(f"no feature view reads topic {args.topic!r}: give --key and --time")
     data_dir = Path(args.data_dir) if args.data_dir else project.data_dir
-    path = args.table if Path(args.table).is_absolute() else str(data_dir / args.table)
+    path = locate(args.table, data_dir)
     bootstrap = bootstrap_servers(project, config, args.bootstrap)
     topic = config.topic_prefix + args.topic
     ensure_topic(bootstrap, topic, args.partitions, config.topic_replication_factor)

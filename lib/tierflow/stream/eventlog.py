@@ -64,11 +64,12 @@ class EventLogger:
 
     def _versions(self, partitions: Sequence[int]) -> dict[int, int | None]:
         """Each partition's logged offset (its txn version), from one read of the log."""
-        from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        from tierflow.storage import delta_table
+
         try:
-            table = DeltaTable(self.path)
+            table = delta_table(self.path)
         except TableNotFoundError:
             return dict.fromkeys(partitions)
         return {p: table.transaction_version(app_id(self.topic, p)) for p in partitions}
@@ -152,6 +153,8 @@ class EventLogger:
         """One Delta commit with the pending events and every partition's next offset."""
         from deltalake import CommitProperties, Transaction, write_deltalake
 
+        from tierflow.storage import delta_path, storage_options
+
         if not self.unflushed:
             return
         table = pa.concat_tables(self.pending)
@@ -159,12 +162,13 @@ class EventLogger:
         txns = [Transaction(app_id(self.topic, p), o) for p, o in done.items()]
         # Even a batch of poison only is committed: its txn versions move on.
         write_deltalake(
-            self.path,
+            delta_path(self.path),
             table.rename_columns(
                 ["_kafka_offset" if c == OFFSET else c for c in table.column_names]
             ),
             mode="append",
             commit_properties=CommitProperties(app_transactions=txns),
+            storage_options=storage_options(self.path),
         )
         self.logged += table.num_rows
         self.pending = []

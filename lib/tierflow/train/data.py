@@ -118,9 +118,8 @@ def snapshot_version(path: str, version: int | None) -> int:
 
 def read_snapshot(path: str, version: int, columns: list[str]) -> pa.Table:
     """The snapshot's columns at ``version``, read by Ray Data."""
-    import ray.data
-
     import pyarrow.fs as pafs
+    import ray.data
 
     from tierflow.storage import arrow_location, delta_path, storage_options
 
