@@ -186,3 +186,58 @@ def test_the_store_refuses_clients_without_the_right_keys(minio, object_store, t
     assert (
         "TIERFLOW_S3_ACCESS_KEY_ID is set but TIERFLOW_S3_SECRET_ACCESS_KEY is not" in done.stderr
     )
+
+
+@pytest.mark.kafka
+def test_replay_from_and_event_log_into_the_store(
+    minio, object_store, kafka_bootstrap, unique_name, tmp_path
+):
+    """`tierflow replay` reads a table on the store; `tierflow event-log` appends the
+    topic to a Delta table on the store, each offset once."""
+    import signal
+    import time
+
+    from deltalake import write_deltalake
+
+    from tierflow.examples.flights import flights_table
+    from tierflow.project import Project
+
+    topic = Project.load().feature_views()["carrier_delays"].source.topic
+    source = f"{object_store}/silver/flights"
+    write_deltalake(source, flights_table((1,)), storage_options=storage.storage_options(source))
+    env = os.environ | minio.client_env() | {
+        "TIERFLOW_STREAM_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TIERFLOW_STREAM_TOPIC_PREFIX": unique_name("s3") + ".",
+        "TIERFLOW_STREAM_GROUP_ID": unique_name("group"),
+        "TIERFLOW_STREAM_EVENT_LOG_INTERVAL_S": "1",
+    }  # fmt: skip
+    replay = subprocess.run(
+        [TIERFLOW, "replay", source, "--topic", topic, "--limit", "3000", "--partitions", "2",
+         "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    sent = int(replay.stdout.split()[1].replace(",", ""))
+    assert sent == 3000
+
+    log = f"{object_store}/events/arrivals"
+    output = tmp_path / "event-log.out"
+    logger = subprocess.Popen(
+        [TIERFLOW, "event-log", "--topic", topic, "--path", log, "--data-dir", str(tmp_path)],
+        env=env, stdout=output.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if storage.is_delta_table(log) and len(s3_rows(log)) >= sent:
+                break
+            time.sleep(1)
+    finally:
+        logger.send_signal(signal.SIGTERM)
+        logger.wait(timeout=60)
+    assert logger.returncode == 0, output.read_text()[-3000:]
+    logged = pa.table(storage.delta_table(log).to_pyarrow_table())
+    assert logged.num_rows == sent
+    offsets = set(zip(logged["_kafka_partition"].to_pylist(), logged["_kafka_offset"].to_pylist(),
+                      strict=True))  # fmt: skip
+    assert len(offsets) == sent
