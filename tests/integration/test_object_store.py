@@ -49,6 +49,18 @@ def write_job(folder: Path, name: str, doc: dict) -> str:
     return str(path)
 
 
+def csv_job(folder: Path, name: str, sink: dict, quarantine: dict) -> tuple[Path, str]:
+    """The rows CSV in ``folder/data/raw`` and a job reading it into ``sink``."""
+    data = folder / "data"
+    (data / "raw").mkdir(parents=True)
+    (data / "raw" / "rows.csv").write_text(CSV)
+    job = write_job(folder, name, {
+        "sources": {"rows": {"format": "csv", "path": "raw/rows.csv", "columns": COLUMNS}},
+        "sink": sink, "quarantine": quarantine,
+    })  # fmt: skip
+    return data, job
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_jobs_read_and_write_tables_on_the_store(
     engine, object_store, tmp_path, spark, dask_scheduler
@@ -106,15 +118,11 @@ def test_jobs_read_and_write_tables_on_the_store(
 def test_command_line_jobs_and_table_maintenance_on_the_store(minio, object_store, tmp_path):
     """`tierflow run` and `tierflow table` in a fresh process that knows the store only
     from its environment (what `tierflow services env minio` prints)."""
-    data = tmp_path / "data"
-    (data / "raw").mkdir(parents=True)
-    (data / "raw" / "rows.csv").write_text(CSV)
     table = f"{object_store}/cli/rows"
-    job = write_job(tmp_path, "cli_rows", {
-        "sources": {"rows": {"format": "csv", "path": "raw/rows.csv", "columns": COLUMNS}},
-        "sink": {"format": "delta", "path": table, "mode": "append"},
-        "quarantine": {"path": f"{object_store}/cli/_quarantine", "max_bad_fraction": 0.5},
-    })  # fmt: skip
+    data, job = csv_job(
+        tmp_path, "cli_rows", {"format": "delta", "path": table, "mode": "append"},
+        {"path": f"{object_store}/cli/_quarantine", "max_bad_fraction": 0.5},
+    )  # fmt: skip
     env = os.environ | minio.client_env() | {"TIERFLOW_DATA_DIR": str(data),
                                             "TIERFLOW_LOGS_DIR": str(tmp_path / "logs")}  # fmt: skip
     for _ in range(2):
@@ -152,15 +160,10 @@ def test_the_store_refuses_clients_without_the_right_keys(minio, object_store, t
     with pytest.raises(OSError, match=r"(?i)access ?denied|forbidden"):
         anonymous.get_file_info(pafs.FileSelector(bucket))
 
-    data = tmp_path / "data"
-    (data / "raw").mkdir(parents=True)
-    (data / "raw" / "rows.csv").write_text(CSV)
     table = f"{object_store}/refused/rows"
-    job = write_job(tmp_path, "refused", {
-        "sources": {"rows": {"format": "csv", "path": "raw/rows.csv", "columns": COLUMNS}},
-        "sink": {"format": "delta", "path": table},
-        "quarantine": {"max_bad_fraction": 0.5},
-    })  # fmt: skip
+    data, job = csv_job(
+        tmp_path, "refused", {"format": "delta", "path": table}, {"max_bad_fraction": 0.5}
+    )
     wrong = tmp_path / "wrong-secret"
     wrong.write_text("not-the-secret\n")
     env = os.environ | minio.client_env() | {
