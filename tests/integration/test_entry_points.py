@@ -131,9 +131,12 @@ def test_spark_submit_writes_the_same_table_as_tierflow_run(example_data, tmp_pa
         [sys.executable, "scripts/build_dist.py"], cwd=PROJECT, check=True, capture_output=True
     )
     master = spark_cluster.endpoints()["master"]
+    # A few thousand rows: Spark's default of 200 shuffle partitions would make every
+    # stage 200 tasks on the worker's 2 cores (102 s for the job instead of 51 s).
     result = tierflow(
         "spark-submit", "--master", master, "--total-executor-cores", "2", "--executor-memory", "1g",
-        "--py-files", "dist/tierflow.zip", "jobs/run.py", "orders_clean", "--data-dir", str(submitted),
+        "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
+        "jobs/run.py", "orders_clean", "--data-dir", str(submitted),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "succeeded" in result.stdout
