@@ -140,12 +140,9 @@ class Project:
         from tierflow.profile import profile_frame, render_html
 
         if fmt is None:
-            from tierflow.config.jobs import is_uri
-            from tierflow.storage import is_delta_table
+            from tierflow.storage import is_delta_table, locate
 
-            absolute = is_uri(table) or Path(table).is_absolute()
-            location = table if absolute else str(self.data_dir / table)
-            fmt = "delta" if is_delta_table(location) else "parquet"
+            fmt = "delta" if is_delta_table(locate(table, self.data_dir)) else "parquet"
         source = resolve_source("table", SourceConfig(format=fmt, path=table), self.data_dir)  # type: ignore[arg-type]
         memory = machine_memory()
         recommended, reason, limit = choose_engine(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -211,25 +212,33 @@ def get_spark(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    if auth is None:
+    with _driver_properties(auth):
         spark = builder.getOrCreate()
-        apply_object_store(spark)
-        return spark
-    # Read by the spark-submit that pyspark runs to start the driver's JVM; only for
-    # this start, so that a later session of this process adds no second file.
+    apply_object_store(spark)
+    return spark
+
+
+@contextmanager
+def _driver_properties(auth: SparkAuth | None) -> Iterator[None]:
+    """Give the driver's start the secret's properties file, for that start only.
+
+    pyspark runs spark-submit to start the driver's JVM and reads its arguments from
+    ``PYSPARK_SUBMIT_ARGS``; restored afterwards, so a later session adds no second file.
+    """
+    if auth is None:
+        yield
+        return
     before = os.environ.get("PYSPARK_SUBMIT_ARGS")
     os.environ["PYSPARK_SUBMIT_ARGS"] = (
         f"--properties-file {auth.properties_file} {before or 'pyspark-shell'}"
     )
     try:
-        spark = builder.getOrCreate()
+        yield
     finally:
         if before is None:
             del os.environ["PYSPARK_SUBMIT_ARGS"]
         else:
             os.environ["PYSPARK_SUBMIT_ARGS"] = before
-    apply_object_store(spark)
-    return spark
 
 
 def spark_submit_command(

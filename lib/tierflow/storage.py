@@ -218,10 +218,16 @@ def is_delta_table(path: str) -> bool:
 def arrow_location(path: str) -> tuple[pafs.FileSystem | None, str]:
     """``(filesystem, path)`` for pyarrow: the store's S3 filesystem for ``s3://``.
 
-    Local paths come back with no filesystem (pyarrow's default, the local one).
+    Other URIs get pyarrow's own filesystem for their scheme; local paths come back with
+    no filesystem (pyarrow's default, the local one).
     """
     if is_object_uri(path):
         return current().arrow_filesystem(), split_uri(path)
+    if "://" in path:
+        import pyarrow.fs as pafs
+
+        filesystem, inner = pafs.FileSystem.from_uri(path)
+        return filesystem, inner
     return None, path
 
 

@@ -265,11 +265,14 @@ class SparkEngine(Engine):
         return WriteResult(path, "delta", sink.mode, rows, metrics["version"], details)
 
     def _write_parquet(self, native: Any, sink: SinkConfig, path: str) -> WriteResult:
-        if is_uri(path):
-            # No footers to count from without listing the store: count the output.
+        remote = is_uri(path)
+        if remote:
+            # No local footers to count from: count the output itself, persisted so that
+            # the write does not compute it a second time.
             native = native.persist()
             rows = native.count()
-        _, before = _parquet_rows(path)
+        else:
+            _, before = _parquet_rows(path)
         writer = native.write
         if sink.partition_by:
             writer = writer.partitionBy(*sink.partition_by)
@@ -278,12 +281,12 @@ class SparkEngine(Engine):
         else:
             writer = writer.mode("append" if sink.mode == "append" else "overwrite")
         writer.parquet(path)
-        if not is_uri(path):
-            rows, _ = _parquet_rows(path, None if sink.mode == "overwrite" else before)
-            if sink.mode == "overwrite_partitions":
-                rows = native.count()
-        else:
+        if remote:
             native.unpersist()
+        elif sink.mode == "overwrite_partitions":
+            rows = native.count()
+        else:
+            rows, _ = _parquet_rows(path, None if sink.mode == "overwrite" else before)
         return WriteResult(path, "parquet", sink.mode, rows)
 
     def close(self) -> None:

@@ -246,16 +246,10 @@ def typed_batch(
 
 
 def _open(path: str) -> Any:
-    from tierflow.storage import arrow_location, is_object_uri
+    from tierflow.storage import arrow_location
 
-    if is_object_uri(path):
-        filesystem, inner = arrow_location(path)
-        assert filesystem is not None
-    elif "://" in path:
-        filesystem, inner = pafs.FileSystem.from_uri(path)
-    else:
-        filesystem, inner = pafs.LocalFileSystem(), path
-    return filesystem.open_input_stream(inner)
+    filesystem, inner = arrow_location(path)
+    return (filesystem or pafs.LocalFileSystem()).open_input_stream(inner)
 
 
 def _csv_header(path: str, delimiter: str) -> list[str]:

@@ -10,13 +10,10 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tierflow.config.jobs import SourceConfig, is_uri
 from tierflow.errors import TierflowError
-
-if TYPE_CHECKING:
-    import pyarrow.fs as pafs
+from tierflow.storage import arrow_location, locate
 
 # Bytes in memory per byte on disk for text formats (Arrow columns against text): CSV
 # holds numbers as text, so it shrinks a little; JSON lines repeat every key per row.
@@ -49,12 +46,6 @@ class ResolvedSource:
         return f"{self.location}@v{self.version}" if self.version is not None else self.location
 
 
-def _locate(path: str, data_dir: Path) -> str:
-    from tierflow.storage import locate
-
-    return locate(path, data_dir)
-
-
 def _expand(location: str, fmt: str) -> list[str]:
     if is_uri(location):
         return _expand_remote(location, fmt)
@@ -66,22 +57,12 @@ def _expand(location: str, fmt: str) -> list[str]:
     return sorted(p for p in glob.glob(location, recursive=True) if Path(p).is_file())  # noqa: PTH207
 
 
-def _remote(location: str) -> tuple[pafs.FileSystem, str]:
-    import pyarrow.fs as pafs
-
-    from tierflow.storage import arrow_location
-
-    filesystem, inner = arrow_location(location)
-    if filesystem is None:
-        filesystem, inner = pafs.FileSystem.from_uri(location)
-    return filesystem, inner
-
-
 def _expand_remote(location: str, fmt: str) -> list[str]:
     """A file or a folder of files (no globs) in an object store, as URIs."""
     import pyarrow.fs as pafs
 
-    filesystem, inner = _remote(location)
+    filesystem, inner = arrow_location(location)
+    assert filesystem is not None
     try:
         info = filesystem.get_file_info(inner)
     except OSError as exc:
@@ -103,7 +84,8 @@ def _size(files: list[str]) -> int:
     total = 0
     for file in files:
         if is_uri(file):
-            filesystem, inner = _remote(file)
+            filesystem, inner = arrow_location(file)
+            assert filesystem is not None
             total += filesystem.get_file_info(inner).size or 0
         else:
             total += Path(file).stat().st_size
@@ -116,12 +98,8 @@ def _parquet_footers(files: list[str]) -> tuple[int, int, int]:
 
     rows = uncompressed = on_disk = 0
     for file in files:
-        if is_uri(file):
-            filesystem, inner = _remote(file)
-            with filesystem.open_input_file(inner) as handle:
-                meta = pq.read_metadata(handle)
-        else:
-            meta = pq.read_metadata(file)
+        filesystem, inner = arrow_location(file)
+        meta = pq.read_metadata(inner, filesystem=filesystem)
         rows += meta.num_rows
         uncompressed += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
         on_disk += _size([file])
@@ -153,7 +131,7 @@ def resolve_source(name: str, config: SourceConfig, data_dir: Path) -> ResolvedS
     Raises:
         SourceError: nothing matches the path, or the Delta table/version does not exist.
     """
-    location = _locate(config.path, data_dir)
+    location = locate(config.path, data_dir)
     if config.format == "delta":
         return _resolve_delta(name, config, location)
     files = _expand(location, config.format)
