@@ -99,3 +99,20 @@ def kafka_options(connection: KafkaConnection | str) -> dict[str, Any]:
     if isinstance(connection, str):
         connection = KafkaConnection(connection)
     return connection.options()
+
+
+def failover_errors() -> tuple[type[Exception], ...]:
+    """What kafka-python raises while a lost broker's partitions move to new leaders.
+
+    A call that fails with one of these is worth making again a moment later: the
+    metadata may still name the lost broker (``UnknownBrokerIdError``), its connection
+    may be timing out, or no leader may answer yet.
+    """
+    from kafka.errors import (
+        KafkaConnectionError,
+        KafkaTimeoutError,
+        NodeNotReadyError,
+        UnknownBrokerIdError,
+    )
+
+    return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, UnknownBrokerIdError)

@@ -636,16 +636,17 @@ class FeatureDaemon:
 
     def _end_offset(self, reader: Any, target: Any, patience_s: float = 180.0) -> int:
         """The partition's end offset, waiting out a leader failover (a broker just lost)."""
-        from kafka.errors import KafkaTimeoutError
+        from tierflow.stream.connection import failover_errors
 
         deadline = time.monotonic() + patience_s
         while True:
             try:
                 return int(reader.end_offsets([target])[target])
-            except KafkaTimeoutError:
+            except failover_errors():
                 if time.monotonic() > deadline:
                     raise
                 log.warning("no leader answers for %s yet; asking again", target)
+                time.sleep(0.5)
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
         """Note new partitions; they are loaded after the poll returns.

@@ -11,6 +11,7 @@ which is what the daemons' freshness is measured from.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -22,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tierflow.stores.base import entity_key
-from tierflow.stream.connection import KafkaConnection, kafka_options
+from tierflow.stream.connection import KafkaConnection, failover_errors, kafka_options
 
 _CHUNK = 10_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,39 @@ def event_messages(
             yield key, value, times[i]
 
 
+#: How long a producer keeps trying to bootstrap while brokers fail over.
+BOOTSTRAP_PATIENCE_S = 180.0
+
+
+def _producer(bootstrap_servers: KafkaConnection | str) -> Any:
+    """An idempotent producer, tried again while no bootstrap server answers.
+
+    Right after a broker host is lost, one bootstrap attempt can spend its whole timeout
+    on that host and on brokers still electing new leaders; the next attempt, a little
+    later, reaches a live one (the daemon waits out a failover the same way).
+    """
+    from kafka import KafkaProducer
+
+    deadline = time.monotonic() + BOOTSTRAP_PATIENCE_S
+    while True:
+        try:
+            return KafkaProducer(
+                **kafka_options(bootstrap_servers),
+                acks="all",
+                # A retried batch (a broker lost mid-send) is written once, not twice.
+                enable_idempotence=True,
+                linger_ms=20,
+                batch_size=256 * 1024,
+                compression_type=None,
+                request_timeout_ms=15_000,
+            )
+        except failover_errors():
+            if time.monotonic() > deadline:
+                raise
+            log.warning("no Kafka bootstrap server answered; trying again")
+            time.sleep(2)
+
+
 def replay(
     table: pa.Table,
     topic: str,
@@ -88,8 +123,6 @@ def replay(
     progress: Any = None,
 ) -> ReplayResult:
     """Produce ``table``'s rows to ``topic`` in event-time order (see the module doc)."""
-    from kafka import KafkaProducer
-
     missing = [c for c in [*keys, time_column] if c not in table.column_names]
     if missing:
         raise ValueError(
@@ -99,16 +132,7 @@ def replay(
     rows, skipped = ordered(table, time_column)
     if limit is not None:
         rows = rows.slice(0, limit)
-    producer = KafkaProducer(
-        **kafka_options(bootstrap_servers),
-        acks="all",
-        # A retried batch (a broker lost mid-send) is written once, not twice.
-        enable_idempotence=True,
-        linger_ms=20,
-        batch_size=256 * 1024,
-        compression_type=None,
-        request_timeout_ms=15_000,
-    )
+    producer = _producer(bootstrap_servers)
     # The first send would otherwise wait for the topic's metadata after its slot in the
     # schedule had started, and the next messages would go early to catch up.
     producer.partitions_for(topic)
