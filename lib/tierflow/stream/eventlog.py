@@ -60,7 +60,7 @@ class EventLogger:
         self.poison = 0
         self._consumer: Any = None
         self._last_flush = time.monotonic()
-        self._seeks: list[tuple[Any, int | None]] = []
+        self._to_resume: list[Any] = []  # assigned, not yet sought to the table's offset
 
     def _versions(self, partitions: Sequence[int]) -> dict[int, int | None]:
         """Each partition's logged offset (its txn version), from one read of the log."""
@@ -101,11 +101,11 @@ class EventLogger:
                 if max_seconds is not None and time.monotonic() - began > max_seconds:
                     break
                 records = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms)
-                waiting = {tp for tp, _ in self._seeks}
+                waiting = set(self._to_resume)
                 for tp, messages in records.items():
                     if tp.partition in self.assigned and tp not in waiting:
                         self._take(tp.partition, messages)
-                self._seek_assigned()
+                self._resume_assigned()
                 if self._due():
                     self.flush()
                     self._commit_kafka()
@@ -193,33 +193,38 @@ class EventLogger:
         except KafkaError as exc:
             log.warning("kafka commit failed", extra={"error": repr(exc)})
 
-    def _seek_assigned(self) -> None:
-        while self._seeks:
-            tp, version = self._seeks.pop(0)
+    def _resume_assigned(self) -> None:
+        """Seek each newly assigned partition to the table's transaction version."""
+        if not self._to_resume:
+            return
+        resuming, self._to_resume = self._to_resume, []
+        versions = self._versions([tp.partition for tp in resuming])
+        for tp in resuming:
+            version = versions[tp.partition]
+            self.next_offsets.pop(tp.partition, None)
             if version is None:
                 self._consumer.seek_to_beginning(tp)
             else:
+                self.next_offsets[tp.partition] = version
                 self._consumer.seek(tp, version)
+            self.assigned.add(tp.partition)
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
-        """Resume each partition from the table's transaction version.
+        """Note new partitions; they are resumed after the poll returns.
 
-        Rebalance callbacks run on kafka-python's network thread, where no blocking
-        client call may be made: the seeks happen after the poll returns.
+        kafka-python runs rebalance callbacks on its network thread, which also sends
+        the heartbeats: reading the table there (a round of requests to an object store)
+        could outlast the session and cost the membership. Until the table has been
+        read, what is fetched for these partitions is dropped.
         """
-        versions = self._versions([tp.partition for tp in assigned])
-        for tp in assigned:
-            version = versions[tp.partition]
-            self.assigned.add(tp.partition)
-            self.next_offsets.pop(tp.partition, None)
-            if version is not None:
-                self.next_offsets[tp.partition] = version
-            self._seeks.append((tp, version))
+        self._to_resume.extend(tp for tp in assigned if tp not in self._to_resume)
 
     def on_revoked(self, revoked: Sequence[Any]) -> None:
         """Write what is pending to the table before the partitions move."""
         self.flush()
         for tp in revoked:
+            if tp in self._to_resume:
+                self._to_resume.remove(tp)
             self.assigned.discard(tp.partition)
             self.next_offsets.pop(tp.partition, None)
 
