@@ -173,6 +173,20 @@ def training_worker_pids(env: dict[str, str]) -> list[int]:
     return [int(actor["pid"]) for actor in json.loads(listed.stdout)]
 
 
+def checkpoint_registered(run_folder: Path) -> bool:
+    """Whether Ray Train's controller has taken a checkpoint in, not only a worker written one.
+
+    A worker writes its checkpoint folder before it reports it; a restart resumes only
+    from what the controller has registered, which it records in this snapshot.
+    """
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
+    try:
+        state = json.loads(snapshot.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or half written
+        return False
+    return state.get("latest_checkpoint_result") is not None
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_result(
     baselines, data: Path, ray_env: dict[str, str]
 ) -> None:
@@ -186,7 +200,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_result(
     )  # fmt: skip
     run_folder = data / "models" / name / "ray"
     deadline = time.monotonic() + 240
-    while not list(run_folder.glob("checkpoint_*/meta.json")):
+    while not checkpoint_registered(run_folder):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
 
@@ -227,10 +241,9 @@ def test_a_run_started_again_resumes_from_its_storage_path(
     )  # fmt: skip
     run_folder = data / "models" / name / "ray"
     deadline = time.monotonic() + 240
-    while not list(run_folder.glob("checkpoint_*/meta.json")):
+    while not checkpoint_registered(run_folder):
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    time.sleep(1)
     first.send_signal(signal.SIGKILL)  # the whole run: driver, and so its workers
     first.wait()
     again = subprocess.run(
