@@ -275,6 +275,93 @@ def test_parity_with_batch_on_flights(  # noqa: PLR0915
     store.close()
 
 
+def test_event_loggers_sharing_a_topic_log_each_offset_once_through_a_rebalance_and_a_kill(  # noqa: PLR0915
+    views, kafka_bootstrap: str, unique_name, tmp_path: Path
+) -> None:
+    """Two loggers in one group while events arrive: B joining takes partitions from A
+    (a rebalance with A's batch unwritten), then A is killed mid-batch and B takes the
+    rest; the table holds every offset of the topic once."""
+    import deltalake
+
+    view = views["carrier_delays"]
+    prefix = unique_name("evlog") + "."
+    topic = prefix + view.source.topic
+    data = tmp_path / "data"
+    deltalake.write_deltalake(str(data / "silver" / "flights"), flights_table((1,)))
+    env = os.environ | {
+        "TIERFLOW_STREAM_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TIERFLOW_STREAM_TOPIC_PREFIX": prefix,
+        "TIERFLOW_STREAM_GROUP_ID": unique_name("group"),
+        "TIERFLOW_STREAM_SESSION_TIMEOUT_MS": "6000",
+        "TIERFLOW_STREAM_POLL_TIMEOUT_MS": "100",
+        "TIERFLOW_STREAM_EVENT_LOG_INTERVAL_S": "1",
+    }  # fmt: skip
+    # Paced, so that both loggers join and one dies while events are still arriving.
+    replay = subprocess.Popen(
+        [TIERFLOW, "replay", "silver/flights", "--topic", view.source.topic, "--partitions", "4",
+         "--limit", "8000", "--rate", "400", "--data-dir", str(data)],
+        cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    command = [TIERFLOW, "event-log", "--topic", view.source.topic, "--data-dir", str(data)]
+    outputs = [tmp_path / "a.out", tmp_path / "b.out"]
+    loggers: list[subprocess.Popen[bytes]] = []
+
+    def wait_for_a_commit(index: int) -> None:
+        deadline = time.monotonic() + 90
+        while "event log commit" not in outputs[index].read_text(errors="replace"):
+            assert loggers[index].poll() is None, outputs[index].read_text()[-3000:]
+            assert time.monotonic() < deadline, outputs[index].read_text()[-3000:]
+            time.sleep(0.2)
+
+    log_path = data / "events" / view.source.topic.replace(".", "_")
+    try:
+        # The loggers subscribe once replay has made the topic (a subscription to a topic
+        # that does not exist yet would have the broker make it with its default layout).
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        deadline = time.monotonic() + 60
+        while topic not in admin.list_topics():
+            assert replay.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        admin.close()
+        for output in outputs:
+            loggers.append(subprocess.Popen(
+                command, cwd=PROJECT, env=env, stdout=output.open("wb"),
+                stderr=subprocess.STDOUT, start_new_session=True,
+            ))  # fmt: skip
+            wait_for_a_commit(len(loggers) - 1)  # B's first commit: it holds partitions
+        assert replay.poll() is None, "the events should still be arriving"
+        loggers[0].kill()  # A, mid-batch: what it had not committed is read again by B
+        loggers[0].wait()
+        out, err = replay.communicate(timeout=120)
+        assert replay.returncode == 0, err.decode()[-3000:]
+        sent = int(out.decode().split()[1].replace(",", ""))
+        assert sent == 8000
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if log_path.exists() and read_table(log_path).num_rows >= sent:
+                break
+            time.sleep(1)
+    finally:
+        for logger in loggers:
+            if logger.poll() is None:
+                logger.send_signal(signal.SIGTERM)
+        if replay.poll() is None:
+            replay.kill()
+        for logger in loggers:
+            logger.wait(timeout=60)
+    assert loggers[1].returncode == 0, outputs[1].read_text()[-3000:]
+    assert "logged" in outputs[1].read_text()
+
+    logged = read_table(log_path)
+    pairs = list(zip(logged["_kafka_partition"].to_pylist(), logged["_kafka_offset"].to_pylist(),
+                     strict=True))  # fmt: skip
+    assert len(pairs) == len(set(pairs)) == sent  # none doubled
+    ends = end_offsets(kafka_bootstrap, topic)
+    assert set(pairs) == {(p, o) for p, end in ends.items() for o in range(end)}  # none lost
+
+
 # --- crash test ---------------------------------------------------------------------------
 
 

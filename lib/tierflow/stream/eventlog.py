@@ -220,13 +220,30 @@ class EventLogger:
         self._to_resume.extend(tp for tp in assigned if tp not in self._to_resume)
 
     def on_revoked(self, revoked: Sequence[Any]) -> None:
-        """Write what is pending to the table before the partitions move."""
-        self.flush()
+        """Drop what is pending for the revoked partitions; write nothing for them again.
+
+        Their next owner reads them again from the table's transaction versions. Writing
+        here instead would block the network thread for a commit to the table, and a
+        commit that outlasted the session would land after the next owner had read the
+        versions: those events would be logged twice.
+        """
+        import pyarrow.compute as pc
+
+        gone = {tp.partition for tp in revoked}
         for tp in revoked:
             if tp in self._to_resume:
                 self._to_resume.remove(tp)
-            self.assigned.discard(tp.partition)
-            self.next_offsets.pop(tp.partition, None)
+        lost = pa.array(sorted(gone), pa.int32())
+        pending = [t.filter(pc.invert(pc.is_in(t[PARTITION], lost))) for t in self.pending]
+        dropped = sum(t.num_rows for t in self.pending) - sum(t.num_rows for t in pending)
+        self.pending = pending
+        self.assigned -= gone
+        self.unflushed -= gone
+        for partition in gone:
+            self.next_offsets.pop(partition, None)
+        if dropped:
+            log.info("revoked partitions: pending events left to their next owner",
+                     extra={"partitions": sorted(gone), "events": dropped})  # fmt: skip
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
