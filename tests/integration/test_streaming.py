@@ -29,6 +29,7 @@ from tierflow.config.features import FeatureViewConfig
 from tierflow.examples.flights import flights_table
 from tierflow.paths import ProjectPaths
 from tierflow.project import Project
+from tierflow.storage import is_delta_table
 from tierflow.stores.base import OnlineStore
 from tierflow.stores.redis_store import RedisOnlineStore
 from tierflow.stores.sqlite_store import SQLiteOnlineStore
@@ -191,7 +192,16 @@ def flights_events(months: tuple[int, ...], view: FeatureViewConfig) -> pa.Table
 # --- parity -------------------------------------------------------------------------------
 
 
-def test_parity_with_batch_on_flights(  # noqa: PLR0915
+def wait_for_rows(table: Path, rows: int, timeout: float = 120) -> None:
+    """Until the Delta table at ``table`` holds ``rows`` rows (the asserts come after)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_delta_table(str(table)) and read_table(table).num_rows >= rows:
+            return
+        time.sleep(1)
+
+
+def test_parity_with_batch_on_flights(
     daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name, tmp_path: Path
 ) -> None:
     view = views["carrier_delays"]
@@ -231,14 +241,7 @@ def test_parity_with_batch_on_flights(  # noqa: PLR0915
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health").read())
         summary = daemons.stop(0)
         log_path = data / "events" / f"{view.source.topic.replace('.', '_')}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if read_table(log_path).num_rows >= sent:
-                    break
-            except Exception:  # noqa: S110 - the table may not exist yet
-                pass
-            time.sleep(1)
+        wait_for_rows(log_path, sent)
     finally:
         logger.send_signal(signal.SIGTERM)
         assert logger.wait(timeout=60) == 0, log_out.read_text()[-3000:]
@@ -338,11 +341,7 @@ def test_event_loggers_sharing_a_topic_log_each_offset_once_through_a_rebalance_
         assert replay.returncode == 0, err.decode()[-3000:]
         sent = int(out.decode().split()[1].replace(",", ""))
         assert sent == 8000
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if log_path.exists() and read_table(log_path).num_rows >= sent:
-                break
-            time.sleep(1)
+        wait_for_rows(log_path, sent)
     finally:
         for logger in loggers:
             if logger.poll() is None:

@@ -9,12 +9,17 @@ for a PLAINTEXT connection, so code and tests against the loopback profile stay 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tierflow.errors import ConfigError
 from tierflow.secrets import require_secret
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -101,12 +106,13 @@ def kafka_options(connection: KafkaConnection | str) -> dict[str, Any]:
     return connection.options()
 
 
-def failover_errors() -> tuple[type[Exception], ...]:
-    """What kafka-python raises while a lost broker's partitions move to new leaders.
+def through_failover(call: Callable[[], T], what: str, *, patience_s: float = 180.0,
+                     pause_s: float = 0.5) -> T:  # fmt: skip
+    """``call()``, made again while a lost broker's partitions move to new leaders.
 
-    A call that fails with one of these is worth making again a moment later: the
-    metadata may still name the lost broker (``UnknownBrokerIdError``), its connection
-    may be timing out, or no leader may answer yet.
+    Right after a broker is lost, the metadata may still name it (``UnknownBrokerIdError``),
+    its connections may be timing out, or no leader may answer yet; the same call a moment
+    later reaches a live broker. Other errors, and these after ``patience_s``, are raised.
     """
     from kafka.errors import (
         KafkaConnectionError,
@@ -115,4 +121,13 @@ def failover_errors() -> tuple[type[Exception], ...]:
         UnknownBrokerIdError,
     )
 
-    return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, UnknownBrokerIdError)
+    failover = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, UnknownBrokerIdError)
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return call()
+        except failover:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("no broker answers for %s yet; asking again", what)
+            time.sleep(pause_s)

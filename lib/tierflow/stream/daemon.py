@@ -634,19 +634,11 @@ class FeatureDaemon:
                             found.add(offset)
         return found
 
-    def _end_offset(self, reader: Any, target: Any, patience_s: float = 180.0) -> int:
+    def _end_offset(self, reader: Any, target: Any) -> int:
         """The partition's end offset, waiting out a leader failover (a broker just lost)."""
-        from tierflow.stream.connection import failover_errors
+        from tierflow.stream.connection import through_failover
 
-        deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                return int(reader.end_offsets([target])[target])
-            except failover_errors():
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("no leader answers for %s yet; asking again", target)
-                time.sleep(0.5)
+        return through_failover(lambda: int(reader.end_offsets([target])[target]), str(target))
 
     def on_assigned(self, assigned: Sequence[Any]) -> None:
         """Note new partitions; they are loaded after the poll returns.

@@ -101,9 +101,9 @@ class EventLogger:
                 if max_seconds is not None and time.monotonic() - began > max_seconds:
                     break
                 records = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms)
-                waiting = set(self._to_resume)
                 for tp, messages in records.items():
-                    if tp.partition in self.assigned and tp not in waiting:
+                    # A partition enters `assigned` once sought to the table's offset.
+                    if tp.partition in self.assigned:
                         self._take(tp.partition, messages)
                 self._resume_assigned()
                 if self._due():
@@ -201,8 +201,8 @@ class EventLogger:
         versions = self._versions([tp.partition for tp in resuming])
         for tp in resuming:
             version = versions[tp.partition]
-            self.next_offsets.pop(tp.partition, None)
             if version is None:
+                self.next_offsets.pop(tp.partition, None)
                 self._consumer.seek_to_beginning(tp)
             else:
                 self.next_offsets[tp.partition] = version

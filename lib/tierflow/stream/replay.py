@@ -11,7 +11,6 @@ which is what the daemons' freshness is measured from.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -23,10 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tierflow.stores.base import entity_key
-from tierflow.stream.connection import KafkaConnection, failover_errors, kafka_options
+from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 _CHUNK = 10_000
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,37 +75,28 @@ def event_messages(
             yield key, value, times[i]
 
 
-#: How long a producer keeps trying to bootstrap while brokers fail over.
-BOOTSTRAP_PATIENCE_S = 180.0
-
-
 def _producer(bootstrap_servers: KafkaConnection | str) -> Any:
-    """An idempotent producer, tried again while no bootstrap server answers.
+    """An idempotent producer; its bootstrap is tried again while brokers fail over.
 
     Right after a broker host is lost, one bootstrap attempt can spend its whole timeout
-    on that host and on brokers still electing new leaders; the next attempt, a little
-    later, reaches a live one (the daemon waits out a failover the same way).
+    on that host and on brokers still electing new leaders; a later one reaches a live one.
     """
     from kafka import KafkaProducer
 
-    deadline = time.monotonic() + BOOTSTRAP_PATIENCE_S
-    while True:
-        try:
-            return KafkaProducer(
-                **kafka_options(bootstrap_servers),
-                acks="all",
-                # A retried batch (a broker lost mid-send) is written once, not twice.
-                enable_idempotence=True,
-                linger_ms=20,
-                batch_size=256 * 1024,
-                compression_type=None,
-                request_timeout_ms=15_000,
-            )
-        except failover_errors():
-            if time.monotonic() > deadline:
-                raise
-            log.warning("no Kafka bootstrap server answered; trying again")
-            time.sleep(2)
+    return through_failover(
+        lambda: KafkaProducer(
+            **kafka_options(bootstrap_servers),
+            acks="all",
+            # A retried batch (a broker lost mid-send) is written once, not twice.
+            enable_idempotence=True,
+            linger_ms=20,
+            batch_size=256 * 1024,
+            compression_type=None,
+            request_timeout_ms=15_000,
+        ),
+        "a bootstrap",
+        pause_s=2.0,
+    )
 
 
 def replay(
