@@ -164,7 +164,8 @@ def tpch_q9(
         )
         .select(
             nw.col("n_name").alias("nation"),
-            nw.col("o_orderdate").dt.year().alias("o_year"),
+            # The year type differs by engine (Polars Int32, pandas Int64): one type for all.
+            nw.col("o_orderdate").dt.year().cast(nw.Int64).alias("o_year"),
             (nw.col("volume") - nw.col("ps_supplycost") * nw.col("l_quantity")).alias("amount"),
         )
         .group_by("nation", "o_year")

@@ -22,7 +22,7 @@ def create_engine(name: EngineName, options: EngineOptions | None = None) -> Eng
     if name == "single":
         from tierflow.engines.polars_engine import PolarsEngine
 
-        return PolarsEngine()
+        return PolarsEngine(options)
     if name == "dask":
         from tierflow.engines.dask_engine import DaskEngine
 

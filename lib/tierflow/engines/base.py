@@ -45,6 +45,11 @@ class EngineOptions:
     spark_master: str | None = None
     spark_session: Any = None
     workers: int | None = None
+    #: Bytes the planner found this job may use on this machine (the single-node tier
+    #: spills frames it must keep above a quarter of it).
+    memory_budget: int | None = None
+    #: Estimated in-memory bytes of the job's inputs (sizes Spark's shuffle partitions).
+    input_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,12 +82,17 @@ class Engine(ABC):
         """Decode CSV/JSON lines with :mod:`tierflow.io.textdecode`, one unit of work per file."""
 
     @abstractmethod
-    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
-        """Read Parquet files; ``_tf_file`` is each row's file, ``_tf_record`` null."""
+    def read_parquet(self, files: Sequence[str], *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """Read Parquet files (the union of their schemas).
+
+        With ``lineage``, ``_tf_file`` is each row's file and ``_tf_record`` null (rows that
+        may be quarantined say where they came from). Without, only the files' columns, in
+        the engine's own fastest scan, so projections and filters reach the files.
+        """
 
     @abstractmethod
-    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
-        """Read a Delta table at ``version``; ``_tf_file`` is ``path@vN``, ``_tf_record`` null."""
+    def read_delta(self, path: str, version: int, *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """Read a Delta table at ``version``; with ``lineage``, ``_tf_file`` is ``path@vN``."""
 
     @abstractmethod
     def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
@@ -93,8 +103,14 @@ class Engine(ABC):
         """Run a SQL statement over named frames."""
 
     @abstractmethod
-    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
-        """Compute ``frame`` once and keep it, so several actions do not recompute it."""
+    def persist(
+        self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None
+    ) -> nw.LazyFrame[Any]:
+        """Compute ``frame`` once and keep it, so several actions do not recompute it.
+
+        ``size_hint`` is the planner's estimate of its in-memory bytes: an engine that
+        would hold it in one process's memory keeps a large frame on disk instead.
+        """
 
     def release(self, frame: nw.LazyFrame[Any]) -> None:  # noqa: B027 - optional hook
         """Drop what :meth:`persist` kept (default: nothing to do)."""

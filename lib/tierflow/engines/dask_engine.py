@@ -92,12 +92,20 @@ def _parquet_task(path: str, schema: Any, store: ObjectStore | None = None) -> A
     return _to_pandas(_tag(pa.Table.from_arrays(columns, schema=schema), path))
 
 
-def _delta_task(index: int, path: str, version: int, store: ObjectStore | None = None) -> Any:
+def _delta_task(
+    index: int, path: str, version: int, lineage: bool, store: ObjectStore | None = None
+) -> Any:
     adopt(store)
     dataset = delta_table(path, version).to_pyarrow_dataset()
     fragment = list(dataset.get_fragments())[index]
     table = fragment.to_table(schema=dataset.schema)
-    return _to_pandas(_tag(table, f"{path}@v{version}"))
+    return _to_pandas(_tag(table, f"{path}@v{version}") if lineage else table)
+
+
+def _arrow_dtype(arrow_type: Any) -> Any:
+    import pandas as pd
+
+    return pd.ArrowDtype(arrow_type)
 
 
 def _hash_partition(frame: Any, columns: list[str], seed: int, name: str) -> Any:
@@ -160,8 +168,13 @@ class DaskEngine(Engine):
         from distributed import Client, LocalCluster
 
         self._cluster = None
+        self._owned = True
         if options.dask_scheduler:
-            self.client = Client(options.dask_scheduler, set_as_default=True)
+            # A client of this process already connected to that scheduler (a notebook's,
+            # a service's) is used, never closed: connecting again costs a handshake.
+            existing = _connected_client(options.dask_scheduler)
+            self._owned = existing is None
+            self.client = existing or Client(options.dask_scheduler, set_as_default=True)
         else:
             workers = options.workers or os.cpu_count() or 2
             self._cluster = LocalCluster(
@@ -200,28 +213,55 @@ class DaskEngine(Engine):
         )  # fmt: skip
         return nw.from_native(frame)
 
-    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
-        """One read task per file, tagging rows with their file."""
+    def read_parquet(self, files: Sequence[str], *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """``dd.read_parquet`` (dask-expr's optimiser); with lineage, one tagging task per file."""
         import dask.dataframe as dd
 
         unified = unified_parquet_schema(files)
+        store = for_workers(list(files))
+        if not lineage:
+            # dask-expr pushes the transform's projections and filters into this scan and
+            # combines small files into partitions. Arrow dtypes, like every other frame
+            # of this engine; the union of the files' schemas, like the other engines.
+            paths, filesystem = list(files), None
+            if store is not None:  # an object store: pyarrow's filesystem, paths inside it
+                filesystem = arrow_location(files[0])[0]
+                paths = [arrow_location(f)[1] for f in files]
+            return nw.from_native(
+                dd.read_parquet(
+                    paths,
+                    dtype_backend="pyarrow",
+                    arrow_to_pandas={"types_mapper": _arrow_dtype},
+                    dataset={"schema": unified},
+                    **({"filesystem": filesystem} if filesystem is not None else {}),
+                )
+            )
         frame = dd.from_map(
-            _parquet_task, list(files), schema=unified, store=for_workers(list(files)),
+            _parquet_task, list(files), schema=unified, store=store,
             meta=self._meta(_tagged_schema(unified)), enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
 
-    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
-        """One read task per data file of the table at ``version``."""
+    def read_delta(self, path: str, version: int, *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """The table's files at ``version``.
+
+        Through ``dd.read_parquet`` when no partition column lives in folder names (and
+        without lineage), else one read task per file.
+        """
         import dask.dataframe as dd
 
-        dataset = delta_table(path, version).to_pyarrow_dataset()
+        table = delta_table(path, version)
+        if not lineage and not table.metadata().partition_columns:
+            files = table.file_uris()
+            if files:
+                return self.read_parquet(files, lineage=False)
+        dataset = table.to_pyarrow_dataset()
         count = len(list(dataset.get_fragments()))
-        schema = _tagged_schema(dataset.schema)
+        schema = _tagged_schema(dataset.schema) if lineage else dataset.schema
         if count == 0:
             return nw.from_native(dd.from_pandas(self._meta(schema), npartitions=1))
         frame = dd.from_map(
-            _delta_task, list(range(count)), path=path, version=version,
+            _delta_task, list(range(count)), path=path, version=version, lineage=lineage,
             store=for_workers(path), meta=self._meta(schema), enforce_metadata=False,
         )  # fmt: skip
         return nw.from_native(frame)
@@ -276,9 +316,13 @@ class DaskEngine(Engine):
         )
         return nw.from_native(dd.from_pandas(_to_pandas(table), npartitions=partitions))
 
-    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
-        """Persist on the workers' memory (recomputed from its graph if a worker dies)."""
+    def persist(
+        self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None
+    ) -> nw.LazyFrame[Any]:
+        """Persist on the workers (they spill to disk; recomputed if a worker dies)."""
         from distributed import wait
+
+        del size_hint  # the workers spill on their own
 
         native = self.client.persist(frame.to_native())
         wait(native)
@@ -367,10 +411,23 @@ class DaskEngine(Engine):
         )  # fmt: skip
 
     def close(self) -> None:
-        """Close the client, and the LocalCluster if this engine started it."""
-        self.client.close()
+        """Close the client if this engine made it, and the LocalCluster if it started it."""
+        if self._owned:
+            self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def _connected_client(address: str) -> Any:
+    """This process's default client when it is connected to ``address``, else None."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    connected = client.status == "running" and client.scheduler.address == address
+    return client if connected else None
 
 
 def pd_isna(value: Any) -> bool:

@@ -1,23 +1,41 @@
-"""The single-node tier: Polars, in this process.
+"""The single-node tier: Polars' streaming engine, in this process, out of core.
 
 Polars rather than pandas: it is multi-threaded, lazy (projections and filters are pushed
-into the Parquet scan), Arrow-native (no copy into and out of Delta) and far lighter on
-memory than pandas for the same frame. SQL steps run in DuckDB over the same Arrow data.
+into the Parquet scan), Arrow-native (no copy into and out of Delta) and its streaming
+engine processes data larger than memory in batches. Nothing here collects a large frame:
+
+- the output is computed by the streaming engine and handed to the Delta/Parquet writer
+  batch by batch (the same writer as the Dask tier);
+- a frame read more than once (a source under a contract) is kept in memory only while
+  it is small; a large one is streamed to a scratch Parquet file and scanned from there;
+- SQL steps run in DuckDB on a database file of its own (it spills to disk): sources read
+  straight from Parquet files are scanned by DuckDB itself, other frames are streamed in,
+  and the result is written to a scratch Parquet file that Polars scans lazily.
+
+Scratch files live in a temporary folder that :meth:`PolarsEngine.close` removes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import narwhals as nw
 
-from tierflow.config.jobs import ExtraPolicy, SinkConfig
-from tierflow.engines.base import HASH_SEPARATOR, Engine, WriteResult
+from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
+from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
 from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions, decode_to_table
 from tierflow.storage import polars_options
+
+#: Without a memory budget from the planner, frames above this are spilled, not kept.
+_DEFAULT_SPILL_BYTES = 2 * 1024**3
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -30,10 +48,30 @@ def _md5_bucket(texts: Any) -> Any:
     return pl.Series(values, dtype=pl.Float64)
 
 
+@dataclass(frozen=True)
+class _Scan:
+    """A frame read straight from files, which DuckDB can scan itself."""
+
+    frame: Any  # the Polars LazyFrame handed out (identity matters)
+    files: tuple[str, ...]
+
+
 class PolarsEngine(Engine):
-    """Runs a job in this process with Polars (and DuckDB for SQL)."""
+    """Runs a job in this process with Polars' streaming engine (and DuckDB for SQL)."""
 
     name = "single"
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        options = options or EngineOptions()
+        budget = options.memory_budget
+        self._spill_bytes = budget // 4 if budget else _DEFAULT_SPILL_BYTES
+        self._scratch: Path | None = None
+        self._scans: dict[int, _Scan] = {}
+
+    def _scratch_file(self, suffix: str) -> Path:
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="tierflow-single-"))
+        return self._scratch / f"{uuid.uuid4().hex}{suffix}"
 
     def read_text(
         self,
@@ -56,29 +94,37 @@ class PolarsEngine(Engine):
         )
         return nw.from_native(pl.from_arrow(table).lazy())  # type: ignore[union-attr]
 
-    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
-        """Scan the files lazily, tagging rows with their file."""
+    def read_parquet(self, files: Sequence[str], *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """Scan the files lazily (with lineage, tagging rows with their file)."""
         import polars as pl
 
         # Files written before a column was added lack it: scan with the union of schemas.
         unified = pl.DataFrame(unified_parquet_schema(files).empty_table()).schema
         frame = pl.scan_parquet(
-            list(files), schema=unified, missing_columns="insert", include_file_paths=META_FILE,
+            list(files), schema=unified, missing_columns="insert",
+            include_file_paths=META_FILE if lineage else None,
             storage_options=polars_options(files[0]),
         )  # fmt: skip
+        if not lineage:
+            self._scans[id(frame)] = _Scan(frame, tuple(files))
+            return nw.from_native(frame)
         return nw.from_native(frame.with_columns(pl.lit(None, pl.Int64).alias(META_RECORD)))
 
-    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
-        """Scan the table at ``version`` through delta-rs's Arrow dataset."""
+    def read_delta(self, path: str, version: int, *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """Polars' own scan of the table's files at ``version``."""
         import polars as pl
 
         from tierflow.storage import delta_table
 
-        dataset = delta_table(path, version).to_pyarrow_dataset()
-        frame = pl.scan_pyarrow_dataset(dataset).with_columns(
-            pl.lit(f"{path}@v{version}").alias(META_FILE), pl.lit(None, pl.Int64).alias(META_RECORD)
+        frame = pl.scan_delta(delta_table(path, version))
+        if not lineage:
+            return nw.from_native(frame)
+        return nw.from_native(
+            frame.with_columns(
+                pl.lit(f"{path}@v{version}").alias(META_FILE),
+                pl.lit(None, pl.Int64).alias(META_RECORD),
+            )
         )
-        return nw.from_native(frame)
 
     def from_arrow(self, table: Any) -> nw.LazyFrame[Any]:
         """A Polars lazy frame over the Arrow table."""
@@ -87,23 +133,55 @@ class PolarsEngine(Engine):
         return nw.from_native(pl.DataFrame(table).lazy())
 
     def sql(self, query: str, tables: Mapping[str, nw.LazyFrame[Any]]) -> nw.LazyFrame[Any]:
-        """Run ``query`` in an in-memory DuckDB over the collected frames."""
+        """DuckDB on a scratch database (it spills), the result scanned back from Parquet."""
         import duckdb
         import polars as pl
 
-        con = duckdb.connect()
+        result = self._scratch_file(".parquet")
+        database = self._scratch_file(".duckdb")
+        con = duckdb.connect(str(database))
         try:
+            con.execute(f"SET temp_directory = '{database.parent}'")
+            # Output order carries no meaning in a table; keeping it costs memory.
+            con.execute("SET preserve_insertion_order = false")
             for name, frame in tables.items():
-                con.register(name, frame.collect().to_arrow())
-            result = con.sql(query).arrow()
+                self._duckdb_table(con, name, frame.to_native())
+            # Source names are identifiers (validated in the job config); the query is the job's.
+            con.execute(f"COPY ({query}) TO '{result}' (FORMAT parquet)")
         finally:
             con.close()
-        table = result.read_all() if hasattr(result, "read_all") else result
-        return nw.from_native(pl.from_arrow(table).lazy())  # type: ignore[union-attr]
+            database.unlink(missing_ok=True)
+        return nw.from_native(pl.scan_parquet(result))
 
-    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
-        """Collect into memory once."""
-        return frame.collect().lazy()
+    def _duckdb_table(self, con: Any, name: str, native: Any) -> None:
+        """``name`` in DuckDB: its own scan of the files where it can, else streamed in."""
+        import pyarrow as pa
+
+        scan = self._scans.get(id(native))
+        if scan is not None and scan.frame is native and not any(map(is_uri, scan.files)):
+            files = ", ".join("'" + f.replace("'", "''") + "'" for f in scan.files)
+            reader = f"read_parquet([{files}], union_by_name = true)"
+            con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM {reader}')  # noqa: S608
+            return
+        stream = pa.RecordBatchReader.from_stream(
+            native.collect_batches(maintain_order=False, lazy=True)
+        )
+        con.register(f"_tf_stream_{name}", stream)
+        con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM "_tf_stream_{name}"')  # noqa: S608
+        con.unregister(f"_tf_stream_{name}")
+
+    def persist(
+        self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None
+    ) -> nw.LazyFrame[Any]:
+        """Keep in memory while small; stream a large frame to a scratch file and scan that."""
+        import polars as pl
+
+        native = frame.to_native()
+        if size_hint is None or size_hint <= self._spill_bytes:
+            return nw.from_native(native.collect(engine="streaming").lazy())
+        path = self._scratch_file(".parquet")
+        native.sink_parquet(path, engine="streaming")
+        return nw.from_native(pl.scan_parquet(path))
 
     def add_split_hash(
         self, frame: nw.LazyFrame[Any], columns: Sequence[str], seed: int, name: str
@@ -131,6 +209,12 @@ class PolarsEngine(Engine):
         """Collect with Polars' streaming engine, so scans and filters run in batches."""
         return frame.to_native().collect(engine="streaming").to_arrow()
 
+    def count(self, frame: nw.LazyFrame[Any]) -> int:
+        """Rows, counted by the streaming engine (from Parquet metadata where it can)."""
+        import polars as pl
+
+        return int(frame.to_native().select(pl.len()).collect(engine="streaming").item())
+
     def write(
         self,
         frame: nw.LazyFrame[Any],
@@ -139,18 +223,29 @@ class PolarsEngine(Engine):
         *,
         commit_metadata: str | None = None,
     ) -> WriteResult:
-        """Collect to Arrow and write through the shared Arrow sinks."""
-        table = frame.collect().to_arrow()
+        """Stream the output from Polars' streaming engine into the shared Arrow sinks."""
+        import pyarrow as pa
+
+        native = frame.to_native()
+        # Lazy: nothing runs until the writer asks for the first batch, after the write
+        # has been decided and the table's schema checked.
+        stream = pa.RecordBatchReader.from_stream(
+            native.collect_batches(maintain_order=False, lazy=True)
+        )
 
         def partition_values() -> list[tuple[Any, ...]]:
-            distinct = (
-                table.select(list(sink.partition_by))
-                .group_by(list(sink.partition_by))
-                .aggregate([])
-            )
-            return [tuple(row.values()) for row in distinct.to_pylist()]
+            keys = list(sink.partition_by)
+            distinct = native.select(keys).unique().collect(engine="streaming")
+            return [tuple(row) for row in distinct.rows()]
 
         return write_arrow(
-            table.to_batches(), table.schema, sink, path, partition_values=partition_values,
+            stream, stream.schema, sink, path, partition_values=partition_values,
             commit_metadata=commit_metadata,
         )  # fmt: skip
+
+    def close(self) -> None:
+        """Remove the scratch folder (spilled frames, SQL results)."""
+        self._scans.clear()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,21 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
-from tierflow.io.arrow_sinks import SchemaMismatchError, check_schema, existing_schema
+from tierflow.io.arrow_sinks import unified_parquet_schema
 from tierflow.io.textdecode import (
     META_FILE,
     META_RECORD,
     CsvOptions,
     decode_file,
     output_schema,
+)
+from tierflow.io.write_plan import (
+    ConcurrentWriteError,
+    SchemaMismatchError,
+    WriteAction,
+    find_commit,
+    plan_write,
+    spark_user_metadata,
 )
 from tierflow.storage import ObjectStore, adopt, for_workers
 
@@ -46,13 +55,64 @@ def _decode_partition(
             yield from decode_file(path, fmt, types, extra_columns=extra, csv=csv)
 
 
-def _delta_metrics(spark: Any, path: str) -> dict[str, Any]:
-    row = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0]
-    return {
-        "version": int(row["version"]),
-        "operation": row["operation"],
-        **(row["operationMetrics"] or {}),
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def _conflicts() -> tuple[type[BaseException], ...]:
+    from delta import exceptions as e
+
+    return (
+        e.ConcurrentAppendException, e.ConcurrentDeleteReadException,
+        e.ConcurrentDeleteDeleteException, e.ConcurrentTransactionException,
+        e.ConcurrentWriteException, e.MetadataChangedException, e.ProtocolChangedException,
+    )  # fmt: skip
+
+
+@contextmanager
+def _session_conf(spark: Any, key: str, value: str) -> Iterator[None]:
+    """Set a runtime SQL setting for the block, then restore what was there."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _delta_writer(native: Any, action: WriteAction, tag: str) -> Any:
+    """A DataFrameWriter that carries out an append, overwrite or partition replacement."""
+    writer = native.write.format("delta").option("userMetadata", tag)
+    if action.partition_by:
+        writer = writer.partitionBy(*action.partition_by)
+    if action.schema_mode == "merge":
+        writer = writer.option("mergeSchema", "true")
+    elif action.schema_mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+    if action.operation == "replace_partitions":
+        return writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
+    return writer.mode(action.operation)
+
+
+def _delta_result(action: WriteAction, commit: Mapping[str, Any]) -> WriteResult:
+    """Rows and MERGE counts from the write's own commit (Spark's metric names)."""
+    metrics = {
+        k: int(v)
+        for k, v in (commit.get("operationMetrics") or {}).items()
+        if isinstance(v, int) or (isinstance(v, str) and v.isdigit())
     }
+    if action.operation == "merge":
+        rows = metrics.get("numSourceRows", 0)
+        details = {
+            "num_target_rows_updated": metrics.get("numTargetRowsUpdated", 0),
+            "num_target_rows_inserted": metrics.get("numTargetRowsInserted", 0),
+            "num_source_rows": rows,
+        }
+    else:
+        rows, details = metrics.get("numOutputRows", 0), {}
+    return WriteResult(action.path, "delta", action.mode, rows, commit.get("version"), details)
 
 
 def _parquet_rows(path: str, files: set[str] | None = None) -> tuple[int, set[str]]:
@@ -106,12 +166,13 @@ class SparkEngine(Engine):
         )  # fmt: skip
         return nw.from_native(paths.mapInArrow(decode, schema))
 
-    def read_parquet(self, files: Sequence[str]) -> nw.LazyFrame[Any]:
-        """Spark's Parquet reader; ``_tf_file`` from the file metadata column."""
+    def read_parquet(self, files: Sequence[str], *, lineage: bool = True) -> nw.LazyFrame[Any]:
+        """Spark's Parquet reader; with lineage, ``_tf_file`` from the file metadata column."""
         from pyspark.sql import functions as F
 
-        # Files written before a column was added lack it: read the union of the schemas.
-        frame = self.spark.read.option("mergeSchema", "true").parquet(*files)
+        frame = self._parquet_reader(files).parquet(*files)
+        if not lineage:
+            return nw.from_native(frame)
         file_path = F.regexp_replace(F.col("_metadata.file_path"), "^file:(//)?", "")
         return nw.from_native(
             frame.select(
@@ -119,11 +180,29 @@ class SparkEngine(Engine):
             )
         )
 
-    def read_delta(self, path: str, version: int) -> nw.LazyFrame[Any]:
+    def _parquet_reader(self, files: Sequence[str]) -> Any:
+        """A reader given the union of the files' schemas, read from their footers here.
+
+        Files written before a column was added lack it. Spark's own ``mergeSchema`` runs
+        a job over every footer; the driver reads them (the planner already has) and hands
+        Spark the schema, so no inference job runs at all.
+        """
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        try:
+            schema = from_arrow_schema(unified_parquet_schema(files))
+        except (TypeError, ValueError) as exc:  # a type Spark's converter does not know
+            log.debug("reading %s with Spark's mergeSchema: %s", files[0], exc)
+            return self.spark.read.option("mergeSchema", "true")
+        return self.spark.read.schema(schema)
+
+    def read_delta(self, path: str, version: int, *, lineage: bool = True) -> nw.LazyFrame[Any]:
         """delta-spark at ``versionAsOf``."""
         from pyspark.sql import functions as F
 
         frame = self.spark.read.format("delta").option("versionAsOf", version).load(path)
+        if not lineage:
+            return nw.from_native(frame)
         return nw.from_native(
             frame.withColumn(META_FILE, F.lit(f"{path}@v{version}")).withColumn(
                 META_RECORD, F.lit(None).cast("long")
@@ -143,8 +222,11 @@ class SparkEngine(Engine):
             frame.to_native().createOrReplaceTempView(name)
         return nw.from_native(self.spark.sql(query))
 
-    def persist(self, frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
+    def persist(
+        self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None
+    ) -> nw.LazyFrame[Any]:
         """Persist (memory, spilling to disk); the next action fills the cache."""
+        del size_hint  # Spark spills on its own
         from pyspark import StorageLevel
 
         return nw.from_native(frame.to_native().persist(StorageLevel.MEMORY_AND_DISK))
@@ -205,66 +287,47 @@ class SparkEngine(Engine):
 
         native = frame.to_native()
         arrow = to_arrow_schema(native.schema, timezone="UTC")
-        check_schema(existing_schema(path, sink.format), arrow, sink, path)
-        if sink.format == "delta":
-            return self._write_delta(native, sink, path, commit_metadata)
-        return self._write_parquet(native, sink, path)
+        action = plan_write(sink, path, arrow, commit_metadata=commit_metadata)
+        if action.format == "delta":
+            return self._write_delta(native, action)
+        return self._write_parquet(native, action)
 
-    def _write_delta(  # noqa: PLR0912 - one branch per mode and option
-        self, native: Any, sink: SinkConfig, path: str, commit_metadata: str | None
-    ) -> WriteResult:
+    def _write_delta(self, native: Any, action: WriteAction) -> WriteResult:
         from delta.tables import DeltaTable
         from pyspark.errors import AnalysisException
 
+        path, tag = action.path, spark_user_metadata(action)
         try:
-            exists = DeltaTable.isDeltaTable(self.spark, path)
-            if sink.mode == "merge" and exists:
-                condition = " AND ".join(f"t.{k} = s.{k}" for k in sink.merge_keys)
-                merge = (
-                    DeltaTable.forPath(self.spark, path)
-                    .alias("t")
-                    .merge(native.alias("s"), condition)
-                    .whenMatchedUpdateAll()
-                    .whenNotMatchedInsertAll()
-                )
-                if sink.schema_evolution:
-                    merge = merge.withSchemaEvolution()
-                merge.execute()
-            else:
-                writer = native.write.format("delta")
-                if commit_metadata:
-                    writer = writer.option("userMetadata", commit_metadata)
-                if sink.partition_by:
-                    writer = writer.partitionBy(*sink.partition_by)
-                if sink.schema_evolution:
-                    writer = writer.option("mergeSchema", "true")
-                if sink.replace_schema:
-                    writer = writer.option("overwriteSchema", "true")
-                if sink.mode == "overwrite_partitions" and exists:
-                    writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
-                elif sink.mode in ("append", "merge"):
-                    writer = writer.mode("append")
-                else:
-                    writer = writer.mode("overwrite")
-                writer.save(path)
+            match action.operation:
+                case "merge":
+                    merge = (
+                        DeltaTable.forPath(self.spark, path)
+                        .alias("t")
+                        .merge(native.alias("s"), action.merge_predicate())
+                        .whenMatchedUpdateAll()
+                        .whenNotMatchedInsertAll()
+                    )
+                    if action.schema_mode == "merge":
+                        merge = merge.withSchemaEvolution()
+                    # A MERGE has no writer options: its commit is tagged through the session.
+                    with _session_conf(self.spark, _USER_METADATA, tag):
+                        merge.execute()
+                case "append" | "overwrite" | "replace_partitions":
+                    _delta_writer(native, action, tag).save(path)
+        except _conflicts() as exc:
+            raise ConcurrentWriteError(
+                f"{path}: another writer committed a conflicting change first "
+                f"({type(exc).__name__}); nothing of this write was committed. Run it again."
+            ) from exc
         except AnalysisException as exc:
             text = str(exc)
             if "schema" in text.lower():
                 raise SchemaMismatchError(f"{path}: {text.splitlines()[0]}") from exc
             raise
-        metrics = _delta_metrics(self.spark, path)
-        if metrics["operation"] == "MERGE":
-            rows = int(metrics.get("numSourceRows", 0))
-            details = {
-                "num_target_rows_updated": int(metrics.get("numTargetRowsUpdated", 0)),
-                "num_target_rows_inserted": int(metrics.get("numTargetRowsInserted", 0)),
-                "num_source_rows": rows,
-            }
-        else:
-            rows, details = int(metrics.get("numOutputRows", 0)), {}
-        return WriteResult(path, "delta", sink.mode, rows, metrics["version"], details)
+        return _delta_result(action, find_commit(action))
 
-    def _write_parquet(self, native: Any, sink: SinkConfig, path: str) -> WriteResult:
+    def _write_parquet(self, native: Any, action: WriteAction) -> WriteResult:
+        path = action.path
         remote = is_uri(path)
         if remote:
             # No local footers to count from: count the output itself, persisted so that
@@ -274,20 +337,20 @@ class SparkEngine(Engine):
         else:
             _, before = _parquet_rows(path)
         writer = native.write
-        if sink.partition_by:
-            writer = writer.partitionBy(*sink.partition_by)
-        if sink.mode == "overwrite_partitions":
+        if action.partition_by:
+            writer = writer.partitionBy(*action.partition_by)
+        if action.operation == "replace_partitions":
             writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
         else:
-            writer = writer.mode("append" if sink.mode == "append" else "overwrite")
+            writer = writer.mode(action.operation)
         writer.parquet(path)
         if remote:
             native.unpersist()
-        elif sink.mode == "overwrite_partitions":
+        elif action.operation == "replace_partitions":
             rows = native.count()
         else:
-            rows, _ = _parquet_rows(path, None if sink.mode == "overwrite" else before)
-        return WriteResult(path, "parquet", sink.mode, rows)
+            rows, _ = _parquet_rows(path, None if action.operation == "overwrite" else before)
+        return WriteResult(path, "parquet", action.mode, rows)
 
     def close(self) -> None:
         """Stop the session if this engine made it (a shared one is left running)."""

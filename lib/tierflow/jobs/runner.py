@@ -93,8 +93,14 @@ class StageLog:
             self.logger.removeHandler(handler)
 
 
-def read_source(engine: Engine, source: ResolvedSource) -> nw.LazyFrame[Any]:
-    """Read a resolved source with the engine (text through the shared decoder)."""
+def read_source(
+    engine: Engine, source: ResolvedSource, *, lineage: bool = True
+) -> nw.LazyFrame[Any]:
+    """Read a resolved source with the engine (text through the shared decoder).
+
+    With ``lineage``, every row carries its file (``_tf_file``) and record number, for
+    quarantine; Parquet and Delta sources can be read without it, in the engine's own scan.
+    """
     cfg: SourceConfig = source.config
     if cfg.format in ("csv", "jsonl"):
         types = {name: c.type for name, c in (cfg.columns or {}).items()}
@@ -106,9 +112,9 @@ def read_source(engine: Engine, source: ResolvedSource) -> nw.LazyFrame[Any]:
             csv=CsvOptions(cfg.csv_delimiter, cfg.csv_null_values),
         )
     if cfg.format == "parquet":
-        return engine.read_parquet(source.files)
+        return engine.read_parquet(source.files, lineage=lineage)
     assert source.version is not None
-    return engine.read_delta(source.location, source.version)
+    return engine.read_delta(source.location, source.version, lineage=lineage)
 
 
 def normalize_for_table(frame: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
@@ -229,24 +235,29 @@ def _read_and_validate(
     stage: Callable[[str], Any],
     log: StageLog,
     persisted: list[nw.LazyFrame[Any]],
-) -> tuple[nw.LazyFrame[Any], int, int, Mapping[str, int]]:
-    """A source's rows with their reasons, and its counts: read, quarantined, by rule."""
+) -> tuple[nw.LazyFrame[Any], bool, int, int, Mapping[str, int]]:
+    """A source's rows and its counts: ``(frame, flagged, read, quarantined, by rule)``.
+
+    ``flagged`` frames carry each row's reason and lineage columns; a source whose
+    contract cannot fail is returned as the engine's plain scan.
+    """
     if not can_quarantine(source.config):
         # Nothing in the contract can fail (no columns, checks or keys declared, and not
-        # text that must be decoded): read lazily, so the engine can push the transform's
-        # projections and filters into the scan. No copy; the row count comes from the
-        # footers or the Delta log when they have it, else from one count.
+        # text that must be decoded): read lazily and without lineage, so the engine's own
+        # scan gets the transform's projections and filters. No copy; the row count comes
+        # from the footers or the Delta log when they have it, else from one count.
         with stage(f"read {source.name} ({source.label}, no contract to check)"):
-            frame = read_source(engine, source).with_columns(nw.lit("").alias(REASON))
+            frame = read_source(engine, source, lineage=False)
             exact = source.rows if source.rows_exact else None
             total = exact if exact is not None else engine.count(frame)
         log.info(f"{source.name}: {total:,} rows, no contract to check")
-        return frame, total, 0, {}
+        return frame, False, total, 0, {}
     with stage(f"read and validate {source.name} ({source.label})"):
         # The source is read once: validation uses it twice (uniqueness counts are
         # joined back onto the rows), and a lazy engine would otherwise read it twice.
-        raw = engine.persist(read_source(engine, source))
-        frame = engine.persist(validate(raw, source.name, source.config))
+        size = source.in_memory_bytes
+        raw = engine.persist(read_source(engine, source), size_hint=size)
+        frame = engine.persist(validate(raw, source.name, source.config), size_hint=size)
         persisted.append(frame)
         total, valid_rows, bad = _row_accounts(frame)
         engine.release(raw)
@@ -260,7 +271,7 @@ def _read_and_validate(
     log.info(
         f"{source.name}: {total:,} rows, {total - bad:,} valid, {bad:,} quarantined {counts or ''}"
     )
-    return frame, total, bad, counts
+    return frame, True, total, bad, counts
 
 
 def _execute(
@@ -279,11 +290,17 @@ def _execute(
         return log.stage(name)
 
     flagged: dict[str, nw.LazyFrame[Any]] = {}
+    valid: dict[str, nw.LazyFrame[Any]] = {}
     bad_counts: dict[str, int] = {}
     by_rule: dict[str, int] = {}
     for source in plan.sources:
-        frame, total, bad, counts = _read_and_validate(engine, source, stage, log, persisted)
-        flagged[source.name] = frame
+        frame, checked, total, bad, counts = _read_and_validate(
+            engine, source, stage, log, persisted
+        )
+        if checked:
+            flagged[source.name] = frame
+            frame = frame.filter(nw.col(REASON) == "").drop(META_FILE, META_RECORD, REASON)
+        valid[source.name] = frame
         bad_counts[source.name] = bad
         record.rows_in += total
         record.rows_quarantined += bad
@@ -291,11 +308,6 @@ def _execute(
             by_rule[f"{source.name}.{rule}"] = n
     record.rows_valid = record.rows_in - record.rows_quarantined
     record.quarantine_by_rule = by_rule
-
-    valid = {
-        name: frame.filter(nw.col(REASON) == "").drop(META_FILE, META_RECORD, REASON)
-        for name, frame in flagged.items()
-    }
 
     if record.rows_quarantined:
         with stage(f"write {record.rows_quarantined:,} quarantined rows"):
