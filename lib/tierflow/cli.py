@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="explain which engine a job would run on, and why")
     plan.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
     plan.add_argument("--engine", choices=ENGINES, help="override the planner's choice")
+    plan.add_argument("--master", help="Spark master URL the spark tier would use")
+    plan.add_argument("--scheduler", help="Dask scheduler address the dask tier would use")
     plan.add_argument("--data-dir", help="data folder")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -61,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
     _add_engine_options(run)
     run.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
+
+    cal = sub.add_parser(
+        "calibrate", help="measure each tier's speed and memory here, for the planner"
+    )
+    cal.add_argument(
+        "--engines", default="single,dask,spark", help="tiers to measure (comma-separated)"
+    )
+    cal.add_argument("--master", help="Spark master URL (default: local[*])")
+    cal.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
+    cal.add_argument("--workers", type=int, help="LocalCluster workers (default: CPU count)")
+    cal.add_argument(
+        "--rows", default="1000000,4000000", help="probe sizes in rows (comma-separated)"
+    )
 
     runs = sub.add_parser("runs", help="list run records (newest first)")
     runs.add_argument("--job", help="only this job")
@@ -141,13 +156,15 @@ def _parser() -> argparse.ArgumentParser:
     examples.add_argument("--data-dir", help="data folder (default: data/)")
     examples.add_argument("--orders", type=int, default=20_000)
     examples.add_argument(
-        "which", nargs="?", choices=("all", "retail", "flights"), default="all",
+        "which", nargs="?", choices=("all", "retail", "flights", "tpch"), default="all",
         help="retail: generated orders for the batch jobs; flights: NYC flights 2013 "
-        "(raw CSV files, then the bronze, silver and label jobs) for the feature views",
+        "(raw CSV files, then the bronze, silver and label jobs) for the feature views; "
+        "tpch: TPC-H tables for the tpch_* jobs (not part of all)",
     )  # fmt: skip
     examples.add_argument(
-        "--scale", type=int, default=1, help="flights: years (2013 and time-shifted copies)"
-    )
+        "--scale", type=float, default=1,
+        help="flights: years (2013 and time-shifted copies); tpch: the scale factor (1 = 1 GB)",
+    )  # fmt: skip
     examples.add_argument(
         "--raw-only", action="store_true", help="flights: write the raw CSV files only, run no job"
     )
@@ -247,7 +264,7 @@ def _jobs(args: argparse.Namespace) -> int:
     project = Project.load(data_dir=getattr(args, "data_dir", None))
     if args.command == "plan":
         job = project.load_job(args.job)
-        plan = project.plan(job, args.engine)
+        plan = project.plan(job, args.engine, _engine_options(args))
         print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.explain())
         return 0
     if args.command == "run":
@@ -266,6 +283,8 @@ def _jobs(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.command == "calibrate":
+        return _calibrate(args, project)
     if args.command == "runs":
         from tierflow.jobs.records import list_runs
 
@@ -303,7 +322,52 @@ def _jobs(args: argparse.Namespace) -> int:
     return _table(args, project.data_dir)
 
 
+def _calibrate(args: argparse.Namespace, project: Any) -> int:
+    import tempfile
+
+    from tierflow.jobs import calibration
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise TierflowError(f"--engines: unknown tier(s) {', '.join(unknown)} (known: {ENGINES})")
+    rows = tuple(int(r) for r in args.rows.split(","))
+    options = _engine_options(args)
+    resources = project.resources(options)
+    folder = project.paths.project / project.config.planner.calibration_dir
+    scratch = project.paths.project / ".local"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="calibrate-", dir=scratch) as work:
+        for engine in engines:
+            place = resources.places[engine]
+            if place.unreachable:
+                print(f"{engine}: {place.label} is unreachable ({place.unreachable}); skipped")
+                continue
+            print(f"{engine} at {place.label} ({place.cores} cores):")
+            cost, raw = calibration.measure(project, engine, place, options, Path(work), rows=rows)
+            measured = calibration.Calibration(
+                calibration.place_key(place), {engine: cost}, calibration.now(),
+                raw={engine: raw},
+            )  # fmt: skip
+            path = calibration.save(folder, measured)
+            print(
+                f"{engine}: startup {cost.startup_s:.2f} s, {cost.fixed_s:.3f} s a job, "
+                f"{cost.core_s_per_gib:.2f} core-s per GiB; memory "
+                f"{cost.memory_base / 2**20:.0f} MiB + {cost.memory_per_gib / 2**20:.0f} MiB "
+                f"per GiB -> {path}"
+            )
+    return 0
+
+
 def _examples(args: argparse.Namespace, project: Any) -> int:
+    if args.which == "tpch":
+        from tierflow.examples.tpch import generate as tpch
+
+        data = tpch(project.data_dir, args.scale)
+        print(f"TPC-H at scale factor {args.scale:g} in {data.tables} (jobs: tpch_q1 ... tpch_q18)")
+        return 0
+    if args.which in ("all", "flights") and args.scale != int(args.scale):
+        raise TierflowError(f"--scale {args.scale:g}: flights take a whole number of years")
     if args.which in ("all", "retail"):
         from tierflow.examples.retail import generate
 
@@ -311,7 +375,7 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
     if args.which in ("all", "flights"):
         from tierflow.examples.flights import PIPELINE_JOBS, write_raw
 
-        write_raw(project.data_dir, args.scale)
+        write_raw(project.data_dir, int(args.scale))
         if not args.raw_only:
             for name in PIPELINE_JOBS:
                 record = project.run(project.load_job(name), echo=False)

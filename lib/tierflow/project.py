@@ -16,7 +16,7 @@ from tierflow.config.loader import load_model
 from tierflow.config.project import ProjectConfig, resolve_data_dir
 from tierflow.engines.base import EngineOptions
 from tierflow.errors import ConfigError
-from tierflow.jobs.planner import TierPlan, plan_job
+from tierflow.jobs.planner import Resources, TierPlan, plan_inputs, plan_job
 from tierflow.jobs.records import RunRecord
 from tierflow.paths import ProjectPaths
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from tierflow.stores.base import OnlineStore
 
 LOGS_DIR_ENV = "TIERFLOW_LOGS_DIR"
+DASK_SCHEDULER_ENV = "TIERFLOW_DASK_SCHEDULER"
+SPARK_MASTER_ENV = "TIERFLOW_SPARK_MASTER"
 
 
 @dataclass(frozen=True)
@@ -98,9 +100,76 @@ class Project:
                         f"{check.expr!r}: {exc}"
                     ) from None
 
-    def plan(self, job: JobConfig, engine: EngineName | None = None) -> TierPlan:
+    def clusters(self, options: EngineOptions | None = None) -> tuple[str | None, str | None]:
+        """``(dask scheduler, spark master)`` the tiers may use: options, environment, config."""
+        options = options or EngineOptions()
+        clusters = self.config.clusters
+        scheduler = (
+            options.dask_scheduler or os.environ.get(DASK_SCHEDULER_ENV) or clusters.dask_scheduler
+        )
+        master = options.spark_master or os.environ.get(SPARK_MASTER_ENV) or clusters.spark_master
+        if options.spark_session is not None:
+            master = options.spark_session.sparkContext.master
+        return scheduler, master
+
+    def resources(self, options: EngineOptions | None = None) -> Resources:
+        """Where each tier would run, with each place's calibration (see the planner)."""
+        from tierflow.jobs.calibration import load
+        from tierflow.jobs.resources import Place, dask_cluster, spark_cluster, this_machine
+
+        options = options or EngineOptions()
+        machine = this_machine(self.config.planner.memory_gb)
+        scheduler, master = self.clusters(options)
+        started: set[EngineName] = set()
+        if scheduler:
+            dask = dask_cluster(scheduler)
+        else:
+            dask = Place(
+                "LocalCluster on this machine", machine.cores, machine.memory,
+                workers=options.workers or machine.cores, source=machine.source,
+            )  # fmt: skip
+        if master and master.startswith("spark://"):
+            spark = spark_cluster(master, self.config.clusters.spark_master_ui)
+        else:
+            spark = Place(f"{master or 'local[*]'} on this machine", machine.cores, machine.memory)
+        if options.spark_session is not None:
+            started.add("spark")
+        folder = self.paths.project / self.config.planner.calibration_dir
+        places: dict[EngineName, Place] = {"single": machine, "dask": dask, "spark": spark}
+        return Resources(
+            machine=machine,
+            places=places,
+            calibrations={name: load(folder, place) for name, place in places.items()},
+            memory_fraction=self.config.planner.memory_fraction,
+            started=frozenset(started),
+        )
+
+    def plan(
+        self,
+        job: JobConfig,
+        engine: EngineName | None = None,
+        options: EngineOptions | None = None,
+    ) -> TierPlan:
         """Resolve the sources and choose the engine (``engine`` overrides)."""
-        return plan_job(job, self.data_dir, self.config.tiers, engine=engine)
+        return plan_job(
+            job, self.data_dir, self.config.tiers, self.resources(options), engine=engine
+        )
+
+    def engine_options(self, plan: TierPlan, options: EngineOptions | None = None) -> EngineOptions:
+        """The options the chosen engine starts with: the plan's cluster, memory and size."""
+        from dataclasses import replace
+
+        options = options or EngineOptions()
+        address = plan.place.address
+        updates: dict[str, Any] = {
+            "memory_budget": options.memory_budget or plan.memory_budget,
+            "input_bytes": options.input_bytes or plan.total_in_memory_bytes,
+        }
+        if plan.engine == "dask" and address and not options.dask_scheduler:
+            updates["dask_scheduler"] = address
+        if plan.engine == "spark" and address and not options.spark_master:
+            updates["spark_master"] = address
+        return replace(options, **updates)
 
     def run(
         self,
@@ -114,8 +183,8 @@ class Project:
         from tierflow.engines import create_engine
         from tierflow.jobs.runner import RunContext, run_job
 
-        plan = self.plan(job, engine)
-        runtime = create_engine(plan.engine, options)
+        plan = self.plan(job, engine, options)
+        runtime = create_engine(plan.engine, self.engine_options(plan, options))
         try:
             return run_job(job, plan, runtime, RunContext(self.data_dir, self.logs_dir), echo=echo)
         finally:
@@ -134,7 +203,6 @@ class Project:
         """Profile a Delta or Parquet table on the tier that fits it; returns (report, plan)."""
         from tierflow.config.jobs import SourceConfig
         from tierflow.engines import create_engine
-        from tierflow.jobs.planner import TierPlan, choose_engine, machine_memory
         from tierflow.jobs.runner import read_source
         from tierflow.jobs.sources import resolve_source
         from tierflow.profile import profile_frame, render_html
@@ -144,16 +212,11 @@ class Project:
 
             fmt = "delta" if is_delta_table(locate(table, self.data_dir)) else "parquet"
         source = resolve_source("table", SourceConfig(format=fmt, path=table), self.data_dir)  # type: ignore[arg-type]
-        memory = machine_memory()
-        recommended, reason, limit = choose_engine(
-            source.in_memory_bytes, self.config.tiers, memory
-        )
-        plan = TierPlan(
-            job=f"profile {table}", engine=engine or recommended, reason=reason, sources=(source,),
-            total_in_memory_bytes=source.in_memory_bytes, thresholds=self.config.tiers,
-            memory_bytes=memory, single_limit_bytes=limit, recommended=recommended,
+        plan = plan_inputs(
+            f"profile {table}", (source,), self.config.tiers, self.resources(options),
+            engine=engine,
         )  # fmt: skip
-        runtime = create_engine(plan.engine, options)
+        runtime = create_engine(plan.engine, self.engine_options(plan, options))
         try:
             result = profile_frame(
                 read_source(runtime, source),
@@ -259,11 +322,23 @@ class Project:
         )
         return resolve_source(view.name, config, self.data_dir)
 
-    def choose_engine(self, sources: list[ResolvedSource], engine: EngineName | None) -> EngineName:
-        """The tier for these inputs (the planner's rule), unless ``engine`` is given."""
-        from tierflow.jobs.planner import choose_engine, machine_memory
+    def choose_engine(
+        self,
+        sources: list[ResolvedSource],
+        engine: EngineName | None,
+        options: EngineOptions | None = None,
+    ) -> EngineName:
+        """The tier for these inputs (the planner's choice), unless ``engine`` is given."""
+        return self.plan_inputs("inputs", sources, engine, options).engine
 
-        if engine:
-            return engine
-        total = sum(s.in_memory_bytes for s in sources)
-        return choose_engine(total, self.config.tiers, machine_memory())[0]
+    def plan_inputs(
+        self,
+        name: str,
+        sources: list[ResolvedSource],
+        engine: EngineName | None = None,
+        options: EngineOptions | None = None,
+    ) -> TierPlan:
+        """The planner's decision for resolved inputs that are not a job's (features, profiles)."""
+        return plan_inputs(
+            name, tuple(sources), self.config.tiers, self.resources(options), engine=engine
+        )

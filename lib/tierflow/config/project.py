@@ -14,25 +14,75 @@ GiB = 1024**3
 
 
 class TierThresholds(FrozenModel):
-    """When each engine is chosen, by the estimated in-memory size of a job's inputs.
+    """Fixed size thresholds: when any is set, they choose the tier instead of the planner.
 
-    Defaults follow the ML project checklist: pandas/Polars for data that fits
-    comfortably in memory, Dask for roughly 1-100 GB, Spark beyond. The single-node tier
-    is further capped by ``single_node_memory_fraction`` of this machine's RAM, because
-    joins and aggregations need several times the input size.
+    Left unset (the default), the planner measures: it predicts each tier's time and
+    memory from a calibration of this machine and of the configured clusters, and picks
+    the fastest tier that can hold the job (see :mod:`tierflow.jobs.planner`). Set here,
+    the checklist's rule applies: single-node while the estimated input is at most
+    ``single_max_gb`` and at most ``single_node_memory_fraction`` of this machine's
+    memory, Dask up to ``dask_max_gb``, Spark beyond.
     """
 
-    single_max_gb: Annotated[float, Field(gt=0)] = 1.0
-    dask_max_gb: Annotated[float, Field(gt=0)] = 100.0
-    single_node_memory_fraction: Annotated[float, Field(gt=0, le=1)] = 0.25
+    single_max_gb: Annotated[float, Field(gt=0)] | None = None
+    dask_max_gb: Annotated[float, Field(gt=0)] | None = None
+    single_node_memory_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the user set thresholds (the rule replaces the measured planner)."""
+        return any(v is not None for v in self.model_dump().values())
+
+    @property
+    def single_gb(self) -> float:
+        """``single_max_gb``, or its default of 1 GiB."""
+        return 1.0 if self.single_max_gb is None else self.single_max_gb
+
+    @property
+    def dask_gb(self) -> float:
+        """``dask_max_gb``, or its default of 100 GiB."""
+        return 100.0 if self.dask_max_gb is None else self.dask_max_gb
+
+    @property
+    def single_fraction(self) -> float:
+        """``single_node_memory_fraction``, or its default of a quarter."""
+        return (
+            0.25 if self.single_node_memory_fraction is None else self.single_node_memory_fraction
+        )
 
     @model_validator(mode="after")
     def _ordered(self) -> TierThresholds:
-        if self.single_max_gb > self.dask_max_gb:
+        if self.single_gb > self.dask_gb:
             raise ValueError(
-                f"single_max_gb ({self.single_max_gb}) is above dask_max_gb ({self.dask_max_gb})"
+                f"single_max_gb ({self.single_gb}) is above dask_max_gb ({self.dask_gb})"
             )
         return self
+
+
+class PlannerConfig(FrozenModel):
+    """What the measuring planner may assume about this machine."""
+
+    #: Memory tierflow may use here, in GiB (default: the machine's, or its cgroup's
+    #: limit when lower). ``$TIERFLOW_MEMORY_GB`` overrides.
+    memory_gb: Annotated[float, Field(gt=0)] | None = None
+    #: Share of that memory one single-node job may use at its peak.
+    memory_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    #: Where calibrations are stored (relative to the project folder).
+    calibration_dir: str = ".local/calibration"
+
+
+class ClustersConfig(FrozenModel):
+    """Clusters the planner may send work to (asked for their workers' cores and memory).
+
+    ``$TIERFLOW_DASK_SCHEDULER``, ``$TIERFLOW_SPARK_MASTER`` and ``--scheduler`` /
+    ``--master`` override these. Without them the Dask and Spark tiers run on this
+    machine (a LocalCluster, ``local[*]``).
+    """
+
+    dask_scheduler: Annotated[str, Field(pattern=r"^(tcp|tls)://[^/\s]+$")] | None = None
+    spark_master: Annotated[str, Field(pattern=r"^spark://[^/\s]+$")] | None = None
+    #: The master's web UI, whose JSON lists the workers (default: its host, port 8080).
+    spark_master_ui: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")] | None = None
 
 
 class OnlineStoreConfig(FrozenModel):
@@ -80,6 +130,8 @@ class ProjectConfig(FrozenModel):
     logs_dir: str = "logs"
     transform_modules: tuple[str, ...] = ("jobs.transforms",)
     tiers: TierThresholds = TierThresholds()
+    planner: PlannerConfig = PlannerConfig()
+    clusters: ClustersConfig = ClustersConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     serving: ServingConfig = ServingConfig()
     object_store: ObjectStoreConfig = ObjectStoreConfig()

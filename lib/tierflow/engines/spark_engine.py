@@ -56,6 +56,8 @@ def _decode_partition(
 
 
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+_SHUFFLE_BYTES = 128 * 1024**2
+_MAX_SHUFFLE_PARTITIONS = 4000
 
 
 def _conflicts() -> tuple[type[BaseException], ...]:
@@ -139,6 +141,27 @@ class SparkEngine(Engine):
         self.spark = existing or get_spark("tierflow-job", master=options.spark_master)
         if existing is not None:
             apply_object_store(self.spark)
+        self._restore: dict[str, str | None] = {}
+        if options.input_bytes:
+            self._size_shuffles(options.input_bytes)
+
+    def _size_shuffles(self, input_bytes: int) -> None:
+        """Shuffle partitions for this job's size; adaptive execution coalesces small ones.
+
+        Spark's default of 200 is sized for nobody in particular: hundreds of tiny tasks
+        for a small job, partitions of gigabytes for a large one. One partition per 128 MiB
+        of input (at least two per core) keeps large shuffles in memory-sized pieces, and
+        AQE merges what turns out small. A shared session gets its settings back at close.
+        """
+        cores = int(self.spark.sparkContext.defaultParallelism)
+        partitions = max(2 * cores, min(_MAX_SHUFFLE_PARTITIONS, -(-input_bytes // _SHUFFLE_BYTES)))
+        for key, value in {
+            "spark.sql.shuffle.partitions": str(partitions),
+            "spark.sql.adaptive.enabled": "true",
+            "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        }.items():
+            self._restore.setdefault(key, self.spark.conf.get(key, None))
+            self.spark.conf.set(key, value)
 
     def describe(self) -> str:
         """``spark (master, version)``."""
@@ -353,6 +376,12 @@ class SparkEngine(Engine):
         return WriteResult(path, "parquet", action.mode, rows)
 
     def close(self) -> None:
-        """Stop the session if this engine made it (a shared one is left running)."""
+        """Stop the session if this engine made it (a shared one gets its settings back)."""
         if self._owned:
             self.spark.stop()
+            return
+        for key, value in self._restore.items():
+            if value is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, value)

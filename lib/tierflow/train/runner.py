@@ -48,9 +48,9 @@ def device_budget(config: TrainingConfig, gpus: int, workers: int) -> float:
 
         if torch.cuda.is_available():
             return float(torch.cuda.get_device_properties(0).total_memory)
-    from tierflow.jobs.planner import machine_memory
+    from tierflow.jobs.resources import this_machine
 
-    return machine_memory() * 0.25 / max(1, workers)
+    return this_machine().memory * 0.25 / max(1, workers)
 
 
 def plan_for(config: TrainingConfig, train_rows: int, width: int, gpus: int) -> TrainPlan:

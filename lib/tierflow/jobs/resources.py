@@ -1,0 +1,156 @@
+"""What each tier could run on: this machine, and the clusters the project names.
+
+The planner weighs a job against real capacity, not rules of thumb:
+
+- **this machine**: its cores and memory, lowered to a cgroup's limits when the process
+  runs in one (a container, a systemd slice), and to ``planner.memory_gb`` /
+  ``$TIERFLOW_MEMORY_GB`` when set;
+- **a Dask scheduler**: its workers' threads and memory limits, asked from the scheduler;
+- **a Spark master**: its alive workers' cores and memory, from the master's web UI JSON.
+
+Asking a cluster that does not answer is not an error: the tier is then planned as
+unreachable, and the plan says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+GiB = 1024**3
+MEMORY_ENV = "TIERFLOW_MEMORY_GB"
+_CGROUP = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a tier would run: how many cores and how much memory it gets there."""
+
+    label: str
+    cores: int
+    memory: int  # bytes, all workers together
+    workers: int = 1
+    #: A cluster's address (Dask scheduler, Spark master); None for this machine.
+    address: str | None = None
+    #: Why the tier cannot run there (a cluster that did not answer), else None.
+    unreachable: str | None = None
+    #: Where the numbers came from (for the plan's explanation).
+    source: str = ""
+
+    @property
+    def memory_per_worker(self) -> int:
+        """Memory of one worker (the unit a task's data must fit in)."""
+        return self.memory // max(1, self.workers)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_limits(
+    root: Path = _CGROUP, proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> tuple[int | None, float | None]:
+    """``(memory bytes, cpus)`` this process's cgroup allows, None where unlimited.
+
+    cgroup v2 (``memory.max``, ``cpu.max``) first, then v1 (``memory.limit_in_bytes``,
+    ``cpu.cfs_quota_us``/``cpu.cfs_period_us``). Every level up to the root counts: the
+    tightest limit wins.
+    """
+    memory: int | None = None
+    cpus: float | None = None
+    text = _read(proc_cgroup) or ""
+    v2 = next(
+        (line.split("::", 1)[1] for line in text.splitlines() if line.startswith("0::")), None
+    )
+    if v2 is not None:
+        folder = root / v2.lstrip("/")
+        for level in (folder, *folder.parents):
+            if root not in (level, *level.parents):
+                break
+            raw = _read(level / "memory.max")
+            if raw and raw != "max" and raw.isdigit():
+                memory = min(memory or int(raw), int(raw))
+            quota = (_read(level / "cpu.max") or "max").split()
+            if quota and quota[0] != "max" and len(quota) == 2:
+                share = int(quota[0]) / int(quota[1])
+                cpus = min(cpus or share, share)
+        return memory, cpus
+    raw = _read(root / "memory" / "memory.limit_in_bytes")
+    # v1 reports "no limit" as a huge number (a page-aligned 2**63 - 1).
+    if raw and raw.isdigit() and int(raw) < 2**60:
+        memory = int(raw)
+    quota_us, period_us = (
+        _read(root / "cpu" / "cpu.cfs_quota_us"),
+        _read(root / "cpu" / "cpu.cfs_period_us"),
+    )
+    if quota_us and period_us and quota_us.lstrip("-").isdigit() and int(quota_us) > 0:
+        cpus = int(quota_us) / int(period_us)
+    return memory, cpus
+
+
+def this_machine(memory_gb: float | None = None) -> Place:
+    """This machine's cores and memory, as its cgroup and the settings allow."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    limit, cpus = cgroup_limits()
+    memory, source = physical, "physical memory"
+    if limit is not None and limit < memory:
+        memory, source = limit, "cgroup memory limit"
+    env = os.environ.get(MEMORY_ENV)
+    setting = float(env) if env else memory_gb
+    if setting is not None:
+        memory, source = int(setting * GiB), MEMORY_ENV if env else "planner.memory_gb"
+    if cpus is not None:
+        cores = max(1, min(cores, int(cpus)))
+    return Place("this machine", max(1, cores), memory, 1, None, None, source)
+
+
+def dask_cluster(address: str, timeout: float = 10) -> Place:
+    """The workers of the Dask scheduler at ``address`` (threads and memory limits)."""
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=timeout, set_as_default=False) as client:  # type: ignore[no-untyped-call]
+            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except Exception as exc:
+        return Place(f"dask {address}", 0, 0, 0, address, f"{type(exc).__name__}: {exc}")
+    if not workers:
+        return Place(f"dask {address}", 0, 0, 0, address, "the scheduler has no workers")
+    cores = sum(int(w.get("nthreads", 1)) for w in workers.values())
+    memory = sum(int(w.get("memory_limit") or 0) for w in workers.values())
+    return Place(
+        f"dask {address}", cores, memory, len(workers), address, None, "the scheduler's workers"
+    )
+
+
+def spark_ui(master: str, ui: str | None = None) -> str:
+    """The master's web UI address: given, or the master's host on port 8080."""
+    if ui:
+        return ui.rstrip("/")
+    host = urlsplit(master).hostname or "127.0.0.1"
+    return f"http://{host}:8080"
+
+
+def spark_cluster(master: str, ui: str | None = None, timeout: float = 5) -> Place:
+    """The alive workers of the Spark standalone master ``master`` (from its UI's JSON)."""
+    url = f"{spark_ui(master, ui)}/json/"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
+            state = json.load(response)
+    except (OSError, ValueError) as exc:
+        return Place(f"spark {master}", 0, 0, 0, master, f"{url}: {exc}")
+    alive = [w for w in state.get("workers", []) if w.get("state") == "ALIVE"]
+    if not alive:
+        return Place(f"spark {master}", 0, 0, 0, master, "the master has no alive workers")
+    cores = sum(int(w.get("cores", 0)) for w in alive)
+    memory = sum(int(w.get("memory", 0)) for w in alive) * 1024**2  # the UI reports MiB
+    return Place(f"spark {master}", cores, memory, len(alive), master, None, f"{url} workers")
