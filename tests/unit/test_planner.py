@@ -112,24 +112,29 @@ def test_fixed_single_node_limit_shrinks_with_the_machine():
     assert "above the single-node limit of 0.25 GiB" in reason
 
 
-def test_cgroup_v2_and_v1_limits(tmp_path):
-    root = tmp_path / "cg"
-    (root / "slice" / "job").mkdir(parents=True)
-    (root / "slice" / "memory.max").write_text("4294967296\n")
-    (root / "slice" / "job" / "memory.max").write_text("max\n")
-    (root / "slice" / "job" / "cpu.max").write_text("150000 100000\n")
+def test_cgroup_v2_v1_and_hybrid_limits(tmp_path):
     proc = tmp_path / "cgroup"
+    # v2 alone: the tightest level wins, "max" is no limit.
+    v2 = tmp_path / "v2"
+    (v2 / "slice" / "job").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu memory\n")
+    (v2 / "slice" / "memory.max").write_text("4294967296\n")
+    (v2 / "slice" / "job" / "memory.max").write_text("max\n")
+    (v2 / "slice" / "job" / "cpu.max").write_text("150000 100000\n")
     proc.write_text("0::/slice/job\n")
-    assert cgroup_limits(root, proc) == (4 * GiB, 1.5)
+    assert cgroup_limits(v2, proc) == (4 * GiB, 1.5)
+    # v1 controllers (and a hybrid layout's empty unified hierarchy beside them).
     v1 = tmp_path / "v1"
-    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "box").mkdir(parents=True)
     (v1 / "cpu").mkdir()
-    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2 * GiB))
+    (v1 / "unified").mkdir()
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    (v1 / "memory" / "box" / "memory.limit_in_bytes").write_text(str(2 * GiB))
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
-    proc.write_text("4:memory:/x\n")
+    proc.write_text("4:memory:/box\n1:cpu:/\n0::/\n")
     assert cgroup_limits(v1, proc) == (2 * GiB, None)
-    (v1 / "memory" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
+    (v1 / "memory" / "box" / "memory.limit_in_bytes").write_text(str(2**63 - 4096))
     assert cgroup_limits(v1, proc) == (None, None)
 
 

@@ -54,45 +54,57 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _levels(root: Path, path: str) -> list[Path]:
+    """The cgroup folder of ``path`` under ``root`` and each parent up to ``root``."""
+    folder = root / path.lstrip("/")
+    return [level for level in (folder, *folder.parents) if root in (level, *level.parents)]
+
+
+def _tighter(current: float | None, value: float | None) -> float | None:
+    if value is None:
+        return current
+    return value if current is None else min(current, value)
+
+
 def cgroup_limits(
     root: Path = _CGROUP, proc_cgroup: Path = Path("/proc/self/cgroup")
 ) -> tuple[int | None, float | None]:
-    """``(memory bytes, cpus)`` this process's cgroup allows, None where unlimited.
+    """``(memory bytes, cpus)`` this process's cgroups allow, None where unlimited.
 
-    cgroup v2 (``memory.max``, ``cpu.max``) first, then v1 (``memory.limit_in_bytes``,
-    ``cpu.cfs_quota_us``/``cpu.cfs_period_us``). Every level up to the root counts: the
-    tightest limit wins.
+    Reads cgroup v2 (``memory.max``, ``cpu.max``; mounted at ``root`` or, on a hybrid
+    layout, ``root/unified``) and v1 (``memory.limit_in_bytes``, ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``, each controller under ``root/<controller>``). Every level up to
+    the hierarchy's root counts, and the tightest limit wins.
     """
-    memory: int | None = None
+    memory: float | None = None
     cpus: float | None = None
-    text = _read(proc_cgroup) or ""
-    v2 = next(
-        (line.split("::", 1)[1] for line in text.splitlines() if line.startswith("0::")), None
-    )
-    if v2 is not None:
-        folder = root / v2.lstrip("/")
-        for level in (folder, *folder.parents):
-            if root not in (level, *level.parents):
-                break
-            raw = _read(level / "memory.max")
-            if raw and raw != "max" and raw.isdigit():
-                memory = min(memory or int(raw), int(raw))
-            quota = (_read(level / "cpu.max") or "max").split()
-            if quota and quota[0] != "max" and len(quota) == 2:
-                share = int(quota[0]) / int(quota[1])
-                cpus = min(cpus or share, share)
-        return memory, cpus
-    raw = _read(root / "memory" / "memory.limit_in_bytes")
-    # v1 reports "no limit" as a huge number (a page-aligned 2**63 - 1).
-    if raw and raw.isdigit() and int(raw) < 2**60:
-        memory = int(raw)
-    quota_us, period_us = (
-        _read(root / "cpu" / "cpu.cfs_quota_us"),
-        _read(root / "cpu" / "cpu.cfs_period_us"),
-    )
-    if quota_us and period_us and quota_us.lstrip("-").isdigit() and int(quota_us) > 0:
-        cpus = int(quota_us) / int(period_us)
-    return memory, cpus
+    for line in (_read(proc_cgroup) or "").splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers == "":  # v2: one unified hierarchy
+            unified = root if (root / "cgroup.controllers").exists() else root / "unified"
+            for level in _levels(unified, path):
+                raw = _read(level / "memory.max")
+                if raw and raw.isdigit():
+                    memory = _tighter(memory, int(raw))
+                quota = (_read(level / "cpu.max") or "max").split()
+                if len(quota) == 2 and quota[0].isdigit():
+                    cpus = _tighter(cpus, int(quota[0]) / int(quota[1]))
+            continue
+        kinds = controllers.split(",")
+        if "memory" in kinds:
+            for level in _levels(root / "memory", path):
+                raw = _read(level / "memory.limit_in_bytes")
+                # v1 says "no limit" with a huge number (2**63 - 1, page-aligned).
+                if raw and raw.isdigit() and int(raw) < 2**60:
+                    memory = _tighter(memory, int(raw))
+        if "cpu" in kinds:
+            folder = root / ("cpu,cpuacct" if "cpuacct" in kinds else "cpu")
+            for level in _levels(folder if folder.exists() else root / "cpu", path):
+                quota_us = _read(level / "cpu.cfs_quota_us")
+                period_us = _read(level / "cpu.cfs_period_us")
+                if quota_us and period_us and quota_us.isdigit() and int(quota_us) > 0:
+                    cpus = _tighter(cpus, int(quota_us) / int(period_us))
+    return (int(memory) if memory is not None else None), cpus
 
 
 def this_machine(memory_gb: float | None = None) -> Place:
