@@ -93,7 +93,7 @@ class Results:
         """The table in Markdown."""
         if not self.rows:
             return f"## {self.name}\n\n(no rows)\n"
-        keys = list(self.rows[0])
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
         lines = [f"## {self.name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
         lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in self.rows]
         return "\n".join(lines) + "\n"

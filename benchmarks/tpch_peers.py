@@ -50,8 +50,10 @@ def polars(query: str, tables: Path, out: Path) -> None:
         )  # fmt: skip
     elif query == "q3":
         customers = scan("customer").filter(c("c_mktsegment") == "BUILDING")
-        orders = scan("orders").filter(c("o_orderdate") < Q3_DATE).join(
-            customers, left_on="o_custkey", right_on="c_custkey"
+        orders = (
+            scan("orders")
+            .filter(c("o_orderdate") < Q3_DATE)
+            .join(customers, left_on="o_custkey", right_on="c_custkey")
         )
         frame = (
             scan("lineitem").filter(c("l_shipdate") > Q3_DATE)
@@ -271,7 +273,9 @@ def pyspark(query: str, tables: Path, out: Path, spark: Any) -> None:
         )
     elif query == "q5":
         n, s = read("nation"), read("supplier")
-        o = read("orders").where((c("o_orderdate") >= F.lit(Y1994)) & (c("o_orderdate") < F.lit(Y1995)))
+        o = read("orders").where(
+            (c("o_orderdate") >= F.lit(Y1994)) & (c("o_orderdate") < F.lit(Y1995))
+        )
         frame = (
             read("region").where(c("r_name") == "ASIA")
             .join(n, c("r_regionkey") == c("n_regionkey"))

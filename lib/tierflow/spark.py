@@ -202,8 +202,13 @@ def get_spark(
     settings = spark_conf(paths, driver_host=driver_host)
     if master.startswith("local"):
         # Spark's default of 200 shuffle partitions is sized for clusters; on one machine
-        # it turns every small shuffle into hundreds of tiny tasks.
+        # it turns every small shuffle into hundreds of tiny tasks. (A job's engine sizes
+        # them to its input: tierflow.engines.spark_engine.)
         settings.setdefault("spark.sql.shuffle.partitions", str(max(4, 2 * (os.cpu_count() or 2))))
+        # In local mode the executors live in the driver's JVM, and Spark's default heap
+        # of 1 GiB makes a large job spill from its first shuffle: give it a share of the
+        # memory this machine offers (the heap grows only as far as it is used).
+        settings.setdefault("spark.driver.memory", local_driver_memory())
     settings.setdefault("spark.ui.enabled", "false")
     settings.setdefault("spark.ui.showConsoleProgress", "false")
     auth = None if master.startswith("local") else spark_auth()
@@ -216,6 +221,13 @@ def get_spark(
         spark = builder.getOrCreate()
     apply_object_store(spark)
     return spark
+
+
+def local_driver_memory(share: float = 0.4) -> str:
+    """The heap of a ``local[*]`` session: ``share`` of this machine's memory, at least 1 GiB."""
+    from tierflow.jobs.resources import this_machine
+
+    return f"{max(1024, int(this_machine().memory * share / 2**20))}m"
 
 
 @contextmanager

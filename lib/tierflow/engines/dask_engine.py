@@ -26,6 +26,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
+from tierflow.engines.dask_plan import tighten
 from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
 from tierflow.io.textdecode import (
     META_FILE,
@@ -299,7 +300,7 @@ class DaskEngine(Engine):
             try:
                 con.execute(f"SET temp_directory = '{scratch}'")
                 for name, frame in tables.items():
-                    native = frame.to_native()
+                    native = tighten(frame.to_native())
                     schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
                     reader = pa.RecordBatchReader.from_batches(schema, self._batches(native))
                     con.register(f"_tf_stream_{name}", reader)
@@ -324,7 +325,7 @@ class DaskEngine(Engine):
 
         del size_hint  # the workers spill on their own
 
-        native = self.client.persist(frame.to_native())
+        native = self.client.persist(tighten(frame.to_native()))
         wait(native)
         return nw.from_native(native)
 
@@ -380,9 +381,13 @@ class DaskEngine(Engine):
         """Gather the partitions' Arrow batches on the client."""
         import pyarrow as pa
 
-        native = frame.to_native()
+        native = tighten(frame.to_native())
         schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
         return pa.Table.from_batches(list(self._batches(native)), schema=schema)
+
+    def count(self, frame: nw.LazyFrame[Any]) -> int:
+        """Rows, counted on the cluster."""
+        return int(self.client.compute(tighten(frame.to_native()).shape[0]).result())
 
     def write(
         self,
@@ -395,7 +400,7 @@ class DaskEngine(Engine):
         """Stream partitions from the workers into the Arrow sink."""
         import pyarrow as pa
 
-        native = frame.to_native()
+        native = tighten(frame.to_native())
         schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
 
         def partition_values() -> list[tuple[Any, ...]]:

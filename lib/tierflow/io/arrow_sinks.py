@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from tierflow.config.jobs import SinkConfig, is_uri
 from tierflow.engines.base import WriteResult
@@ -191,6 +190,9 @@ def write_parquet(
     A local overwrite writes beside the table and swaps the folders, so readers never see
     a half-written table; partitions are replaced by deleting the folders written to.
     """
+    # Imported here: pyarrow.dataset pulls in pandas, which a Delta write never needs.
+    import pyarrow.dataset as pads
+
     counter = _Counter(batches)
     partitioning = (
         pads.partitioning(pa.schema([schema.field(c) for c in action.partition_by]), flavor="hive")

@@ -131,9 +131,16 @@ def save(folder: Path, calibration: Calibration) -> Path:
 
 
 class PeakMemory:
-    """Samples the resident memory of this process and its descendants in the background."""
+    """Samples the resident memory of process trees in the background.
 
-    def __init__(self, every: float = 0.05) -> None:
+    ``roots`` gives the processes whose trees count (default: this process): the tree of
+    this process holds the Spark JVM and a LocalCluster's workers it started.
+    """
+
+    def __init__(self, roots: Callable[[], list[int]] | None = None, every: float = 0.05) -> None:
+        import os
+
+        self.roots = roots or (lambda: [os.getpid()])
         self.every = every
         self.peak = 0
         self.start = 0
@@ -141,8 +148,8 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def tree_rss() -> int:
-        """Resident bytes of this process and every process it started (Linux ``/proc``)."""
+    def tree_rss(roots: list[int] | None = None) -> int:
+        """Resident bytes of the ``roots`` (default: this process) and their descendants."""
         import os
 
         page = os.sysconf("SC_PAGE_SIZE")
@@ -159,7 +166,8 @@ class PeakMemory:
             fields = stat.rsplit(")", 1)[1].split()
             parents[int(entry.name)] = int(fields[1])
             resident[int(entry.name)] = int(statm[1]) * page
-        tree, frontier = {os.getpid()}, [os.getpid()]
+        tree = set(roots or [os.getpid()])
+        frontier = list(tree)
         while frontier:
             pid = frontier.pop()
             children = [c for c, p in parents.items() if p == pid and c not in tree]
@@ -169,10 +177,10 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            self.peak = max(self.peak, self.tree_rss())
+            self.peak = max(self.peak, self.tree_rss(self.roots()))
 
     def __enter__(self) -> PeakMemory:
-        self.start = self.peak = self.tree_rss()
+        self.start = self.peak = self.tree_rss(self.roots())
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -181,7 +189,7 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.peak = max(self.peak, self.tree_rss())
+        self.peak = max(self.peak, self.tree_rss(self.roots()))
 
 
 def _probe_data(folder: Path, rows: int, seed: int = 11) -> Path:

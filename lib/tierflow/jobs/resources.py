@@ -19,6 +19,7 @@ import os
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 GiB = 1024**3
@@ -127,12 +128,23 @@ def this_machine(memory_gb: float | None = None) -> Place:
 
 
 def dask_cluster(address: str, timeout: float = 10) -> Place:
-    """The workers of the Dask scheduler at ``address`` (threads and memory limits)."""
-    try:
-        from distributed import Client
+    """The workers of the Dask scheduler at ``address`` (threads and memory limits).
 
-        with Client(address, timeout=timeout, set_as_default=False) as client:  # type: ignore[no-untyped-call]
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    One ``identity`` call over the scheduler's RPC (with the TLS settings of Dask's
+    configuration, as a client would use), not a whole client.
+    """
+    import asyncio
+
+    async def identity() -> dict[str, Any]:
+        from distributed.core import rpc
+        from distributed.security import Security
+
+        args = Security().get_connection_args("client")  # type: ignore[no-untyped-call]
+        async with rpc(address, connection_args=args, timeout=timeout) as scheduler:  # type: ignore[no-untyped-call]
+            return dict(await asyncio.wait_for(scheduler.identity(), timeout))
+
+    try:
+        workers = asyncio.run(identity()).get("workers", {})
     except Exception as exc:
         return Place(f"dask {address}", 0, 0, 0, address, f"{type(exc).__name__}: {exc}")
     if not workers:
