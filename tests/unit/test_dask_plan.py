@@ -35,7 +35,7 @@ def frame(path):
     return nw.from_native(
         dd.read_parquet(
             str(path), dtype_backend="pyarrow", arrow_to_pandas={"types_mapper": pd.ArrowDtype}
-        )  # fmt: skip
+        )
     )
 
 
