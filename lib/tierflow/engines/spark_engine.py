@@ -36,6 +36,7 @@ from tierflow.io.write_plan import (
     plan_write,
     spark_user_metadata,
 )
+from tierflow.io.writers import writer_slot
 from tierflow.storage import ObjectStore, adopt, for_workers
 
 log = logging.getLogger(__name__)
@@ -310,10 +311,13 @@ class SparkEngine(Engine):
 
         native = frame.to_native()
         arrow = to_arrow_schema(native.schema, timezone="UTC")
-        action = plan_write(sink, path, arrow, commit_metadata=commit_metadata)
-        if action.format == "delta":
-            return self._write_delta(native, action)
-        return self._write_parquet(native, action)
+        if sink.format == "delta":
+            # Spark's Delta log stores are safe only within one driver: the table is this
+            # writer's alone while it writes (see tierflow.io.writers).
+            with writer_slot(path, exclusive=True):
+                action = plan_write(sink, path, arrow, commit_metadata=commit_metadata)
+                return self._write_delta(native, action)
+        return self._write_parquet(native, plan_write(sink, path, arrow))
 
     def _write_delta(self, native: Any, action: WriteAction) -> WriteResult:
         from delta.tables import DeltaTable

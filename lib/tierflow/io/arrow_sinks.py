@@ -27,6 +27,7 @@ from tierflow.io.write_plan import (
     find_commit,
     plan_write,
 )
+from tierflow.io.writers import writer_slot
 
 __all__ = ["SchemaMismatchError", "unified_parquet_schema", "write_arrow"]
 
@@ -234,8 +235,14 @@ def write_arrow(
     partition_values: Callable[[], list[tuple[Any, ...]]] | None = None,
     commit_metadata: str | None = None,
 ) -> WriteResult:
-    """Decide the write (schema enforced), then carry it out in the sink's format."""
+    """Decide the write (schema enforced), then carry it out in the sink's format.
+
+    A Delta write holds the table's shared writer slot (:mod:`tierflow.io.writers`):
+    delta-rs writers share a table, a Spark writer does not.
+    """
+    if sink.format == "delta":
+        with writer_slot(path, exclusive=False):
+            action = plan_write(sink, path, schema, commit_metadata=commit_metadata)
+            return write_delta(batches, schema, action, partition_values=partition_values)
     action = plan_write(sink, path, schema, commit_metadata=commit_metadata)
-    if action.format == "delta":
-        return write_delta(batches, schema, action, partition_values=partition_values)
     return write_parquet(batches, schema, action)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tierflow.config.jobs import SinkConfig, WriteMode
@@ -149,8 +150,6 @@ def decide(
 
 def table_schema(path: str, fmt: str) -> pa.Schema | None:
     """The schema of the table at ``path``, or None when there is no table yet."""
-    from pathlib import Path
-
     import pyarrow as pa
 
     from tierflow.config.jobs import is_uri
@@ -185,19 +184,38 @@ def plan_write(
     return decide(sink, path, exists=existing is not None, commit_metadata=commit_metadata)
 
 
-def find_commit(action: WriteAction, depth: int = 50) -> dict[str, Any]:
-    """The Delta history entry of ``action``'s commit (version, operation, metrics).
+def find_commit(action: WriteAction, depth: int = 100) -> dict[str, Any]:
+    """The ``commitInfo`` of ``action``'s commit, with its ``version``; empty if not found.
 
-    Looked up by the write's id among the newest ``depth`` commits, never as "the latest
-    commit": another writer may have committed since. Empty when it is not found.
+    Looked up by the write's id in the newest ``depth`` commit files, never as "the
+    latest commit": other writers may have committed since. (The commit files are read
+    here: delta-rs's ``history()`` numbers its entries by counting down from a latest
+    version that other writers can move while it reads.)
     """
-    from tierflow.storage import delta_table
+    import json
 
-    for entry in delta_table(action.path).history(depth):
-        if entry.get("tierflow.writeId") == action.write_id or (
-            entry.get("userMetadata") == spark_user_metadata(action)
-        ):
-            return dict(entry)
+    from tierflow.storage import arrow_location, delta_table
+
+    latest = delta_table(action.path).version()
+    filesystem, log = arrow_location(action.path.rstrip("/") + "/_delta_log")
+    for version in range(latest, max(-1, latest - depth), -1):
+        name = f"{log}/{version:020d}.json"
+        try:
+            if filesystem is None:
+                text = Path(name).read_text()
+            else:
+                with filesystem.open_input_stream(name) as stream:
+                    text = stream.read().decode()
+        except (FileNotFoundError, OSError):
+            continue
+        for line in text.splitlines():
+            if '"commitInfo"' not in line:
+                continue
+            info = dict(json.loads(line)["commitInfo"])
+            if info.get("tierflow.writeId") == action.write_id or (
+                info.get("userMetadata") == spark_user_metadata(action)
+            ):
+                return {**info, "version": version}
     return {}
 
 
