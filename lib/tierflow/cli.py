@@ -334,7 +334,7 @@ def _calibrate(args: argparse.Namespace, project: Any) -> int:
     rows = tuple(int(r) for r in args.rows.split(","))
     options = _engine_options(args)
     resources = project.resources(options)
-    folder = project.paths.project / project.config.planner.calibration_dir
+    folder = project.calibration_dir
     scratch = project.paths.project / ".local"
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="calibrate-", dir=scratch) as work:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 LOGS_DIR_ENV = "TIERFLOW_LOGS_DIR"
 DASK_SCHEDULER_ENV = "TIERFLOW_DASK_SCHEDULER"
+CALIBRATION_DIR_ENV = "TIERFLOW_CALIBRATION_DIR"
 SPARK_MASTER_ENV = "TIERFLOW_SPARK_MASTER"
 
 
@@ -100,6 +101,12 @@ class Project:
                         f"{check.expr!r}: {exc}"
                     ) from None
 
+    @property
+    def calibration_dir(self) -> Path:
+        """Where calibrations are kept: ``$TIERFLOW_CALIBRATION_DIR``, else the setting."""
+        folder = Path(os.environ.get(CALIBRATION_DIR_ENV) or self.config.planner.calibration_dir)
+        return folder if folder.is_absolute() else self.paths.project / folder
+
     def clusters(self, options: EngineOptions | None = None) -> tuple[str | None, str | None]:
         """``(dask scheduler, spark master)`` the tiers may use: options, environment, config."""
         options = options or EngineOptions()
@@ -134,7 +141,7 @@ class Project:
             spark = Place(f"{master or 'local[*]'} on this machine", machine.cores, machine.memory)
         if options.spark_session is not None:
             started.add("spark")
-        folder = self.paths.project / self.config.planner.calibration_dir
+        folder = self.calibration_dir
         places: dict[EngineName, Place] = {"single": machine, "dask": dask, "spark": spark}
         return Resources(
             machine=machine,
