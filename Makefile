@@ -11,7 +11,8 @@ DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench bench-etl bench-delta bench-features bench-streaming bench-training horovod
+.PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-streaming bench-training horovod
+.PHONY: calibrate
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
@@ -50,8 +51,15 @@ services-status: ## show which local services run and answer
 bench: setup ## every benchmark against its hand-written peer, then benchmarks/results/<date>/summary.md
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.run_all
 
-bench-etl: setup ## TPC-H-derived jobs per tier against pandas, Polars, DuckDB, Dask, PySpark by hand
-	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_etl
+bench-etl: setup ## TPC-H q1 and q3 per tier against Polars, DuckDB, Dask, PySpark, pandas by hand (SF 0.1, 1)
+	@scripts/isolated.sh env TIERFLOW_BENCH_NAME=etl TIERFLOW_BENCH_SCALES=0.1,1 \
+	  TIERFLOW_BENCH_QUERIES=q1,q3 $(BIN)/python -m benchmarks.bench_scale
+
+bench-scale: setup ## TPC-H q1-q18 at SF 1, 10, 30 (generated, cached) per tier and the planner's pick (~2 h)
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_scale
+
+calibrate: setup ## measure each tier's speed and memory on this machine, for the planner
+	@scripts/isolated.sh $(BIN)/tierflow calibrate
 
 bench-delta: setup ## tierflow's Delta sink against pyarrow's Parquet writer; MERGE 1% against overwrite
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_delta

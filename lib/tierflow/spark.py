@@ -37,7 +37,8 @@ warnings.filterwarnings(
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOOPBACK = "127.0.0.1"
-#: The address ``tierflow spark-submit``'s driver binds and advertises (default loopback).
+#: The address a driver binds and advertises to a cluster's executors (default loopback):
+#: ``tierflow spark-submit``'s, and a session's that ``tierflow run --master`` starts.
 DRIVER_HOST_ENV = "TIERFLOW_SPARK_DRIVER_HOST"
 
 
@@ -172,13 +173,16 @@ def get_spark(
             ``spark-submit``, whose ``--master`` already applies.
         conf: Extra settings, applied last.
         paths: Project folders; discovered when omitted.
-        driver_host: See :func:`spark_conf`.
+        driver_host: See :func:`spark_conf`; loopback (the default) gives way to
+            ``$TIERFLOW_SPARK_DRIVER_HOST``, the address a cluster's executors reach.
 
     Raises:
         MissingDependencyError: pyspark, Java or the fetched jars are missing, or the
             application was submitted without the jars.
     """
     java_executable()
+    if driver_host == LOOPBACK:
+        driver_host = os.environ.get(DRIVER_HOST_ENV) or LOOPBACK
     try:
         from pyspark.sql import SparkSession
     except ImportError:

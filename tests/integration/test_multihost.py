@@ -7,7 +7,8 @@ a bridge of their own (10.231.0.0/24, connected to nothing else) and runs
 min in-sync replicas 2), a Spark master with workers on two other hosts, a Ray head with
 a worker on another host, Redis. A `spark-submit` batch job, a `ray job submit` training
 job and two streaming daemons run while h3 (a broker, a Spark worker and the Ray worker)
-is cut off by taking its switch port down. Here the outputs are compared.
+is cut off by taking its switch port down. Before that, the planner on a client told it
+has 50 MiB sends a job to the Spark cluster. Here the outputs are compared.
 """
 
 from __future__ import annotations
@@ -66,6 +67,27 @@ def test_the_table_equals_an_undisturbed_run(outcome, tmp_path) -> None:
     assert_same_rows(
         normalise(table), normalise(read_table(data / "silver" / "orders")),
         "silver/orders with h3 cut off vs undisturbed",
+    )  # fmt: skip
+
+
+def test_the_planner_sends_what_the_client_cannot_hold_to_the_cluster(outcome, tmp_path) -> None:
+    result, _ = outcome
+    planner = result["planner"]
+    assert planner["engine"] == "spark" and planner["address"] == "spark://10.231.0.1:7077"
+    spark = planner["estimates"]["spark"]
+    assert (spark["workers"], spark["cores"]) == (2, 2) and spark["fits"]
+    assert not planner["estimates"]["single"]["fits"] and not planner["estimates"]["dask"]["fits"]
+    assert "single, dask cannot hold it" in planner["reason"] or "cannot hold" in planner["reason"]
+    assert "succeeded on spark (spark://10.231.0.1:7077" in planner["summary"], planner["summary"]
+    data = generate(tmp_path / "data", orders=12_000, files=16)
+    project = project_for(data)
+    assert (
+        project.run(project.load_job("orders_clean"), engine="single", echo=False).status
+        == "succeeded"
+    )
+    assert_same_rows(
+        normalise(read_table(planner["table"])), normalise(read_table(data / "silver" / "orders")),
+        "silver/orders planned onto the cluster vs on one machine",
     )  # fmt: skip
 
 

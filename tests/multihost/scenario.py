@@ -6,7 +6,9 @@ worker and the Ray worker; the client runs the drivers and the streaming daemons
 
 1. The cluster starts: 3 KRaft brokers (replication factor 3, min in-sync replicas 2),
    Spark standalone, Ray with token authentication, Redis.
-2. An undisturbed training run (``ray job submit``), as the reference model.
+2. An undisturbed training run (``ray job submit``), as the reference model; meanwhile
+   the planner, told the client host has 50 MiB and where the Spark master is, sends a
+   batch job to the Spark cluster (``tierflow plan`` / ``tierflow run`` on the client).
 3. At once: a batch job with ``spark-submit`` (executors on h2 and h3), a training job
    with ``ray job submit`` (DDP workers spread over h1 and h3), and two streaming
    daemons fed by a producer on the client. Once each has work in flight on h3, h3 is
@@ -348,6 +350,42 @@ def training_workers_on(cluster: Cluster) -> list[str]:
     return sorted(ip_of.get(a["node_id"], "?") for a in actors)
 
 
+class PlannerJob:
+    """``tierflow plan`` and ``tierflow run`` of a job on a client host given too little memory.
+
+    The host is told it has 50 MiB (``TIERFLOW_MEMORY_GB``) and where the Spark master is
+    (``TIERFLOW_SPARK_MASTER``): the planner asks the master's UI for its workers, finds
+    that neither this host's single-node tier nor local Dask or Spark can hold the job,
+    and sends it to the cluster, where it runs with its driver on this host.
+    """
+
+    def __init__(self, cluster: Cluster, data: Path) -> None:
+        self.data = data
+        self.env = os.environ | {
+            "TIERFLOW_MEMORY_GB": str(50 / 1024), "TIERFLOW_SPARK_MASTER": cluster.spark_master,
+            "TIERFLOW_SPARK_DRIVER_HOST": cluster.ip["client"],
+            "TIERFLOW_LOGS_DIR": str(data / "_logs"),
+        }  # fmt: skip
+        args = ["orders_clean", "--data-dir", str(data)]
+        plan = subprocess.run([str(BIN / "tierflow"), "plan", *args, "--json"], cwd=PROJECT,
+                              env=self.env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert plan.returncode == 0, plan.stderr[-3000:]
+        self.plan = json.loads(plan.stdout)
+        self.log = cluster.work / "logs" / "planner-run.log"
+        self.run = subprocess.Popen(
+            [str(BIN / "tierflow"), "run", *args, "--quiet"], cwd=PROJECT, env=self.env,
+            stdout=subprocess.PIPE, stderr=self.log.open("wb"), text=True,
+        )  # fmt: skip
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        out, _ = self.run.communicate(timeout=timeout)
+        assert self.run.returncode == 0, self.log.read_text()[-4000:]
+        estimates = {e["engine"]: e for e in self.plan["estimates"]}
+        return {"engine": self.plan["engine"], "address": self.plan["address"],
+                "reason": self.plan["reason"], "estimates": estimates, "rc": self.run.returncode,
+                "summary": out.strip().splitlines()[-1], "table": str(self.data / "silver" / "orders")}  # fmt: skip
+
+
 def spark_submit(cluster: Cluster, data: Path, log: Path) -> subprocess.Popen[bytes]:
     env = os.environ | {"TIERFLOW_SPARK_DRIVER_HOST": cluster.ip["client"],
                         "TIERFLOW_LOGS_DIR": str(data / "_logs")}  # fmt: skip
@@ -399,10 +437,14 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     result["cluster_up_s"] = round(time.monotonic() - began, 1)
     say(f"cluster up in {result['cluster_up_s']} s")
 
-    say("reference: an undisturbed training run through ray job submit")
+    say("planner: this host may use 50 MiB, the Spark cluster is configured; and at the same "
+        "time the reference training run (ray job submit)")  # fmt: skip
+    planner = PlannerJob(cluster, generate(work / "planner-data", orders=12_000, files=16))
     ref_log = work / "logs" / "train-reference.log"
     state = RayJob(cluster, train_data, "mh_reference", ref_log).wait(timeout=600)
     assert state == "SUCCEEDED", ref_log.read_text()[-4000:]
+    result["planner"] = planner.wait(timeout=600)
+    say(f"planner's job: {result['planner']['summary']}")
 
     # --- everything at once, then h3 goes ------------------------------------------------
     from tierflow.project import Project

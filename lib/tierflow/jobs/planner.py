@@ -10,9 +10,10 @@ job; when none does, the one with the most memory.
 
 - **single** (Polars, in this process) holds a job when its predicted peak fits
   ``planner.memory_fraction`` of this machine's memory.
-- **dask** and **spark** spill to disk: they hold a job whenever their workers can start
-  at all, and a predicted peak above a worker's memory doubles the predicted time
-  (spilling). On this machine they share its memory; a cluster brings its workers'.
+- **dask** and **spark** spill to disk: they hold a job whenever their workers can run
+  at all (on this machine: when their processes fit its memory; a cluster's workers are
+  already running), and a predicted peak above a worker's memory doubles the predicted
+  time (spilling). On this machine they share its memory; a cluster brings its workers'.
 
 Fixed thresholds in ``conf/tierflow.yaml`` (``tiers:``) replace the prediction with the
 checklist's rule. The plan explains itself (``tierflow plan JOB``), and an explicit
@@ -112,7 +113,10 @@ def estimate(engine: EngineName, total: int, resources: Resources) -> TierEstima
         budget = int(resources.memory_fraction * place.memory)
         return TierEstimate(engine, place, seconds, peak, budget, peak <= budget, False, measured)
     budget = place.memory_per_worker
-    fits = cost.memory_base <= budget  # its workers can start; beyond that they spill
+    # A cluster's workers are running: its manager has already given them their memory.
+    # Here, the tier's own processes must first fit in this machine's; beyond that, the
+    # workers spill to disk.
+    fits = place.address is not None or cost.memory_base <= budget
     spills = fits and peak > budget
     return TierEstimate(
         engine, place, seconds * (SPILL_FACTOR if spills else 1.0), peak, budget, fits, spills,
