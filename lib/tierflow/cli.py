@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--scheduler", help="Dask scheduler address (default: a LocalCluster)")
     cal.add_argument("--workers", type=int, help="LocalCluster workers (default: CPU count)")
     cal.add_argument(
-        "--rows", default="1000000,4000000", help="probe sizes in rows (comma-separated)"
+        "--rows", default="2000000,12000000", help="probe sizes in rows (comma-separated)"
     )
 
     runs = sub.add_parser("runs", help="list run records (newest first)")

@@ -27,7 +27,7 @@ import narwhals as nw
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
 from tierflow.engines.dask_plan import tighten
-from tierflow.io.arrow_sinks import unified_parquet_schema, write_arrow
+from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
 from tierflow.io.textdecode import (
     META_FILE,
     META_RECORD,
@@ -217,8 +217,10 @@ class DaskEngine(Engine):
     def read_parquet(self, files: Sequence[str], *, lineage: bool = True) -> nw.LazyFrame[Any]:
         """``dd.read_parquet`` (dask-expr's optimiser); with lineage, one tagging task per file."""
         import dask.dataframe as dd
+        import pyarrow as pa
 
-        unified = unified_parquet_schema(files)
+        schemas = parquet_schemas(files)
+        unified = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
         store = for_workers(list(files))
         if not lineage:
             # dask-expr pushes the transform's projections and filters into this scan and
@@ -233,7 +235,8 @@ class DaskEngine(Engine):
                     paths,
                     dtype_backend="pyarrow",
                     arrow_to_pandas={"types_mapper": _arrow_dtype},
-                    dataset={"schema": unified},
+                    # The union of schemas only where files differ (it slows the scan).
+                    dataset={"schema": unified} if len(schemas) > 1 else {},
                     **({"filesystem": filesystem} if filesystem is not None else {}),
                 )
             )
@@ -276,15 +279,15 @@ class DaskEngine(Engine):
     def _batches(self, frame: Any) -> Iterator[Any]:
         """Compute partitions on the cluster and yield them as Arrow batches, as they finish."""
         import pyarrow as pa
-        from distributed import as_completed
+        from distributed import as_completed, futures_of
 
         schema = pa.Schema.from_pandas(frame._meta, preserve_index=False)
-        # Persist first: the graph is optimised once, on the cluster. Splitting an
-        # unpersisted dask-expr frame with to_delayed() re-optimises it and can take
-        # minutes for a wide expression graph.
-        persisted = self.client.persist(frame)
-        futures = self.client.compute(persisted.to_delayed())
-        for future in as_completed(futures):
+        # Optimised once, here, then persisted: every partition of the result is one of
+        # its futures. (dask-expr picks a grouped aggregation's output partitions while
+        # it optimises: an unoptimised collection can count fewer partitions than it
+        # computes, and splitting it with to_delayed() silently drops the others.)
+        persisted = self.client.persist(frame.optimize())
+        for future in as_completed(futures_of(persisted)):
             part = future.result()
             future.release()
             yield from pa.Table.from_pandas(part, schema=schema, preserve_index=False).to_batches()

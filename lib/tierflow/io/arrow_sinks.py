@@ -29,7 +29,7 @@ from tierflow.io.write_plan import (
 )
 from tierflow.io.writers import writer_slot
 
-__all__ = ["SchemaMismatchError", "unified_parquet_schema", "write_arrow"]
+__all__ = ["SchemaMismatchError", "parquet_schemas", "unified_parquet_schema", "write_arrow"]
 
 #: The MERGE metrics a write result reports (delta-rs's names).
 MERGE_METRICS = ("num_target_rows_updated", "num_target_rows_inserted", "num_source_rows")
@@ -165,8 +165,8 @@ def write_delta(
     return WriteResult(path, "delta", action.mode, counter.rows, version, details)
 
 
-def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
-    """The union of the files' schemas (files written before a column was added lack it)."""
+def parquet_schemas(files: Sequence[str]) -> list[pa.Schema]:
+    """The distinct schemas of the files (one, unless columns were added over time)."""
     import pyarrow.parquet as pq
 
     from tierflow.storage import arrow_location
@@ -180,6 +180,12 @@ def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
         if key not in seen:
             seen.add(key)
             schemas.append(schema)
+    return schemas
+
+
+def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
+    """The union of the files' schemas (files written before a column was added lack it)."""
+    schemas = parquet_schemas(files)
     return pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
 
 
