@@ -49,7 +49,7 @@ RUNNERS = tuple(os.environ.get("TIERFLOW_BENCH_RUNNERS", ",".join(ALL_RUNNERS)).
 #: Each tier's hand-written counterpart.
 NATIVE = {"single": "polars", "dask": "dask", "spark": "pyspark"}
 #: A run is stopped after this long (a hung run must not stop the benchmark).
-TIMEOUT_S = 3 * 3600
+TIMEOUT_S = 2400
 GiB = 1024**3
 
 

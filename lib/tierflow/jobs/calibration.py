@@ -62,11 +62,13 @@ class TierCost:
 
 
 #: Costs measured on a 2-core, 24 GiB machine (``tierflow calibrate``, November 2026),
-#: used until this machine or cluster is calibrated.
+#: used until this machine or cluster is calibrated. The single-node tier's memory per GiB
+#: is not visible in the probes (Polars streams them in its buffers); a quarter is the
+#: share its peak took of the estimated input on TPC-H at scale factor 30 or less.
 DEFAULT_COSTS: dict[EngineName, TierCost] = {
-    "single": TierCost(0.0, 0.05, 1.0, 300 * 2**20, 0.25 * GiB),
-    "dask": TierCost(6.0, 0.8, 12.0, 350 * 2**20, 1.5 * GiB),
-    "spark": TierCost(12.0, 1.5, 14.0, 1200 * 2**20, 0.3 * GiB),
+    "single": TierCost(0.5, 0.23, 3.4, 700 * 2**20, 0.25 * GiB),
+    "dask": TierCost(1.5, 0.2, 21.5, 260 * 2**20, 1.45 * GiB),
+    "spark": TierCost(8.5, 3.1, 17.1, 800 * 2**20, 0.8 * GiB),
 }
 
 
