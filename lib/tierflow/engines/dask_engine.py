@@ -26,7 +26,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
-from tierflow.engines.dask_plan import tighten
+from tierflow.engines.dask_plan import optimized
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
 from tierflow.io.textdecode import (
     META_FILE,
@@ -282,14 +282,12 @@ class DaskEngine(Engine):
         from distributed import as_completed, futures_of
 
         schema = pa.Schema.from_pandas(frame._meta, preserve_index=False)
-        # Optimised once, here, then persisted: every partition of the result is one of
-        # its futures. (dask-expr picks a grouped aggregation's output partitions while
-        # it optimises: an unoptimised collection can count fewer partitions than it
-        # computes, and splitting it with to_delayed() silently drops the others.)
-        # Without blockwise fusion, as Client.persist optimises: fusing a wide graph
-        # (a training set's joins) re-tokenises it for minutes, and TPC-H at SF 1 ran
-        # as fast unfused (q3 1.8 s vs 2.1, q9 5.3 vs 4.9, q18 2.6 vs 3.1).
-        persisted = self.client.persist(frame.optimize(fuse=False))
+        # ``frame`` comes optimised (``optimized``), and is persisted as it is: every
+        # partition of the result is one of its futures. (dask-expr picks a grouped
+        # aggregation's output partitions while it optimises: an unoptimised collection
+        # can count fewer partitions than it computes, and splitting it with
+        # to_delayed() silently drops the others.)
+        persisted = self.client.persist(frame)
         for future in as_completed(futures_of(persisted)):
             part = future.result()
             future.release()
@@ -306,7 +304,7 @@ class DaskEngine(Engine):
             try:
                 con.execute(f"SET temp_directory = '{scratch}'")
                 for name, frame in tables.items():
-                    native = tighten(frame.to_native())
+                    native = optimized(frame.to_native())
                     schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
                     reader = pa.RecordBatchReader.from_batches(schema, self._batches(native))
                     con.register(f"_tf_stream_{name}", reader)
@@ -331,7 +329,7 @@ class DaskEngine(Engine):
 
         del size_hint  # the workers spill on their own
 
-        native = self.client.persist(tighten(frame.to_native()))
+        native = self.client.persist(optimized(frame.to_native()))
         wait(native)
         return nw.from_native(native)
 
@@ -387,13 +385,13 @@ class DaskEngine(Engine):
         """Gather the partitions' Arrow batches on the client."""
         import pyarrow as pa
 
-        native = tighten(frame.to_native())
+        native = optimized(frame.to_native())
         schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
         return pa.Table.from_batches(list(self._batches(native)), schema=schema)
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Rows, counted on the cluster."""
-        return int(self.client.compute(tighten(frame.to_native()).shape[0]).result())
+        return int(self.client.compute(optimized(frame.to_native()).shape[0]).result())
 
     def write(
         self,
@@ -406,7 +404,7 @@ class DaskEngine(Engine):
         """Stream partitions from the workers into the Arrow sink."""
         import pyarrow as pa
 
-        native = tighten(frame.to_native())
+        native = optimized(frame.to_native())
         schema = pa.Schema.from_pandas(native._meta, preserve_index=False)
 
         def partition_values() -> list[tuple[Any, ...]]:
