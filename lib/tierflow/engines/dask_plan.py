@@ -128,5 +128,5 @@ def optimized(frame: Any) -> Any:
         try:
             return tight.optimize(fuse=False)
         except Exception as exc:  # any failure: fall back to the plain plan
-            log.warning("dask rejected the tightened plan (%s); running it as built", exc)
+            log.info("dask rejected the tightened plan (%s); running it as built", exc)
     return frame.optimize(fuse=False)
