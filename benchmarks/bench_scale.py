@@ -12,7 +12,8 @@ to hand-written Polars, DuckDB, Dask, PySpark and pandas (``benchmarks/tpch_peer
   Dask runs (tierflow's tier and the peer) run in a fresh client process against one
   shared LocalCluster (2 workers); their memory is the workers' peak plus the client's.
   Spark runs (tier and peer) share one ``local[*]`` session; their memory is the JVM's
-  peak. Engines are started once, untimed.
+  peak. Engines are started once, untimed; each run's libraries (the peer's, or tierflow's
+  own modules) are imported before its clock starts.
 - pandas runs only where the inputs fit in memory three times over (it holds whole
   columns); elsewhere it is recorded as unable to hold the data, not run.
 - The planner's pick is what ``tierflow plan`` chooses for the job on this machine; its
@@ -118,13 +119,17 @@ def run_one(runner: str, query: str, data: Path, out: Path, scheduler: str | Non
 
 
 def _preload(runner: str) -> None:
-    """Import the libraries a runner uses before its clock starts: loading pandas or Dask
-    is not the query's work, for tierflow or for the peer. (tierflow's own modules load
-    inside the timed run.)"""
+    """Import the libraries a runner uses before its clock starts: loading pandas, Dask or
+    tierflow is not the query's work, for tierflow or for the peer. (Profiled on SF 0.1:
+    tierflow's and pydantic's imports were two thirds of a fresh process's first job.)"""
     import importlib
 
     modules = ["pyarrow", "pyarrow.dataset", "pyarrow.parquet", "pandas", "polars", "deltalake",
                "duckdb", "narwhals"]  # fmt: skip
+    if runner.startswith("tierflow-"):
+        tier = runner.removeprefix("tierflow-")
+        engine = "polars_engine" if tier == "single" else f"{tier}_engine"
+        modules += ["tierflow.project", "tierflow.io.arrow_sinks", f"tierflow.engines.{engine}"]
     if "dask" in runner:
         modules += ["dask.dataframe", "distributed"]
     if "spark" in runner:
