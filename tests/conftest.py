@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests import background
 from tierflow.config.services import ServicesConfig, load_services_config
 from tierflow.paths import ProjectPaths
 from tierflow.services.base import LocalService
@@ -24,15 +23,6 @@ PROJECT = Path(__file__).resolve().parent.parent
 # Never share a state folder with a developer's own `tierflow services up`.
 os.environ.setdefault("TIERFLOW_STATE_DIR", str(PROJECT / ".local" / "test-services"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-@pytest.hookimpl(trylast=True)  # after the -m/-k deselection: start only what runs
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    background.schedule(config, items)
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    background.stop_all(session.config)
 
 
 class Services:

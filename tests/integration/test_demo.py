@@ -13,7 +13,9 @@ flights' features must be those of the scale-1 run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +24,73 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests import background
-from tests.background import CANARY
 from tests.support import project_for, read_table
 from tierflow.demo.pipeline import Demo, DemoOptions, load_demo_config
 from tierflow.examples.flights import CLEAN_JOBS, ID_STRIDE, INGEST_JOBS, LABEL_JOBS, write_raw
 
 PROJECT = Path(__file__).resolve().parents[2]
-# The timeout covers waiting for the runs when this module is run alone.
-pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 BATCH = ("raw", "ingest", "clean", "profile", "labels", "training_set", "training")
 
 
+CANARY = "canary-7f3a9c"
+# Ports of their own: the session's plaintext services run beside the demo's.
+SECURE_SERVICES = """\
+host: 127.0.0.1
+secure: true
+kafka: {port: 29292, controller_port: 29293}
+redis: {port: 26579}
+"""
+
+
+def secure_env(base: Path) -> dict[str, str]:
+    """The secure profile's services in ``base``, with canary passwords seeded."""
+    conf = base / "services.yaml"
+    conf.write_text(SECURE_SERVICES)
+    credentials = base / "state" / "credentials"
+    credentials.mkdir(parents=True, mode=0o700)
+    for name in ("kafka-admin", "kafka-tierflow", "redis-tierflow", "spark"):
+        (credentials / f"{name}.password").write_text(f"{CANARY}-{name}")
+        (credentials / f"{name}.password").chmod(0o600)
+    return {
+        "TIERFLOW_SERVICES_CONF": str(conf),
+        "TIERFLOW_STATE_DIR": str(base / "state"),
+        # A secret in the environment that nothing at scale 1 needs: still never printed.
+        "TIERFLOW_SPARK_AUTH_SECRET": f"{CANARY}-environment",
+    }
+
+
+def run_demo(
+    data: Path, logs: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    env = dict(os.environ, TIERFLOW_LOGS_DIR=str(logs)) | (env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "tierflow.demo", "--data-dir", str(data), *args],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    report = json.loads((logs / "demo" / "latest" / "report.json").read_text())
+    return done, report
+
+
 @pytest.fixture(scope="module")
-def runs(request) -> dict[str, Any]:
-    # The two runs go on beside the rest of the suite from its start (tests/background.py).
-    base, _ = background.outcome(request.config, "demo")
-    done = base / "outcome.json"
-    assert done.exists(), (base / "background.log").read_text(errors="replace")[-6000:]
-    doc = json.loads(done.read_text())
+def runs(tmp_path_factory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("demo")
+    data, logs = base / "data", base / "logs"
+    env = secure_env(base)
+    first, report1 = run_demo(data, logs, "--online-store", "redis", env=env)
+    html = (logs / "demo" / "latest" / "report.html").read_text()
+    second, report2 = run_demo(data, logs, "--online-store", "redis", env=env)
     return {
         "base": base,
-        "data": base / "data",
-        "logs": base / "logs",
-        "runs": [
-            subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
-            for r in doc["runs"]
-        ],
-        "reports": [r["report"] for r in doc["runs"]],
-        "html": doc["html"],
+        "data": data,
+        "logs": logs,
+        "runs": [first, second],
+        "reports": [report1, report2],
+        "html": html,
     }
 
 

@@ -20,21 +20,19 @@ from typing import Any
 
 import pytest
 
-from tests import background
+from tests.multihost.run import run
 from tests.support import assert_same_rows, normalise, project_for, read_table
 from tierflow.examples.retail import generate
 
-# The timeout covers waiting for the lab when this module is run alone.
-pytestmark = [pytest.mark.multihost, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def outcome(request) -> tuple[dict[str, Any], Path]:
-    # The lab goes on beside the rest of the suite from its start (tests/background.py).
-    work, rc = background.outcome(request.config, "multihost")
-    scenario = work / "logs" / "scenario.log"
-    log = scenario.read_text(errors="replace") if scenario.exists() else ""
-    assert rc == 0, (work / "background.log").read_text(errors="replace")[-3000:] + log[-8000:]
+def outcome(tmp_path_factory) -> tuple[dict[str, Any], Path]:
+    work = tmp_path_factory.mktemp("multihost")
+    rc = run(work)
+    log = (work / "logs" / "scenario.log").read_text(errors="replace")
+    assert rc == 0, log[-8000:]
     return json.loads((work / "result.json").read_text()), work
 
 
