@@ -174,26 +174,20 @@ def training_worker_pids(env: dict[str, str]) -> list[int]:
     return [int(actor["pid"]) for actor in json.loads(listed.stdout)]
 
 
-def checkpoint_registered(run_folder: Path) -> bool:
-    """Whether Ray Train's controller has taken a checkpoint in, not only a worker written one.
+def latest_checkpoint(run_folder: Path) -> str | None:
+    """The last checkpoint Ray Train's controller has taken in (as JSON), or None yet.
 
     A worker writes its checkpoint folder before it reports it; a restart resumes only
-    from what the controller has registered, which it records in this snapshot.
+    from what the controller has registered, which it records in this snapshot. Read once:
+    the controller may replace the file between two reads.
     """
     snapshot = run_folder / "checkpoint_manager_snapshot.json"
     try:
         state = json.loads(snapshot.read_text())
     except (FileNotFoundError, json.JSONDecodeError):  # not yet, or half written
-        return False
-    return state.get("latest_checkpoint_result") is not None
-
-
-def latest_checkpoint(run_folder: Path) -> str | None:
-    """The last checkpoint Ray Train's controller registered (as JSON), or None yet."""
-    if not checkpoint_registered(run_folder):
         return None
-    state = json.loads((run_folder / "checkpoint_manager_snapshot.json").read_text())
-    return json.dumps(state["latest_checkpoint_result"], sort_keys=True)
+    latest = state.get("latest_checkpoint_result")
+    return None if latest is None else json.dumps(latest, sort_keys=True)
 
 
 def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
@@ -220,7 +214,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
         time.sleep(0.2)
         return True
 
-    while not checkpoint_registered(run_folder) and running():
+    while latest_checkpoint(run_folder) is None and running():
         pass
 
     # This run's workers, by the PIDs Ray prefixes their forwarded lines with: the actor
