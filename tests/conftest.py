@@ -18,6 +18,7 @@ from tierflow.config.services import ServicesConfig, load_services_config
 from tierflow.paths import ProjectPaths
 from tierflow.services.base import LocalService
 from tierflow.services.manager import ServiceManager
+from tierflow.services.process import read_stat
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Never share a state folder with a developer's own `tierflow services up`.
@@ -56,12 +57,87 @@ def services_config(project_paths: ProjectPaths) -> ServicesConfig:
     return load_services_config(None, project_paths.settings("services.yaml"))
 
 
+#: The session's services, once the first test has asked for one.
+_SESSION: list[Services] = []
+
+
 @pytest.fixture(scope="session")
 def services(project_paths: ProjectPaths, services_config: ServicesConfig) -> Iterator[Services]:
     svc = Services(ServiceManager(services_config, project_paths))
+    _SESSION.append(svc)
     yield svc
     if svc.started:
         svc.manager.down(svc.started)
+    _SESSION.clear()
+
+
+# --- Each service runs only while its tests do ------------------------------------------
+#
+# On a two-core machine, services idling beside tests that do not use them take a share
+# of the CPU those tests need. Modules are grouped by the services they use, and each
+# service is stopped after the last module that uses it. (A later test asking for it
+# again would start it again: this only saves time, it never decides what runs.)
+
+#: The service behind each fixture and marker that asks for one.
+SERVICE_OF = {
+    "kafka_bootstrap": "kafka", "kafka": "kafka", "redis_url": "redis", "redis": "redis",
+    "spark_cluster": "spark", "dask_scheduler": "dask", "dask": "dask", "ray_head": "ray",
+    "ray": "ray", "minio": "minio",
+}  # fmt: skip
+#: Modules that run before all others: the ones that start services of their own (several
+#: hosts, the demo's secure services), while nothing else runs beside them.
+FIRST = ("test_multihost.py", "test_demo.py")
+#: Then the modules of each service together, in this order; the rest keeps its order.
+GROUPS = ("ray", "kafka", "redis")
+_STOP_AFTER: dict[Path, list[str]] = {}
+
+
+def _services_of(item: pytest.Item) -> set[str]:
+    names = set(getattr(item, "fixturenames", ())) | {m.name for m in item.iter_markers()}
+    return {SERVICE_OF[name] for name in names if name in SERVICE_OF}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    modules: dict[Path, set[str]] = {}
+    for item in items:
+        modules.setdefault(item.path, set()).update(_services_of(item))
+
+    def rank(path: Path) -> tuple[int, int]:
+        if path.name in FIRST:
+            return (0, FIRST.index(path.name))
+        for index, service in enumerate(GROUPS):
+            if service in modules[path]:
+                return (1, index)
+        return (2, 0)
+
+    order = {path: (rank(path), i) for i, path in enumerate(modules)}
+    items.sort(key=lambda item: order[item.path])  # stable: tests keep their order
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    last: dict[str, Path] = {}
+    for item in session.items:
+        for service in _services_of(item):
+            last[service] = item.path
+    _STOP_AFTER.clear()
+    for service, path in last.items():
+        _STOP_AFTER.setdefault(path, []).append(service)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    result = yield
+    # After the module's own fixtures are torn down: they may still talk to the service.
+    if _SESSION and (nextitem is None or nextitem.path != item.path):
+        svc = _SESSION[0]
+        done = [name for name in _STOP_AFTER.get(item.path, ()) if name in svc.started]
+        if done:
+            pids = [pid for name in done for pid in svc.manager.live_pids(name)]
+            svc.manager.down(done)
+            svc.started = [name for name in svc.started if name not in done]
+            survivors = [p for p in pids if (st := read_stat(p)) is not None and st.state != "Z"]
+            assert not survivors, f"{', '.join(done)} left processes running: {survivors}"
+    return result
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""The real entry points: `tierflow plan|run|runs|profile|table`, and spark-submit of
-jobs/run.py on the standalone cluster writing the same table as `tierflow run`."""
+"""The real entry points: `tierflow plan|run|runs|profile|table`, and a run on the
+distributed Dask scheduler. (`tierflow spark-submit` of jobs/run.py on the standalone
+cluster: test_fault_tolerance, where the application also loses an executor.)"""
 
 from __future__ import annotations
 
@@ -13,12 +14,7 @@ import pytest
 from deltalake import DeltaTable
 
 from tests.support import (
-    assert_same_rows,
     copy_data,
-    engine_options,
-    normalise,
-    project_for,
-    read_table,
 )
 from tierflow.examples.retail import generate
 
@@ -126,40 +122,6 @@ def test_malformed_job_yaml_is_a_clear_cli_error(tmp_path):
     result = tierflow("plan", str(bad))
     assert result.returncode == 2
     assert str(bad) in result.stderr and "sources.a.columns.id.type = 'int99'" in result.stderr
-
-
-@pytest.mark.spark
-@pytest.mark.spark_cluster
-@pytest.mark.slow
-def test_spark_submit_writes_the_same_table_as_tierflow_run(
-    example_data, tmp_path, spark_cluster, spark
-):
-    submitted = copy_data(example_data, tmp_path / "submitted")
-    local = copy_data(example_data, tmp_path / "local")
-    subprocess.run(
-        [sys.executable, "scripts/build_dist.py"], cwd=PROJECT, check=True, capture_output=True
-    )
-    master = spark_cluster.endpoints()["master"]
-    # A few thousand rows: Spark's default of 200 shuffle partitions would make every
-    # stage 200 tasks on the worker's 2 cores (102 s for the job instead of 51 s).
-    result = tierflow(
-        "spark-submit", "--master", master, "--total-executor-cores", "2", "--executor-memory", "1g",
-        "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
-        "jobs/run.py", "orders_clean", "--data-dir", str(submitted),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "succeeded" in result.stdout
-    # The same job through the library on the session's Spark (a `tierflow run` in a
-    # process of its own would start a third JVM for the same comparison).
-    project = project_for(local)
-    record = project.run(project.load_job("orders_clean"), engine="spark",
-                         options=engine_options("spark", spark=spark), echo=False)  # fmt: skip
-    assert record.status == "succeeded", record
-    assert_same_rows(
-        normalise(read_table(submitted / "silver" / "orders")),
-        normalise(read_table(local / "silver" / "orders")),
-        "silver/orders via spark-submit vs tierflow run",
-    )
 
 
 @pytest.mark.dask

@@ -1,13 +1,18 @@
-"""Losing a Dask worker or a Spark executor mid-job still writes the correct table, once."""
+"""Losing a Dask worker or a Spark executor mid-job still writes the correct table, once.
+
+The Spark case is also the test of ``tierflow spark-submit`` on the standalone cluster:
+one application there costs a minute on a two-core machine, so it is submitted once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -97,10 +102,18 @@ def _executor_pids(worker_session: int) -> list[int]:
 
 @pytest.mark.spark
 @pytest.mark.spark_cluster
-def test_killing_a_spark_executor_mid_job(big_data, expected, tmp_path, spark_cluster, services):
+def test_spark_submit_on_the_cluster_survives_a_killed_executor(
+    big_data, expected, tmp_path, spark_cluster, services
+):
+    """``tierflow spark-submit`` of ``jobs/run.py`` (the project's code shipped with
+    ``--py-files``) runs as an application of the standalone master; an executor SIGKILLed
+    mid-job is replaced, and the table equals the single-node tier's, without duplicates."""
     data = copy_data(big_data, tmp_path / "data")
     worker = next(r for r in services.manager.records("spark") if r.name == "worker")
     master = spark_cluster.endpoints()["master"]
+    subprocess.run(
+        [sys.executable, "scripts/build_dist.py"], cwd=PROJECT, check=True, capture_output=True
+    )
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "tierflow"), "spark-submit", "--master", master,
          "--total-executor-cores", "1", "--executor-memory", "1g",
@@ -108,7 +121,7 @@ def test_killing_a_spark_executor_mid_job(big_data, expected, tmp_path, spark_cl
          # lost executor's blocks; a shorter one keeps the test short, not different.
          "--conf", "spark.network.timeout=15s", "--conf", "spark.network.timeoutInterval=10s",
          "--conf", "spark.executor.heartbeatInterval=2s",
-         "--conf", "spark.sql.shuffle.partitions=4",
+         "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
          "jobs/run.py", "orders_clean", "--data-dir", str(data)],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, TIERFLOW_LOGS_DIR=str(tmp_path / "logs")),
@@ -131,12 +144,16 @@ def test_killing_a_spark_executor_mid_job(big_data, expected, tmp_path, spark_cl
     log = "".join(output)
     assert killed, f"no executor was killed while the job ran:\n{log[-3000:]}"
     assert rc == 0, log[-4000:]
-    assert proc.poll() == 0
+    assert "orders_clean" in log and "succeeded on spark" in log, log[-3000:]
     work = Path(spark_cluster.home) / "data" / "work"
     app = max(work.glob("app-*"), key=lambda p: p.stat().st_mtime)
     assert len([d for d in app.iterdir() if d.is_dir()]) >= 2, (
         "no replacement executor was launched"
     )
+    # An application of the standalone master, not a local-mode run.
+    with urllib.request.urlopen(spark_cluster.endpoints()["ui"] + "/json/") as resp:
+        state = json.load(resp)
+    assert app.name in {a["id"] for a in state["completedapps"] + state["activeapps"]}
     table = read_table(data / "silver" / "orders")
     ids = table["order_id"].to_pylist()
     assert len(ids) == len(set(ids)), "duplicate rows after the executor was lost"

@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from tests.support import ENGINES, assert_same_rows, engine_options, normalise, project_for
-from tierflow.config.features import FeatureViewConfig, TrainingSetConfig
+from tierflow.config.features import FeatureViewConfig
 from tierflow.engines import create_engine
 from tierflow.examples.flights import write_flights, write_labels, write_weather
 from tierflow.features import training
@@ -52,6 +52,28 @@ def engine_for(spark, dask_scheduler):
     yield make
     for engine in made:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def snapshots(flights, tmp_path_factory, spark, dask_scheduler):
+    """The training set built once on each tier, before any test changes the sources
+    (a Spark build costs half a minute here: the tests share these)."""
+    project = project_for(flights)
+    views = project.feature_views()
+    config = project.training_set("flight_delays")
+    folder = tmp_path_factory.mktemp("snapshots")
+    built = {"flights_version": DeltaTable(str(flights / "silver" / "flights")).version()}
+    for name in ENGINES:
+        engine = create_engine(
+            name, engine_options(name, spark=spark, dask_scheduler=dask_scheduler)
+        )
+        try:
+            built[name] = training.build(
+                config, views, engine, flights, out_path=str(folder / name)
+            )
+        finally:
+            engine.close()
+    return built
 
 
 DUCKDB_CARRIER = """
@@ -204,21 +226,12 @@ def test_point_in_time_never_leaks_and_pins_window_edges(engine_name, engine_for
 
 @pytest.mark.parametrize("engine_name", ["single", "spark"])
 def test_training_set_rebuilds_identically_from_its_recipe(
-    flights, tmp_path, engine_for, engine_name
+    flights, snapshots, tmp_path, engine_for, engine_name
 ):
-    project = project_for(flights)
-    views = project.feature_views()
-    config = TrainingSetConfig.model_validate(
-        project.training_set("flight_delays").model_dump() | {"path": str(tmp_path / "snapshot")}
-    )
-    engine = engine_for(engine_name)
-    first = training.build(config, views, engine, flights, out_path=str(tmp_path / "snapshot"))
+    first = snapshots[engine_name]
     assert first.rows == DeltaTable(str(flights / "silver" / "labels")).to_pyarrow_table().num_rows
-    recipe = training.read_recipe(str(tmp_path / "snapshot"), first.version)
-    assert (
-        recipe["inputs"]["carrier_delays"]["version"]
-        == DeltaTable(str(flights / "silver" / "flights")).version()
-    )
+    recipe = training.read_recipe(first.path, first.version)
+    assert recipe["inputs"]["carrier_delays"]["version"] == snapshots["flights_version"]
     assert set(recipe["views"]) == {
         "carrier_delays",
         "origin_delays",
@@ -232,15 +245,15 @@ def test_training_set_rebuilds_identically_from_its_recipe(
     write_deltalake(str(source), extra, mode="append")
     try:
         again = training.rebuild(
-            str(tmp_path / "snapshot"),
-            engine,
+            first.path,
+            engine_for(engine_name),
             flights,
             out_path=str(tmp_path / "rebuilt"),
             version=first.version,
         )
     finally:
         DeltaTable(str(source)).restore(recipe["inputs"]["carrier_delays"]["version"])
-    original = normalise(pa.table(DeltaTable(str(tmp_path / "snapshot")).to_pyarrow_table()))
+    original = normalise(pa.table(DeltaTable(first.path).to_pyarrow_table()))
     rebuilt = normalise(pa.table(DeltaTable(str(tmp_path / "rebuilt")).to_pyarrow_table()))
     assert_same_rows(rebuilt, original, f"rebuilt snapshot on {engine_name}")
     assert again.recipe["inputs"] == recipe["inputs"]
@@ -274,16 +287,11 @@ def test_a_training_set_on_object_storage_equals_the_local_one(
         assert_same_rows(got, expected, path)
 
 
-def test_training_sets_agree_across_engines(flights, tmp_path, engine_for):
-    project = project_for(flights)
-    views = project.feature_views()
-    config = project.training_set("flight_delays")
-    outputs = {}
-    for name in ENGINES:
-        snap = training.build(
-            config, views, engine_for(name), flights, out_path=str(tmp_path / name)
-        )
-        outputs[name] = normalise(pa.table(DeltaTable(snap.path).to_pyarrow_table()))
+def test_training_sets_agree_across_engines(snapshots):
+    outputs = {
+        name: normalise(pa.table(DeltaTable(snapshots[name].path).to_pyarrow_table()))
+        for name in ENGINES
+    }
     assert outputs["single"]
     assert_same_rows(outputs["dask"], outputs["single"], "training set on dask")
     assert_same_rows(outputs["spark"], outputs["single"], "training set on spark")

@@ -5,10 +5,10 @@ outputs equal an undisturbed run's.
 a bridge of their own (10.231.0.0/24, connected to nothing else) and runs
 `tests/multihost/scenario.py` on the client host: 3 Kafka brokers (replication factor 3,
 min in-sync replicas 2), a Spark master with workers on two other hosts, a Ray head with
-a worker on another host, Redis. A `spark-submit` batch job, a `ray job submit` training
-job and two streaming daemons run while h3 (a broker, a Spark worker and the Ray worker)
-is cut off by taking its switch port down. Before that, the planner on a client told it
-has 50 MiB sends a job to the Spark cluster. Here the outputs are compared.
+a worker on another host, Redis. A batch job that the planner on the client (told it has
+50 MiB) sends to the Spark cluster, a `ray job submit` training job and two streaming
+daemons run while h3 (a broker, a Spark worker and the Ray worker) is cut off by taking
+its switch port down. Here the outputs are compared.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_the_cut_host_had_work_of_every_kind_in_flight(outcome) -> None:
 
 def test_everything_completes(outcome) -> None:
     result, _ = outcome
-    assert result["spark_submit_rc"] == 0
+    assert result["planner"]["rc"] == 0
     assert result["ray_job_status"] == "SUCCEEDED"
     assert result["daemon_exit_codes"] == [0, 0]
     # Every event in the topic once: the producer's retries across the failover (an
@@ -66,11 +66,11 @@ def test_the_table_equals_an_undisturbed_run(outcome, tmp_path) -> None:
     assert len(ids) == len(set(ids)), "duplicate rows after the worker host was lost"
     assert_same_rows(
         normalise(table), normalise(read_table(data / "silver" / "orders")),
-        "silver/orders with h3 cut off vs undisturbed",
+        "silver/orders planned onto the cluster, with h3 cut off, vs on one machine",
     )  # fmt: skip
 
 
-def test_the_planner_sends_what_the_client_cannot_hold_to_the_cluster(outcome, tmp_path) -> None:
+def test_the_planner_sends_what_the_client_cannot_hold_to_the_cluster(outcome) -> None:
     result, _ = outcome
     planner = result["planner"]
     assert planner["engine"] == "spark" and planner["address"] == "spark://10.231.0.1:7077"
@@ -79,16 +79,8 @@ def test_the_planner_sends_what_the_client_cannot_hold_to_the_cluster(outcome, t
     assert not planner["estimates"]["single"]["fits"] and not planner["estimates"]["dask"]["fits"]
     assert "single, dask cannot hold it" in planner["reason"] or "cannot hold" in planner["reason"]
     assert "succeeded on spark (spark://10.231.0.1:7077" in planner["summary"], planner["summary"]
-    data = generate(tmp_path / "data", orders=12_000, files=16)
-    project = project_for(data)
-    assert (
-        project.run(project.load_job("orders_clean"), engine="single", echo=False).status
-        == "succeeded"
-    )
-    assert_same_rows(
-        normalise(read_table(planner["table"])), normalise(read_table(data / "silver" / "orders")),
-        "silver/orders planned onto the cluster vs on one machine",
-    )  # fmt: skip
+    # Its table is the one compared with an undisturbed run above.
+    assert planner["table"] == result["paths"]["spark_table"]
 
 
 def test_the_model_equals_the_undisturbed_run(outcome) -> None:

@@ -6,13 +6,13 @@ worker and the Ray worker; the client runs the drivers and the streaming daemons
 
 1. The cluster starts: 3 KRaft brokers (replication factor 3, min in-sync replicas 2),
    Spark standalone, Ray with token authentication, Redis.
-2. An undisturbed training run (``ray job submit``), as the reference model; meanwhile
-   the planner, told the client host has 50 MiB and where the Spark master is, sends a
-   batch job to the Spark cluster (``tierflow plan`` / ``tierflow run`` on the client).
-3. At once: a batch job with ``spark-submit`` (executors on h2 and h3), a training job
-   with ``ray job submit`` (DDP workers spread over h1 and h3), and two streaming
-   daemons fed by a producer on the client. Once each has work in flight on h3, h3 is
-   cut off (its switch port goes down). Everything must still complete.
+2. An undisturbed training run (``ray job submit``), as the reference model.
+3. At once: a batch job that the planner sends to the Spark cluster (``tierflow plan`` /
+   ``tierflow run`` on the client, told it has 50 MiB and where the Spark master is;
+   executors on h2 and h3), a training job with ``ray job submit`` (DDP workers spread
+   over h1 and h3), and two streaming daemons fed by a producer on the client. Once each
+   has work in flight on h3, h3 is cut off (its switch port goes down). Everything must
+   still complete.
 4. The outputs are written for the test to compare: the job's table, both models, and
    the online store against a batch recomputation of the same events.
 
@@ -282,7 +282,7 @@ def training_config(data: Path, name: str) -> Path:
         "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
         "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 3,
         "batch_size": 64, "seed": 3, "workers": 2, "strategy": "ddp", "placement": "spread",
-        "checkpoint": {"every_steps": 5}, "optimizer": {"name": "adamw", "lr": 0.01},
+        "checkpoint": {"every_steps": 10}, "optimizer": {"name": "adamw", "lr": 0.01},
         "storage_path": "models", "max_failures": 3,
     }  # fmt: skip
     path = data / f"{name}.yaml"
@@ -356,15 +356,23 @@ class PlannerJob:
     The host is told it has 50 MiB (``TIERFLOW_MEMORY_GB``) and where the Spark master is
     (``TIERFLOW_SPARK_MASTER``): the planner asks the master's UI for its workers, finds
     that neither this host's single-node tier nor local Dask or Spark can hold the job,
-    and sends it to the cluster, where it runs with its driver on this host.
+    and sends it to the cluster, where it runs with its driver on this host. Spark's own
+    ``spark-defaults.conf`` (``SPARK_CONF_DIR``) gives up on a lost executor after 15 s
+    instead of 120 s.
     """
 
     def __init__(self, cluster: Cluster, data: Path) -> None:
         self.data = data
+        conf = cluster.work / "spark-conf"
+        conf.mkdir(exist_ok=True)
+        (conf / "spark-defaults.conf").write_text(
+            "spark.network.timeout 15s\nspark.network.timeoutInterval 5s\n"
+            "spark.executor.heartbeatInterval 2s\n"
+        )
         self.env = os.environ | {
             "TIERFLOW_MEMORY_GB": str(50 / 1024), "TIERFLOW_SPARK_MASTER": cluster.spark_master,
             "TIERFLOW_SPARK_DRIVER_HOST": cluster.ip["client"],
-            "TIERFLOW_LOGS_DIR": str(data / "_logs"),
+            "TIERFLOW_LOGS_DIR": str(data / "_logs"), "SPARK_CONF_DIR": str(conf),
         }  # fmt: skip
         args = ["orders_clean", "--data-dir", str(data)]
         plan = subprocess.run([str(BIN / "tierflow"), "plan", *args, "--json"], cwd=PROJECT,
@@ -384,21 +392,6 @@ class PlannerJob:
         return {"engine": self.plan["engine"], "address": self.plan["address"],
                 "reason": self.plan["reason"], "estimates": estimates, "rc": self.run.returncode,
                 "summary": out.strip().splitlines()[-1], "table": str(self.data / "silver" / "orders")}  # fmt: skip
-
-
-def spark_submit(cluster: Cluster, data: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = os.environ | {"TIERFLOW_SPARK_DRIVER_HOST": cluster.ip["client"],
-                        "TIERFLOW_LOGS_DIR": str(data / "_logs")}  # fmt: skip
-    return subprocess.Popen(
-        [str(BIN / "tierflow"), "spark-submit", "--master", cluster.spark_master,
-         "--total-executor-cores", "2", "--executor-cores", "1", "--executor-memory", "768m",
-         # A lost executor is given up on after 15 s instead of 120 s.
-         "--conf", "spark.network.timeout=15s", "--conf", "spark.network.timeoutInterval=5s",
-         "--conf", "spark.executor.heartbeatInterval=2s",
-         "--conf", "spark.sql.shuffle.partitions=4",
-         "jobs/run.py", "orders_clean", "--data-dir", str(data)],
-        cwd=PROJECT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
 
 
 def executors_on(cluster: Cluster, host: str) -> int:
@@ -437,14 +430,10 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     result["cluster_up_s"] = round(time.monotonic() - began, 1)
     say(f"cluster up in {result['cluster_up_s']} s")
 
-    say("planner: this host may use 50 MiB, the Spark cluster is configured; and at the same "
-        "time the reference training run (ray job submit)")  # fmt: skip
-    planner = PlannerJob(cluster, generate(work / "planner-data", orders=12_000, files=16))
+    say("the reference training run (ray job submit)")
     ref_log = work / "logs" / "train-reference.log"
     state = RayJob(cluster, train_data, "mh_reference", ref_log).wait(timeout=600)
     assert state == "SUCCEEDED", ref_log.read_text()[-4000:]
-    result["planner"] = planner.wait(timeout=600)
-    say(f"planner's job: {result['planner']['summary']}")
 
     # --- everything at once, then h3 goes ------------------------------------------------
     from tierflow.project import Project
@@ -482,12 +471,12 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
             if sent:
                 cut_done.wait(timeout=900)
             sent.append(replay(part, TOPIC, cluster.bootstrap, keys=list(view.entities),
-                               time_column=view.event_time, rate=100))  # fmt: skip
+                               time_column=view.event_time, rate=200))  # fmt: skip
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    spark_log = work / "logs" / "spark-submit.log"
-    spark = spark_submit(cluster, spark_data, spark_log)
+    # The batch job: this host may use 50 MiB, the Spark cluster is configured.
+    planner = PlannerJob(cluster, spark_data)
     train_log = work / "logs" / "train-cut.log"
     training = RayJob(cluster, train_data, "mh_cut", train_log)
 
@@ -511,7 +500,7 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     result["partitions_led_by_broker_3_before_cut"] = sorted(
         p for p, leader in leaders.items() if leader == 3
     )
-    in_flight = {"spark": spark.poll() is None, "training": training.status() == "RUNNING",
+    in_flight = {"spark": planner.run.poll() is None, "training": training.status() == "RUNNING",
                  "streaming": all(d.poll() is None for d in daemons)}  # fmt: skip
     assert all(in_flight.values()), (
         f"finished before the cut, which would prove nothing: {in_flight}"
@@ -526,8 +515,8 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     producer.join(timeout=600)
     assert len(sent) == 2, "the producer did not finish"
     result["events_sent"] = sum(r.sent for r in sent)
-    spark_rc = spark.wait(timeout=900)
-    result["spark_submit_rc"] = spark_rc
+    result["planner"] = planner.wait(timeout=900)
+    say(f"planner's job: {result['planner']['summary']}")
     result["ray_job_status"] = training.wait(timeout=900)
     text = train_log.read_text(errors="replace")
     result["training_resumed"] = "resumed from checkpoint at step" in text
