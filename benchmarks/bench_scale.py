@@ -204,6 +204,16 @@ class Bench:
         return result
 
 
+def portable(plan: Any) -> dict[str, Any]:
+    """The plan as recorded in the results: source locations relative to the data root,
+    so that a results file names no folder of the machine it ran on."""
+    doc: dict[str, Any] = plan.as_dict()
+    root = str(bench_root()) + "/"
+    for source in doc.get("sources", []):
+        source["location"] = str(source["location"]).replace(root, "")
+    return doc
+
+
 def pandas_capacity(plan: Any) -> str | None:
     """Why pandas cannot hold the query's inputs here, or None when it can."""
     need = 3 * plan.total_in_memory_bytes
@@ -253,7 +263,7 @@ def main() -> int:
             for query in QUERIES:
                 plan = project.plan(project.load_job(f"tpch_{query}"))
                 key = f"sf{scale:g}-{query}"
-                raw: dict[str, Any] = {"planner": plan.recommended, "plan": plan.as_dict(),
+                raw: dict[str, Any] = {"planner": plan.recommended, "plan": portable(plan),
                                        "seconds": {}, "peak_bytes": {}, "errors": {},
                                        "skipped": {}}  # fmt: skip
                 runners = [r for r in RUNNERS if not (r == "pandas" and pandas_capacity(plan))]
