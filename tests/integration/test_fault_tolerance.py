@@ -1,7 +1,8 @@
 """Losing a Dask worker or a Spark executor mid-job still writes the correct table, once.
 
-The Spark case is also the test of ``tierflow spark-submit`` on the standalone cluster:
-one application there costs a minute on a two-core machine, so it is submitted once."""
+The Spark case is also the test of ``tierflow spark-submit`` on the standalone cluster
+writing to the object store: one application there costs a minute on a two-core machine,
+so it is submitted once."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+import yaml
 
 from tests.support import assert_same_rows, copy_data, normalise, project_for, read_table
+from tierflow import storage
 from tierflow.engines.base import EngineOptions
 from tierflow.examples.retail import generate
 from tierflow.jobs.runner import RunContext, run_job
@@ -102,13 +106,23 @@ def _executor_pids(worker_session: int) -> list[int]:
 
 @pytest.mark.spark
 @pytest.mark.spark_cluster
-def test_spark_submit_on_the_cluster_survives_a_killed_executor(
-    big_data, expected, tmp_path, spark_cluster, services
+@pytest.mark.minio
+def test_spark_submit_on_the_cluster_writes_to_the_store_through_a_killed_executor(
+    big_data, expected, tmp_path, spark_cluster, services, minio, object_store
 ):
     """``tierflow spark-submit`` of ``jobs/run.py`` (the project's code shipped with
-    ``--py-files``) runs as an application of the standalone master; an executor SIGKILLed
-    mid-job is replaced, and the table equals the single-node tier's, without duplicates."""
+    ``--py-files``) runs as an application of the standalone master, whose executors write
+    the table and its quarantine to the object store (S3A from the classpath the driver
+    names, the keys in the job's Hadoop settings, never on a command line). An executor
+    SIGKILLed mid-job is replaced, and the table equals the single-node tier's, without
+    duplicates."""
     data = copy_data(big_data, tmp_path / "data")
+    table = f"{object_store}/silver/orders"
+    job = yaml.safe_load((PROJECT / "conf" / "jobs" / "orders_clean.yaml").read_text())
+    job["sink"]["path"] = table
+    job["quarantine"]["path"] = f"{object_store}/_quarantine"
+    job_file = tmp_path / "orders_clean.yaml"
+    job_file.write_text(yaml.safe_dump(job))
     worker = next(r for r in services.manager.records("spark") if r.name == "worker")
     master = spark_cluster.endpoints()["master"]
     subprocess.run(
@@ -122,9 +136,9 @@ def test_spark_submit_on_the_cluster_survives_a_killed_executor(
          "--conf", "spark.network.timeout=15s", "--conf", "spark.network.timeoutInterval=10s",
          "--conf", "spark.executor.heartbeatInterval=2s",
          "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
-         "jobs/run.py", "orders_clean", "--data-dir", str(data)],
+         "jobs/run.py", str(job_file), "--engine", "spark", "--data-dir", str(data)],
         cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, TIERFLOW_LOGS_DIR=str(tmp_path / "logs")),
+        env=os.environ | minio.client_env() | {"TIERFLOW_LOGS_DIR": str(tmp_path / "logs")},
     )  # fmt: skip
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
@@ -144,7 +158,10 @@ def test_spark_submit_on_the_cluster_survives_a_killed_executor(
     log = "".join(output)
     assert killed, f"no executor was killed while the job ran:\n{log[-3000:]}"
     assert rc == 0, log[-4000:]
-    assert "orders_clean" in log and "succeeded on spark" in log, log[-3000:]
+    assert ": succeeded, 11,994 rows to s3://" in log, log[-3000:]
+    (record,) = (json.loads(p.read_text()) for p in (tmp_path / "logs" / "runs").glob("*.json"))
+    assert record["engine"].startswith(f"spark ({master}"), record["engine"]
+    assert record["rows_quarantined"] == 10
     work = Path(spark_cluster.home) / "data" / "work"
     app = max(work.glob("app-*"), key=lambda p: p.stat().st_mtime)
     assert len([d for d in app.iterdir() if d.is_dir()]) >= 2, (
@@ -154,7 +171,12 @@ def test_spark_submit_on_the_cluster_survives_a_killed_executor(
     with urllib.request.urlopen(spark_cluster.endpoints()["ui"] + "/json/") as resp:
         state = json.load(resp)
     assert app.name in {a["id"] for a in state["completedapps"] + state["activeapps"]}
-    table = read_table(data / "silver" / "orders")
-    ids = table["order_id"].to_pylist()
+    written = pa.table(storage.delta_table(table).to_pyarrow_table())
+    ids = written["order_id"].to_pylist()
     assert len(ids) == len(set(ids)), "duplicate rows after the executor was lost"
-    assert_same_rows(normalise(table), expected, "orders after an executor died")
+    assert_same_rows(normalise(written), expected, "orders on the store after an executor died")
+    # The bad rows, with their reasons, beside it on the store.
+    quarantined = storage.delta_table(f"{object_store}/_quarantine/orders").to_pyarrow_table()
+    assert quarantined.num_rows > 0 and "_tf_reason" in quarantined.column_names
+    secret = Path(minio.client_env()["TIERFLOW_S3_SECRET_ACCESS_KEY_FILE"]).read_text().strip()
+    assert secret not in log

@@ -153,35 +153,6 @@ def test_command_line_jobs_and_table_maintenance_on_the_store(minio, object_stor
     assert secret not in logged + done.stdout + done.stderr + history.stdout
 
 
-@pytest.mark.spark_cluster
-def test_spark_submit_on_the_cluster_writes_to_the_store(
-    minio, object_store, spark_cluster, tmp_path
-):
-    """The executors on the standalone worker decode and write: S3A from the classpath
-    the driver names, the keys with the job's Hadoop settings (never on a command line)."""
-    table = f"{object_store}/submitted/rows"
-    data, job = csv_job(
-        tmp_path, "submitted_rows", {"format": "delta", "path": table},
-        {"path": f"{object_store}/submitted/_quarantine", "max_bad_fraction": 0.5},
-    )  # fmt: skip
-    subprocess.run(
-        [sys.executable, "scripts/build_dist.py"], cwd=PROJECT, check=True, capture_output=True
-    )
-    env = os.environ | minio.client_env() | {"TIERFLOW_LOGS_DIR": str(tmp_path / "logs")}
-    done = subprocess.run(
-        [TIERFLOW, "spark-submit", "--master", spark_cluster.endpoints()["master"],
-         "--total-executor-cores", "2", "--executor-memory", "1g",
-         "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
-         "jobs/run.py", job, "--engine", "spark", "--data-dir", str(data)],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "app-" in done.stderr  # an application on the standalone master, not local mode
-    assert s3_rows(table) == [(1, "a", 1.5), (2, "b", 2.5), (4, "d", 4.5)]
-    secret = Path(minio.client_env()["TIERFLOW_S3_SECRET_ACCESS_KEY_FILE"]).read_text().strip()
-    assert secret not in done.stdout + done.stderr
-
-
 def test_the_store_refuses_clients_without_the_right_keys(minio, object_store, tmp_path):
     endpoint = minio.endpoints()["s3"].split("://")[1]
     bucket = minio.endpoints()["bucket"].removeprefix("s3://")
