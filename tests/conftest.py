@@ -46,6 +46,17 @@ class Services:
                 self.started.append(name)
         return self.manager.service(name)
 
+    def stop(self, names: list[str]) -> None:
+        """Stop those of ``names`` this session started; none of their processes may stay."""
+        names = [name for name in names if name in self.started]
+        if not names:
+            return
+        pids = [pid for name in names for pid in self.manager.live_pids(name)]
+        self.manager.down(names)
+        self.started = [name for name in self.started if name not in names]
+        survivors = [p for p in pids if (st := read_stat(p)) is not None and st.state != "Z"]
+        assert not survivors, f"{', '.join(names)} left processes running: {survivors}"
+
 
 @pytest.fixture(scope="session")
 def project_paths() -> ProjectPaths:
@@ -58,17 +69,18 @@ def services_config(project_paths: ProjectPaths) -> ServicesConfig:
 
 
 #: The session's services, once the first test has asked for one.
-_SESSION: list[Services] = []
+SERVICES = pytest.StashKey[Services]()
 
 
 @pytest.fixture(scope="session")
-def services(project_paths: ProjectPaths, services_config: ServicesConfig) -> Iterator[Services]:
+def services(
+    request: pytest.FixtureRequest, project_paths: ProjectPaths, services_config: ServicesConfig
+) -> Iterator[Services]:
     svc = Services(ServiceManager(services_config, project_paths))
-    _SESSION.append(svc)
+    request.config.stash[SERVICES] = svc
     yield svc
-    if svc.started:
-        svc.manager.down(svc.started)
-    _SESSION.clear()
+    del request.config.stash[SERVICES]
+    svc.stop(list(svc.started))
 
 
 # --- Each service runs only while its tests do ------------------------------------------
@@ -128,15 +140,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     result = yield
     # After the module's own fixtures are torn down: they may still talk to the service.
-    if _SESSION and (nextitem is None or nextitem.path != item.path):
-        svc = _SESSION[0]
-        done = [name for name in _STOP_AFTER.get(item.path, ()) if name in svc.started]
-        if done:
-            pids = [pid for name in done for pid in svc.manager.live_pids(name)]
-            svc.manager.down(done)
-            svc.started = [name for name in svc.started if name not in done]
-            survivors = [p for p in pids if (st := read_stat(p)) is not None and st.state != "Z"]
-            assert not survivors, f"{', '.join(done)} left processes running: {survivors}"
+    svc = item.config.stash.get(SERVICES, None)
+    if svc is not None and (nextitem is None or nextitem.path != item.path):
+        svc.stop(_STOP_AFTER.get(item.path, []))
     return result
 
 

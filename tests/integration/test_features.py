@@ -38,14 +38,17 @@ def flights(tmp_path_factory):
     return data
 
 
+def session_engine(name, spark, dask_scheduler):
+    """An engine of tier ``name`` on the session's Spark and Dask."""
+    return create_engine(name, engine_options(name, spark=spark, dask_scheduler=dask_scheduler))
+
+
 @pytest.fixture
 def engine_for(spark, dask_scheduler):
     made = []
 
     def make(name):
-        engine = create_engine(
-            name, engine_options(name, spark=spark, dask_scheduler=dask_scheduler)
-        )
+        engine = session_engine(name, spark, dask_scheduler)
         made.append(engine)
         return engine
 
@@ -64,9 +67,7 @@ def snapshots(flights, tmp_path_factory, spark, dask_scheduler):
     folder = tmp_path_factory.mktemp("snapshots")
     built = {"flights_version": DeltaTable(str(flights / "silver" / "flights")).version()}
     for name in ENGINES:
-        engine = create_engine(
-            name, engine_options(name, spark=spark, dask_scheduler=dask_scheduler)
-        )
+        engine = session_engine(name, spark, dask_scheduler)
         try:
             built[name] = training.build(
                 config, views, engine, flights, out_path=str(folder / name)

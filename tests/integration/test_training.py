@@ -69,13 +69,25 @@ def write_config(data: Path, name: str, **changes: Any) -> Path:
     return path
 
 
-def train(data: Path, env: dict[str, str], name: str, **changes: Any) -> dict[str, Any]:
+def train(
+    data: Path, env: dict[str, str], name: str, *, job: bool = False, **changes: Any
+) -> dict[str, Any]:
+    """Train ``name`` with ``tierflow train``, or with ``job`` as a Ray job (``ray job
+    submit`` of ``jobs/train.py``); its metrics, losses and weights."""
     config = write_config(data, name, **changes)
+    args = [str(config), "--data-dir", str(data), "--json"]
+    command = (
+        [RAY, "job", "submit", "--working-dir", str(PROJECT / "jobs"), "--", "python", "train.py"]
+        if job
+        else [TIERFLOW, "train"]
+    )
     run = subprocess.run(
-        [TIERFLOW, "train", str(config), "--data-dir", str(data), "--json"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400, check=False,
+        [*command, *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400,
+        check=False,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    if job:
+        assert "succeeded" in run.stdout
     return outcome(data, name, json_line(run.stdout))
 
 
@@ -103,25 +115,12 @@ def assert_close_curves(a: list[float], b: list[float]) -> None:
     assert worst < TOLERANCE, worst
 
 
-def submit(data: Path, env: dict[str, str], name: str, **changes: Any) -> dict[str, Any]:
-    """The same as :func:`train`, as a Ray job: ``ray job submit`` of ``jobs/train.py``."""
-    config = write_config(data, name, **changes)
-    job = subprocess.run(
-        [RAY, "job", "submit", "--working-dir", str(PROJECT / "jobs"), "--",
-         "python", "train.py", str(config), "--data-dir", str(data), "--json"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400, check=False,
-    )  # fmt: skip
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    assert "succeeded" in job.stdout
-    return outcome(data, name, json_line(job.stdout))
-
-
 @pytest.fixture(scope="module")
 def baselines(data: Path, ray_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     # The single worker through the job API, the rest through `tierflow train`: both entry
     # points train with the same code, and DDP must follow the single worker either way.
     return {
-        "single": submit(data, ray_env, "mlp_single", strategy="single"),
+        "single": train(data, ray_env, "mlp_single", job=True, strategy="single"),
         "ddp": train(data, ray_env, "mlp_ddp", strategy="ddp"),
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from tierflow.config.features import FeatureViewConfig, duration_us
 from tierflow.stores.base import OnlineStore, entity_key
-from tierflow.stream.connection import KafkaConnection, kafka_options
+from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 Expected = dict[tuple[Any, ...], tuple[int, dict[str, Any]]]
 
@@ -37,15 +37,22 @@ def partition_of(entity: tuple[Any, ...], partitions: int) -> int:
 
 
 def end_offsets(bootstrap: KafkaConnection | str, topic: str) -> dict[int, int]:
-    """The end offset of each partition of ``topic``."""
+    """The end offset of each partition of ``topic``.
+
+    Asked again while a lost broker's partitions fail over: right after a broker host is
+    cut off, a bootstrap that tries it first can spend its whole timeout there.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(**kafka_options(bootstrap))
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
-    finally:
-        consumer.close()
+    def ask() -> dict[int, int]:
+        consumer = KafkaConsumer(**kafka_options(bootstrap))
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            return {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+        finally:
+            consumer.close()
+
+    return through_failover(ask, f"the end offsets of {topic}")
 
 
 def stored_offsets(store: OnlineStore, group: str, topic: str, partitions: int) -> dict[int, int]:
