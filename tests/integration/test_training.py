@@ -1,8 +1,8 @@
 """Training on the real Ray head, through ``tierflow train`` and ``ray job submit``.
 
 DDP on 2 CPU workers follows the single worker's loss curve given the same global batch;
-FSDP2 follows DDP; the two-stage pipeline follows single-process training of the same
-transformer. A SIGKILLed worker is replaced and resumes from the last checkpoint; the
+FSDP2, reading the snapshot from MinIO, follows DDP; the two-stage pipeline follows
+single-process training of the same transformer. A SIGKILLed worker is replaced and resumes from the last checkpoint; the
 whole run killed and started again resumes from its storage path; it ends with the same
 weights as an uninterrupted run. The single-worker baseline is trained through ``ray job
 submit`` of ``jobs/train.py``, the others through ``tierflow train``.
@@ -125,14 +125,27 @@ def baselines(data: Path, ray_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp(
-    baselines, data: Path, ray_env: dict[str, str]
+@pytest.mark.minio
+def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp_from_object_storage(
+    baselines, data: Path, ray_env: dict[str, str], minio, object_store: str
 ) -> None:
+    """FSDP reads the snapshot from MinIO (Ray Data's tasks get the store's settings with
+    the work: the Ray head was started without them) and still follows DDP, which read it
+    from local disk: one run shows both, each alone costs a whole training run."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from tierflow import storage
+
     single, ddp = baselines["single"], baselines["ddp"]
     assert ddp["metrics"]["strategy"] == "ddp" and ddp["metrics"]["workers"] == 2
     assert_close_curves(ddp["losses"], single["losses"])
-    fsdp = train(data, ray_env, "mlp_fsdp", strategy="fsdp")
+    snapshot = f"{object_store}/gold/snap"
+    local = DeltaTable(str(data / "gold" / "snap")).to_pyarrow_table()
+    write_deltalake(snapshot, local, storage_options=storage.storage_options(snapshot))
+    fsdp = train(data, ray_env | minio.client_env(), "mlp_fsdp_s3", strategy="fsdp",
+                 snapshot={"path": snapshot, "version": 0})  # fmt: skip
     assert fsdp["metrics"]["strategy"] == "fsdp"
+    assert fsdp["metrics"]["rows"] == ddp["metrics"]["rows"]
     assert_close_curves(fsdp["losses"], ddp["losses"])
     for name, weight in ddp["weights"].items():
         assert np.allclose(fsdp["weights"][name], weight, rtol=1e-4, atol=1e-6), name
@@ -155,27 +168,6 @@ def test_pipeline_trains_the_transformer_split_across_two_workers(
     piped = train(data, ray_env, "tx_pipeline", strategy="pipeline", model=model, epochs=1)
     assert piped["metrics"]["strategy"] == "pipeline" and piped["metrics"]["workers"] == 2
     assert_close_curves(piped["losses"], single["losses"])
-
-
-@pytest.mark.minio
-def test_a_snapshot_in_object_storage_trains_the_same_model(
-    baselines, data: Path, ray_env: dict[str, str], minio, object_store: str
-) -> None:
-    """The snapshot read from MinIO by Ray Data's tasks (which get the store's settings
-    with the work: the Ray head was started without them) gives the same model."""
-    from deltalake import DeltaTable, write_deltalake
-
-    from tierflow import storage
-
-    snapshot = f"{object_store}/gold/snap"
-    local = DeltaTable(str(data / "gold" / "snap")).to_pyarrow_table()
-    write_deltalake(snapshot, local, storage_options=storage.storage_options(snapshot))
-    remote = train(data, ray_env | minio.client_env(), "mlp_ddp_s3", strategy="ddp",
-                   snapshot={"path": snapshot, "version": 0})  # fmt: skip
-    assert remote["metrics"]["rows"] == baselines["ddp"]["metrics"]["rows"]
-    assert_close_curves(remote["losses"], baselines["ddp"]["losses"])
-    for name, weight in baselines["ddp"]["weights"].items():
-        assert np.allclose(remote["weights"][name], weight, rtol=1e-5, atol=1e-7), name
 
 
 def training_worker_pids(env: dict[str, str]) -> list[int]:

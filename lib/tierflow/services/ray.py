@@ -116,6 +116,10 @@ class RayHeadService(LocalService):
         ray_cli = str(Path(sys.executable).parent / "ray")
         env = self.client_env()
         env.pop("RAY_ADDRESS")  # the head must not try to join an existing cluster
+        # On SIGTERM the head drains first, for Serve replicas to move away; none run here,
+        # and the drain waits its whole 30 s on the detached actors Ray Data and Ray Train
+        # leave behind. Stopping takes 2 s instead.
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
         argv = (
             ray_cli, "start", "--head", "--block",
             "--node-ip-address", self.host,
