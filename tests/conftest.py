@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,11 +97,12 @@ SERVICE_OF = {
     "spark_cluster": "spark", "dask_scheduler": "dask", "dask": "dask", "ray_head": "ray",
     "ray": "ray", "minio": "minio",
 }  # fmt: skip
-#: Modules that run before all others: the ones that start services of their own (several
-#: hosts, the demo's secure services), while nothing else runs beside them.
-FIRST = ("test_multihost.py", "test_demo.py")
-#: Then the modules of each service together, in this order; the rest keeps its order.
-GROUPS = ("ray", "kafka", "redis")
+#: The order of modules: a file name places that module, a service name the modules that
+#: use it; the rest follow in their own order. The modules that start services of their
+#: own (several hosts; the demo's secure services) run while no session service does:
+#: the lab first (its model is compared with a run on the session's Ray head, so Ray's
+#: modules come next), the demo after Ray's last module.
+ORDER = ("test_multihost.py", "ray", "test_demo.py", "kafka", "redis")
 _STOP_AFTER: dict[Path, list[str]] = {}
 
 
@@ -114,13 +116,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         modules.setdefault(item.path, set()).update(_services_of(item))
 
-    def rank(path: Path) -> tuple[int, int]:
-        if path.name in FIRST:
-            return (0, FIRST.index(path.name))
-        for index, service in enumerate(GROUPS):
-            if service in modules[path]:
-                return (1, index)
-        return (2, 0)
+    def rank(path: Path) -> int:
+        if path.name in ORDER:
+            return ORDER.index(path.name)
+        for index, key in enumerate(ORDER):
+            if key in modules[path]:
+                return index
+        return len(ORDER)
 
     order = {path: (rank(path), i) for i, path in enumerate(modules)}
     items.sort(key=lambda item: order[item.path])  # stable: tests keep their order
@@ -223,6 +225,35 @@ def dask_scheduler(services: Services) -> str:
 @pytest.fixture(scope="session")
 def ray_head(services: Services) -> LocalService:
     return services.ensure("ray")
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training tests' data folder, holding their snapshot."""
+    from tests.support import training_snapshot
+
+    return training_snapshot(tmp_path_factory.mktemp("training") / "data")
+
+
+@pytest.fixture(scope="session")
+def training_env(ray_head: LocalService, training_data: Path) -> dict[str, str]:
+    """What ``tierflow train`` and ``ray job submit`` need to train on the Ray head."""
+    return (
+        dict(os.environ)
+        | ray_head.client_env()
+        | {"TIERFLOW_LOGS_DIR": str(training_data.parent / "logs")}
+    )
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(training_data: Path, training_env: dict[str, str]) -> dict[str, Any]:
+    """DDP on two workers of the Ray head, undisturbed: the run the training tests and the
+    multi-host lab compare theirs with."""
+    from tests.support import train
+
+    # No checkpoints to take: they cost a second each and change no weight.
+    return train(training_data, training_env, "mlp_ddp", strategy="ddp",
+                 checkpoint={"every_steps": 1000})  # fmt: skip
 
 
 # --- MinIO (object storage) -----------------------------------------------------------

@@ -1,10 +1,14 @@
-"""Helpers shared by the tests: reading tables back and comparing them across engines."""
+"""Helpers shared by the tests: reading tables back and comparing them across engines;
+the training runs of the training tests and the multi-host lab."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ from tierflow.io.arrow_sinks import unified_parquet_schema
 from tierflow.project import Project
 
 ENGINES = ("single", "dask", "spark")
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def read_table(path: str | Path, fmt: str = "delta", version: int | None = None) -> pa.Table:
@@ -86,3 +92,85 @@ def project_for(data_dir: Path) -> Project:
     """The real project (its conf/ and transforms) on a private data folder and log folder."""
     project = Project.load(data_dir=str(data_dir))
     return dataclasses.replace(project, logs_dir=data_dir / "_logs")
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def training_snapshot(folder: Path) -> Path:
+    """The training tests' tabular data (3,000 rows) as a Delta table at ``gold/snap``."""
+    import numpy as np
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    c = rng.choice(["x", "y", "z"], size=n)
+    y = (a + 0.5 * b + (c == "x") + rng.normal(scale=0.5, size=n)) > 0.5
+    table = pa.table({"id": np.arange(n), "a": a, "b": b, "c": c, "y": y})
+    write_deltalake(str(folder / "gold" / "snap"), table)
+    return folder
+
+
+def training_config(data: Path, name: str, **changes: Any) -> Path:
+    """A training config for :func:`training_snapshot`, written as ``data/<name>.yaml``.
+
+    The defaults are those of the multi-host lab's run, so that the training tests' DDP
+    run on the session's Ray head is the undisturbed run the lab's model is compared with:
+    the same data, seed and world size give the same weights on any hosts.
+    """
+    import yaml
+
+    doc = {
+        "name": name, "snapshot": {"path": "gold/snap", "version": 0},
+        "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
+        "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 3,
+        "batch_size": 64, "seed": 3, "workers": 2, "strategy": "ddp",
+        "checkpoint": {"every_steps": 10}, "optimizer": {"name": "adamw", "lr": 0.01},
+        "storage_path": "models", "max_failures": 3,
+    } | changes  # fmt: skip
+    path = data / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def train(
+    data: Path, env: dict[str, str], name: str, *, job: bool = False, **changes: Any
+) -> dict[str, Any]:
+    """Train ``name`` with ``tierflow train``, or with ``job`` as a Ray job (``ray job
+    submit`` of ``jobs/train.py``); its metrics, losses and weights."""
+    config = training_config(data, name, **changes)
+    args = [str(config), "--data-dir", str(data), "--json"]
+    command = (
+        [str(BIN / "ray"), "job", "submit", "--working-dir", str(PROJECT / "jobs"), "--",
+         "python", "train.py"]
+        if job
+        else [str(BIN / "tierflow"), "train"]
+    )  # fmt: skip
+    run = subprocess.run(
+        [*command, *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    if job:
+        assert "succeeded" in run.stdout
+    return training_outcome(data, name, json_line(run.stdout))
+
+
+def json_line(stdout: str) -> dict[str, Any]:
+    """The command's JSON result: its last line that is an object (Ray forwards workers'
+    output to the driver's too)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, stdout[-3000:]
+    return dict(json.loads(lines[-1]))
+
+
+def training_outcome(data: Path, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's metrics, loss curve, weights and folder."""
+    import torch
+
+    folder = data / "models" / name
+    history = json.loads((folder / "history.json").read_text())
+    saved = torch.load(folder / "model.pt", weights_only=False)
+    return {"metrics": metrics, "losses": [h["loss"] for h in history if "loss" in h],
+            "weights": saved["model"], "folder": folder}  # fmt: skip

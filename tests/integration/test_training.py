@@ -21,92 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import yaml
+
+from tests.support import json_line, train, training_config, training_outcome
 
 PROJECT = Path(__file__).resolve().parents[2]
 TIERFLOW = str(Path(sys.executable).parent / "tierflow")
 RAY = str(Path(sys.executable).parent / "ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOLERANCE = 1e-5  # relative, per step: float sums in another order, nothing more
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    from deltalake import write_deltalake
-
-    folder = tmp_path_factory.mktemp("training") / "data"
-    rng = np.random.default_rng(0)
-    n = 3000
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    c = rng.choice(["x", "y", "z"], size=n)
-    y = (a + 0.5 * b + (c == "x") + rng.normal(scale=0.5, size=n)) > 0.5
-    table = pa.table({"id": np.arange(n), "a": a, "b": b, "c": c, "y": y})
-    write_deltalake(str(folder / "gold" / "snap"), table)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def ray_env(ray_head, data: Path) -> dict[str, str]:
-    return (
-        dict(os.environ)
-        | ray_head.client_env()
-        | {"RAY_ADDRESS": ray_head.address, "TIERFLOW_LOGS_DIR": str(data.parent / "logs")}
-    )
-
-
-def write_config(data: Path, name: str, **changes: Any) -> Path:
-    doc = {
-        "name": name, "snapshot": {"path": "gold/snap", "version": 0},
-        "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
-        "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 2,
-        "batch_size": 64, "seed": 3, "workers": 2, "checkpoint": {"every_steps": 1000},
-        "optimizer": {"name": "adamw", "lr": 0.01}, "storage_path": "models",
-    } | changes  # fmt: skip
-    path = data / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def train(
-    data: Path, env: dict[str, str], name: str, *, job: bool = False, **changes: Any
-) -> dict[str, Any]:
-    """Train ``name`` with ``tierflow train``, or with ``job`` as a Ray job (``ray job
-    submit`` of ``jobs/train.py``); its metrics, losses and weights."""
-    config = write_config(data, name, **changes)
-    args = [str(config), "--data-dir", str(data), "--json"]
-    command = (
-        [RAY, "job", "submit", "--working-dir", str(PROJECT / "jobs"), "--", "python", "train.py"]
-        if job
-        else [TIERFLOW, "train"]
-    )
-    run = subprocess.run(
-        [*command, *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400,
-        check=False,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    if job:
-        assert "succeeded" in run.stdout
-    return outcome(data, name, json_line(run.stdout))
-
-
-def json_line(stdout: str) -> dict[str, Any]:
-    """The command's JSON result: its last line that is an object (Ray forwards workers'
-    output to the driver's too)."""
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    assert lines, stdout[-3000:]
-    return dict(json.loads(lines[-1]))
-
-
-def outcome(data: Path, name: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    folder = data / "models" / name
-    history = json.loads((folder / "history.json").read_text())
-    saved = torch.load(folder / "model.pt", weights_only=False)
-    return {"metrics": metrics, "losses": [h["loss"] for h in history if "loss" in h],
-            "weights": saved["model"], "folder": folder}  # fmt: skip
 
 
 def assert_close_curves(a: list[float], b: list[float]) -> None:
@@ -116,12 +39,25 @@ def assert_close_curves(a: list[float], b: list[float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def baselines(data: Path, ray_env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    # The single worker through the job API, the rest through `tierflow train`: both entry
-    # points train with the same code, and DDP must follow the single worker either way.
+def data(training_data: Path) -> Path:
+    return training_data
+
+
+@pytest.fixture(scope="module")
+def ray_env(training_env: dict[str, str]) -> dict[str, str]:
+    return training_env
+
+
+@pytest.fixture(scope="module")
+def baselines(
+    data: Path, ray_env: dict[str, str], ddp_reference: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    # The single worker through the job API, DDP through `tierflow train` (the session's
+    # run, which the multi-host lab's model is compared with too): both entry points train
+    # with the same code, and DDP must follow the single worker either way.
     return {
         "single": train(data, ray_env, "mlp_single", job=True, strategy="single"),
-        "ddp": train(data, ray_env, "mlp_ddp", strategy="ddp"),
+        "ddp": ddp_reference,
     }
 
 
@@ -206,7 +142,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     failure: each alone costs a whole training run.)"""
     name = "mlp_ddp_killed"
     # A checkpoint every 5 steps: the run lasts long enough to be killed twice.
-    config = write_config(data, name, strategy="ddp", checkpoint={"every_steps": 5})
+    config = training_config(data, name, strategy="ddp", checkpoint={"every_steps": 5})
     command = [TIERFLOW, "train", str(config), "--data-dir", str(data), "--json"]
     log = data / f"{name}.log"
     first = subprocess.Popen(
@@ -237,7 +173,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     while "resumed from checkpoint at step" not in log.read_text() and running():
         pass
     step = int(log.read_text().split("resumed from checkpoint at step ")[1].split()[0])
-    assert 5 <= step < 74  # 37 steps per epoch, 2 epochs
+    assert 5 <= step < 111  # 37 steps per epoch, 3 epochs
     restored = latest_checkpoint(run_folder)
     while latest_checkpoint(run_folder) == restored and running():
         pass
@@ -252,7 +188,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     text = again.stdout + again.stderr
     assert "resumed from checkpoint at step" in text, text[-4000:]
     assert int(text.split("resumed from checkpoint at step ")[1].split()[0]) > step
-    resumed = outcome(data, name, json_line(again.stdout))
+    resumed = training_outcome(data, name, json_line(again.stdout))
     for key, weight in baselines["ddp"]["weights"].items():
         assert resumed["weights"][key].equal(weight), key
 
