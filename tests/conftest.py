@@ -251,9 +251,7 @@ def ddp_reference(training_data: Path, training_env: dict[str, str]) -> dict[str
     multi-host lab compare theirs with."""
     from tests.support import train
 
-    # No checkpoints to take: they cost a second each and change no weight.
-    return train(training_data, training_env, "mlp_ddp", strategy="ddp",
-                 checkpoint={"every_steps": 1000})  # fmt: skip
+    return train(training_data, training_env, "mlp_ddp", strategy="ddp")
 
 
 # --- MinIO (object storage) -----------------------------------------------------------

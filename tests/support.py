@@ -115,9 +115,11 @@ def training_snapshot(folder: Path) -> Path:
 def training_config(data: Path, name: str, **changes: Any) -> Path:
     """A training config for :func:`training_snapshot`, written as ``data/<name>.yaml``.
 
-    The defaults are those of the multi-host lab's run, so that the training tests' DDP
-    run on the session's Ray head is the undisturbed run the lab's model is compared with:
-    the same data, seed and world size give the same weights on any hosts.
+    The multi-host lab's run differs only in where its workers go and how often it takes
+    a checkpoint, which change no weight: the training tests' DDP run on the session's
+    Ray head is the undisturbed run the lab's model is compared with (the same data, seed
+    and world size give the same weights on any hosts). Checkpoints are few by default:
+    each costs Ray Train a second or more here.
     """
     import yaml
 
@@ -126,7 +128,7 @@ def training_config(data: Path, name: str, **changes: Any) -> Path:
         "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
         "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 3,
         "batch_size": 64, "seed": 3, "workers": 2, "strategy": "ddp",
-        "checkpoint": {"every_steps": 10}, "optimizer": {"name": "adamw", "lr": 0.01},
+        "checkpoint": {"every_steps": 1000}, "optimizer": {"name": "adamw", "lr": 0.01},
         "storage_path": "models", "max_failures": 3,
     } | changes  # fmt: skip
     path = data / f"{name}.yaml"

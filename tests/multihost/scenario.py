@@ -269,8 +269,9 @@ class RayJob:
     def __init__(self, cluster: Cluster, data: Path, name: str, log: Path) -> None:
         self.cluster, self.log = cluster, log
         self.id = f"{name}-{cluster.lab.tag}"
-        # Spread over the hosts: one worker on h3, which is cut off.
-        config = training_config(data, name, placement="spread")
+        # Spread over the hosts (one worker on h3, which is cut off), with checkpoints
+        # often enough that the run resumes from one taken before the cut.
+        config = training_config(data, name, placement="spread", checkpoint={"every_steps": 10})
         self._ray(
             "submit", "--no-wait", "--submission-id", self.id,
             "--entrypoint-resources", '{"head": 0.01}',
