@@ -2,10 +2,11 @@
 
 DDP on 2 CPU workers follows the single worker's loss curve given the same global batch;
 FSDP2, reading the snapshot from MinIO, follows DDP; the two-stage pipeline follows
-single-process training of the same transformer. A SIGKILLed worker is replaced and resumes from the last checkpoint; the
-whole run killed and started again resumes from its storage path; it ends with the same
-weights as an uninterrupted run. The single-worker baseline is trained through ``ray job
-submit`` of ``jobs/train.py``, the others through ``tierflow train``.
+single-process training of the same transformer. A SIGKILLed worker is replaced and
+resumes from the last checkpoint; the whole run killed and started again resumes from its
+storage path; it ends with the same weights as an uninterrupted run. The single-worker
+baseline is trained through ``ray job submit`` of ``jobs/train.py``, the others through
+``tierflow train``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import json_line, train, training_config, training_outcome
+from tests.support import BIN, PROJECT, json_line, train, training_config, training_outcome
 
-PROJECT = Path(__file__).resolve().parents[2]
-TIERFLOW = str(Path(sys.executable).parent / "tierflow")
-RAY = str(Path(sys.executable).parent / "ray")
+TIERFLOW = str(BIN / "tierflow")
+RAY = str(BIN / "ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TOLERANCE = 1e-5  # relative, per step: float sums in another order, nothing more
 
@@ -39,31 +38,21 @@ def assert_close_curves(a: list[float], b: list[float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(training_data: Path) -> Path:
-    return training_data
-
-
-@pytest.fixture(scope="module")
-def ray_env(training_env: dict[str, str]) -> dict[str, str]:
-    return training_env
-
-
-@pytest.fixture(scope="module")
 def baselines(
-    data: Path, ray_env: dict[str, str], ddp_reference: dict[str, Any]
+    training_data: Path, training_env: dict[str, str], ddp_reference: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
     # The single worker through the job API, DDP through `tierflow train` (the session's
     # run, which the multi-host lab's model is compared with too): both entry points train
     # with the same code, and DDP must follow the single worker either way.
     return {
-        "single": train(data, ray_env, "mlp_single", job=True, strategy="single"),
+        "single": train(training_data, training_env, "mlp_single", job=True, strategy="single"),
         "ddp": ddp_reference,
     }
 
 
 @pytest.mark.minio
 def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp_from_object_storage(
-    baselines, data: Path, ray_env: dict[str, str], minio, object_store: str
+    baselines, training_data: Path, training_env: dict[str, str], minio, object_store: str
 ) -> None:
     """FSDP reads the snapshot from MinIO (Ray Data's tasks get the store's settings with
     the work: the Ray head was started without them) and still follows DDP, which read it
@@ -76,9 +65,9 @@ def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp_from_object_storage(
     assert ddp["metrics"]["strategy"] == "ddp" and ddp["metrics"]["workers"] == 2
     assert_close_curves(ddp["losses"], single["losses"])
     snapshot = f"{object_store}/gold/snap"
-    local = DeltaTable(str(data / "gold" / "snap")).to_pyarrow_table()
+    local = DeltaTable(str(training_data / "gold" / "snap")).to_pyarrow_table()
     write_deltalake(snapshot, local, storage_options=storage.storage_options(snapshot))
-    fsdp = train(data, ray_env | minio.client_env(), "mlp_fsdp_s3", strategy="fsdp",
+    fsdp = train(training_data, training_env | minio.client_env(), "mlp_fsdp_s3", strategy="fsdp",
                  snapshot={"path": snapshot, "version": 0})  # fmt: skip
     assert fsdp["metrics"]["strategy"] == "fsdp"
     assert fsdp["metrics"]["rows"] == ddp["metrics"]["rows"]
@@ -89,7 +78,9 @@ def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp_from_object_storage(
     test = ddp["metrics"]["test"]
     assert test["logloss"] < 0.8 * test["baseline_logloss"] and test["auc"] > 0.85
     assert (ddp["folder"] / "curves.png").read_bytes().startswith(b"\x89PNG")
-    records = [json.loads(p.read_text()) for p in (data.parent / "logs" / "runs").glob("*.json")]
+    records = [
+        json.loads(p.read_text()) for p in (training_data.parent / "logs" / "runs").glob("*.json")
+    ]
     mine = [r for r in records if r["job"] == "train:mlp_ddp"]
     assert len(mine) == 1 and mine[0]["status"] == "succeeded", records
     assert mine[0]["engine"] == "ray-train/ddp" and mine[0]["output"]["metrics"]["test"]
@@ -97,11 +88,15 @@ def test_ddp_follows_the_single_worker_and_fsdp_follows_ddp_from_object_storage(
 
 
 def test_pipeline_trains_the_transformer_split_across_two_workers(
-    data: Path, ray_env: dict[str, str]
+    training_data: Path, training_env: dict[str, str]
 ) -> None:
     model = {"name": "transformer", "params": {"d_model": 16, "heads": 2, "layers": 1}}
-    single = train(data, ray_env, "tx_single", strategy="single", model=model, epochs=1)
-    piped = train(data, ray_env, "tx_pipeline", strategy="pipeline", model=model, epochs=1)
+    single = train(
+        training_data, training_env, "tx_single", strategy="single", model=model, epochs=1
+    )
+    piped = train(
+        training_data, training_env, "tx_pipeline", strategy="pipeline", model=model, epochs=1
+    )
     assert piped["metrics"]["strategy"] == "pipeline" and piped["metrics"]["workers"] == 2
     assert_close_curves(piped["losses"], single["losses"])
 
@@ -133,7 +128,7 @@ def latest_checkpoint(run_folder: Path) -> str | None:
 
 
 def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
-    baselines, data: Path, ray_env: dict[str, str]
+    baselines, training_data: Path, training_env: dict[str, str]
 ) -> None:
     """A SIGKILLed worker is replaced and its group resumes from the last checkpoint; once
     the resumed group has registered a checkpoint of its own, the whole run is killed and
@@ -142,13 +137,13 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     failure: each alone costs a whole training run.)"""
     name = "mlp_ddp_killed"
     # A checkpoint every 10 steps: the run lasts long enough to be killed twice.
-    config = training_config(data, name, strategy="ddp", checkpoint={"every_steps": 10})
-    command = [TIERFLOW, "train", str(config), "--data-dir", str(data), "--json"]
-    log = data / f"{name}.log"
+    config = training_config(training_data, name, strategy="ddp", checkpoint={"every_steps": 10})
+    command = [TIERFLOW, "train", str(config), "--data-dir", str(training_data), "--json"]
+    log = training_data / f"{name}.log"
     first = subprocess.Popen(
-        command, cwd=PROJECT, env=ray_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        command, cwd=PROJECT, env=training_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    run_folder = data / "models" / name / "ray"
+    run_folder = training_data / "models" / name / "ray"
     deadline = time.monotonic() + 300
 
     def running() -> bool:
@@ -163,7 +158,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     # list can still show an earlier run's workers as alive while they are torn down.
     def own_workers() -> list[int]:
         seen = set(map(int, re.findall(r"RayTrainWorker pid=(\d+)", log.read_text())))
-        return sorted(seen & set(training_worker_pids(ray_env)))
+        return sorted(seen & set(training_worker_pids(training_env)))
 
     while len(victims := own_workers()) < 2 and running():
         pass
@@ -181,23 +176,23 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     first.send_signal(signal.SIGKILL)  # the whole run: driver, and so its workers
     first.wait()
     again = subprocess.run(
-        command, cwd=PROJECT, env=ray_env, capture_output=True, text=True, timeout=400,
+        command, cwd=PROJECT, env=training_env, capture_output=True, text=True, timeout=400,
         check=False,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]
     text = again.stdout + again.stderr
     assert "resumed from checkpoint at step" in text, text[-4000:]
     assert int(text.split("resumed from checkpoint at step ")[1].split()[0]) > step
-    resumed = training_outcome(data, name, json_line(again.stdout))
+    resumed = training_outcome(training_data, name, json_line(again.stdout))
     for key, weight in baselines["ddp"]["weights"].items():
         assert resumed["weights"][key].equal(weight), key
 
 
 @pytest.mark.horovod
 def test_horovod_trains_data_parallel_on_two_processes(
-    baselines, data: Path, ray_env: dict[str, str]
+    baselines, training_data: Path, training_env: dict[str, str]
 ) -> None:
-    run = train(data, ray_env, "mlp_horovod", strategy="horovod")
+    run = train(training_data, training_env, "mlp_horovod", strategy="horovod")
     assert run["metrics"]["strategy"] == "horovod" and run["metrics"]["workers"] == 2
     single = baselines["single"]
     assert len(run["losses"]) == len(single["losses"])
