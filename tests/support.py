@@ -118,8 +118,9 @@ def training_config(data: Path, name: str, **changes: Any) -> Path:
     The multi-host lab's run differs only in where its workers go and how often it takes
     a checkpoint, which change no weight: the training tests' DDP run on the session's
     Ray head is the undisturbed run the lab's model is compared with (the same data, seed
-    and world size give the same weights on any hosts). Checkpoints are few by default:
-    each costs Ray Train a second or more here.
+    and world size give the same weights on any hosts). Checkpoints are few by default.
+    225 steps (75 per epoch): a run lasts long enough after its first checkpoint for the
+    tests that cut or kill it mid-run, whatever the machine's speed (3 s of steps here).
     """
     import yaml
 
@@ -127,7 +128,7 @@ def training_config(data: Path, name: str, **changes: Any) -> Path:
         "name": name, "snapshot": {"path": "gold/snap", "version": 0},
         "features": ["a", "b", "c"], "categorical": ["c"], "label": "y", "split_key": "id",
         "model": {"name": "mlp", "params": {"hidden": [16, 8]}}, "epochs": 3,
-        "batch_size": 64, "seed": 3, "workers": 2, "strategy": "ddp",
+        "batch_size": 32, "seed": 3, "workers": 2, "strategy": "ddp",
         "checkpoint": {"every_steps": 1000}, "optimizer": {"name": "adamw", "lr": 0.01},
         "storage_path": "models", "max_failures": 3,
     } | changes  # fmt: skip

@@ -19,10 +19,8 @@ import yaml
 from tierflow.config.services import ServicesConfig
 from tierflow.services.process import read_stat
 
-pytestmark = [
-    pytest.mark.kafka, pytest.mark.redis, pytest.mark.spark_cluster, pytest.mark.dask,
-    pytest.mark.ray, pytest.mark.minio, pytest.mark.slow,
-]  # fmt: skip
+# What the tests start of their own (Redis and Dask, in their own state folder).
+pytestmark = [pytest.mark.redis, pytest.mark.dask, pytest.mark.slow]
 
 SHIFT = -10_000
 TIERFLOW = str(Path(sys.executable).parent / "tierflow")
@@ -74,10 +72,11 @@ def test_port_in_use_is_a_clear_error(cli):
 
 
 def test_up_status_down_leaves_nothing_running(cli):
-    # Redis (one process), Dask (scheduler, nanny, worker) and Ray (a dozen processes of
-    # its own making). The session's services prove that Kafka, Spark and MinIO come up
-    # healthy, and conftest checks that each leaves nothing running when it is stopped.
-    started = ("redis", "dask", "ray")
+    # Redis (one process) and Dask (scheduler, nanny, worker). The session's services prove
+    # that Kafka, Spark, MinIO and Ray (a dozen processes of its own making) come up
+    # healthy, and conftest checks that each leaves nothing running when it is stopped:
+    # a second Ray head here would cost 15 s and show nothing more.
+    started = ("redis", "dask")
     result = cli("up", *started)
     assert result.returncode == 0, result.stderr
     before = statuses(cli)
@@ -85,7 +84,7 @@ def test_up_status_down_leaves_nothing_running(cli):
     assert {n: before[n]["state"] for n in started} == dict.fromkeys(started, "healthy")
     assert {s["state"] for n, s in before.items() if n not in started} == {"stopped"}
     pids = [pid for s in before.values() for pid in s["pids"]]
-    assert len(pids) >= 8  # ray alone runs a dozen processes
+    assert len(pids) >= 4  # redis 1, dask 3
 
     again = cli("up", "redis")
     assert again.returncode == 0

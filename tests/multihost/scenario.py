@@ -304,6 +304,21 @@ class RayJob:
         return str(final)
 
 
+#: The steps of the lab's training run (tests.support.training_config: 3 epochs of 75).
+TRAINING_STEPS = 225
+
+
+def latest_step(checkpoints: Path) -> int:
+    """The step of the newest checkpoint the run has written (0 before the first)."""
+    steps = [0]
+    for meta in checkpoints.glob("checkpoint_*/meta.json"):
+        try:
+            steps.append(json.loads(meta.read_text())["step"])
+        except (OSError, ValueError, KeyError):  # being written, or removed (keep: N)
+            continue
+    return max(steps)
+
+
 def training_workers_on(cluster: Cluster) -> list[str]:
     """The node addresses of the live Ray Train workers."""
     env = os.environ | cluster.ray_env()
@@ -441,17 +456,28 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    # The batch job: this host may use 50 MiB, the Spark cluster is configured.
+    # The batch job: this host may use 50 MiB, the Spark cluster is configured. It runs
+    # for about a minute once its executors are up; the training run's steps take seconds
+    # (the start is the long part), so the training is submitted once the executors are
+    # up, and h3 is cut as soon as it has a checkpoint: both are then mid-run, whatever
+    # the machine's speed.
     planner = PlannerJob(cluster, spark_data)
-    train_log = work / "logs" / "train-cut.log"
-    training = RayJob(cluster, train_data, "mh_cut", train_log)
-
-    checkpoints = train_data / "models" / "mh_cut" / "ray"
-    wait_for("a checkpoint of the disturbed training run",
-             lambda: list(checkpoints.glob("checkpoint_*/meta.json")), 300, every=0.5)  # fmt: skip
-    result["training_workers_before_cut"] = training_workers_on(cluster)
     wait_for("a Spark executor on h3", lambda: executors_on(cluster, "h3") > 0, 180, every=0.5)
     wait_for("a Spark executor on h2", lambda: executors_on(cluster, "h2") > 0, 180, every=0.5)
+    train_log = work / "logs" / "train-cut.log"
+    training = RayJob(cluster, train_data, "mh_cut", train_log)
+    checkpoints = train_data / "models" / "mh_cut" / "ray"
+
+    # Where its workers run is asked while they start (the CLI takes seconds), so that
+    # little more than the Kafka leaders' query stands between its first checkpoint and
+    # the cut.
+    def both_workers() -> list[str] | None:
+        workers = training_workers_on(cluster)
+        return workers if len(workers) == 2 else None
+
+    result["training_workers_before_cut"] = wait_for("2 training workers", both_workers, 300)
+    wait_for("a checkpoint of the disturbed training run",
+             lambda: list(checkpoints.glob("checkpoint_*/meta.json")), 300, every=0.2)  # fmt: skip
     result["spark_executors_before_cut"] = {h: executors_on(cluster, h) for h in ("h2", "h3")}
     leaders = {}
     from kafka import KafkaAdminClient
@@ -466,7 +492,11 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     result["partitions_led_by_broker_3_before_cut"] = sorted(
         p for p, leader in leaders.items() if leader == 3
     )
-    in_flight = {"spark": planner.run.poll() is None, "training": training.status() == "RUNNING",
+    # The training is in flight while it has steps left: its job stays RUNNING after the
+    # last step (the evaluation), and the last checkpoint is taken at the last step.
+    result["training_checkpoint_step_before_cut"] = latest_step(checkpoints)
+    in_flight = {"spark": planner.run.poll() is None,
+                 "training": result["training_checkpoint_step_before_cut"] < TRAINING_STEPS,
                  "streaming": all(d.poll() is None for d in daemons)}  # fmt: skip
     assert all(in_flight.values()), (
         f"finished before the cut, which would prove nothing: {in_flight}"

@@ -27,8 +27,9 @@ from tierflow.train.planner import TrainPlan, model_size, plan_training
 from tierflow.train.plots import curves_png
 
 #: Ray Train's controller polls its worker group this often (Ray's default is 2 s). Each
-#: step of a run's start and end waits for a poll, so the default added about 5 s to every
-#: run here (a 111-step DDP run: 44 s, 33 s at 0.5 s); a poll is one small remote call.
+#: step of a run's start, its checkpoints and its end wait for a poll, so the default
+#: added about 11 s to every run here (a 111-step DDP run: 44 s, 33 s at 0.5 s); a poll
+#: is one small remote call.
 #: Set ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` to choose another; the driver passes it on.
 HEALTH_CHECK_INTERVAL_S = "0.5"
 
