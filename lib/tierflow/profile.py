@@ -128,13 +128,12 @@ def profile_frame(  # noqa: PLR0912 - one pass per statistic family
         if f"{n}__out" in extra:
             by_name[n].outliers = int(extra[f"{n}__out"] or 0)
 
+    _histograms(frame, [c for c in columns if c.kind == "numeric" and c.minimum is not None
+                        and c.maximum is not None], as_number)  # fmt: skip
     for c in columns:
-        if c.kind == "numeric" and c.minimum is not None and c.maximum is not None:
-            c.histogram = _histogram(frame, c, as_number[c.name])
-        elif c.kind in ("categorical", "boolean"):
-            c.top_values = _top_values(frame, c.name)
-            if target_numeric and target is not None and c.name != target:
-                c.target_by_value = _target_by_value(frame, c.name, target, c.top_values)
+        if c.kind in ("categorical", "boolean"):
+            by = target if target_numeric and c.name != target else None
+            c.top_values, c.target_by_value = _top_values(frame, c.name, by)
     return TableProfile(title=title, rows=rows, columns=columns, target=target, engine=engine)
 
 
@@ -164,44 +163,55 @@ def _pearson(moments: dict[str, Any], n: str) -> float | None:
     return float(cov / math.sqrt(var_x * var_y))
 
 
-def _histogram(
-    frame: nw.LazyFrame[Any], c: ColumnProfile, x: Any
-) -> list[tuple[float, float, int]]:
-    low, high = float(c.minimum), float(c.maximum)
-    width = (high - low) / BINS or 1.0
-    bucket = ((x - low) / width).cast(nw.Int64)
-    bucket = nw.when(bucket >= BINS).then(nw.lit(BINS - 1)).otherwise(bucket)
+def _histograms(frame: nw.LazyFrame[Any], columns: list[ColumnProfile], as_number: Any) -> None:
+    """Every numeric column's histogram from one pass over the table.
+
+    Each column's bucket index becomes a column, unpivoted into (column, bucket) and
+    counted: one scan and one shuffle on Dask or Spark, where a pass per column rescanned
+    the table once per numeric column (flights' silver table: 15 scans).
+    """
+    if not columns:
+        return
+    edges: dict[str, tuple[float, float]] = {}
+    scaled = []
+    for i, c in enumerate(columns):
+        low, high = float(c.minimum), float(c.maximum)
+        width = (high - low) / BINS or 1.0
+        edges[f"__b{i}"] = (low, width)
+        scaled.append(((as_number[c.name] - low) / width).alias(f"__b{i}"))
+    # Nulls are dropped before the cast to a bucket number (Dask cannot cast a null).
+    bucket = nw.col("__x").cast(nw.Int64)
     counts = (
-        frame.filter(~nw.col(c.name).is_null())
-        .select(bucket.alias("__b"))
-        .group_by("__b")
+        frame.select(*scaled)
+        .unpivot(on=list(edges), variable_name="__c", value_name="__x")
+        .filter(~nw.col("__x").is_null())  # a null value is in no bucket
+        .with_columns(nw.when(bucket >= BINS).then(nw.lit(BINS - 1)).otherwise(bucket).alias("__b"))
+        .group_by("__c", "__b")
         .agg(nw.len().alias("__n"))
         .collect()
         .rows(named=True)
     )
-    found = {int(r["__b"]): int(r["__n"]) for r in counts}
-    return [(low + i * width, low + (i + 1) * width, found.get(i, 0)) for i in range(BINS)]
+    found = {(r["__c"], int(r["__b"])): int(r["__n"]) for r in counts}
+    for key, c in zip(edges, columns, strict=True):
+        low, width = edges[key]
+        c.histogram = [(low + i * width, low + (i + 1) * width, found.get((key, i), 0))
+                       for i in range(BINS)]  # fmt: skip
 
 
-def _top_values(frame: nw.LazyFrame[Any], name: str) -> list[tuple[Any, int]]:
-    counts = frame.group_by(name).agg(nw.len().alias("__n")).collect().rows(named=True)
-    ranked = sorted(((r[name], int(r["__n"])) for r in counts), key=lambda kv: (-kv[1], str(kv[0])))
-    return ranked[:TOP]
-
-
-def _target_by_value(
-    frame: nw.LazyFrame[Any], name: str, target: str, top: list[tuple[Any, int]]
-) -> list[tuple[Any, float | None]]:
-    # Cast first, then an elementary mean: Dask takes only elementary aggregations.
-    means = (
-        frame.with_columns(nw.col(target).cast(nw.Float64).alias("__t"))
-        .group_by(name)
-        .agg(nw.col("__t").mean().alias("__m"))
-        .collect()
-        .rows(named=True)
-    )
-    found = {r[name]: r["__m"] for r in means}
-    return [(value, found.get(value)) for value, _ in top]
+def _top_values(
+    frame: nw.LazyFrame[Any], name: str, target: str | None
+) -> tuple[list[tuple[Any, int]], list[tuple[Any, float | None]]]:
+    """The most frequent values, and the target's mean for each of them, in one pass."""
+    aggregations = [nw.len().alias("__n")]
+    if target is not None:
+        # Cast first, then an elementary mean: Dask takes only elementary aggregations.
+        frame = frame.with_columns(nw.col(target).cast(nw.Float64).alias("__t"))
+        aggregations.append(nw.col("__t").mean().alias("__m"))
+    counts = frame.group_by(name).agg(*aggregations).collect().rows(named=True)
+    ranked = sorted(counts, key=lambda r: (-int(r["__n"]), str(r[name])))[:TOP]
+    top = [(r[name], int(r["__n"])) for r in ranked]
+    means = [(r[name], r["__m"]) for r in ranked] if target is not None else []
+    return top, means
 
 
 # --- HTML -------------------------------------------------------------------------------

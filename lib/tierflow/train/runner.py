@@ -26,13 +26,6 @@ from tierflow.config.training import TrainingConfig
 from tierflow.train.planner import TrainPlan, model_size, plan_training
 from tierflow.train.plots import curves_png
 
-#: Ray Train's controller polls its worker group this often (Ray's default is 2 s). Each
-#: step of a run's start, its checkpoints and its end wait for a poll, so the default
-#: added about 11 s to every run here (a 111-step DDP run: 44 s, 33 s at 0.5 s); a poll
-#: is one small remote call.
-#: Set ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` to choose another; the driver passes it on.
-HEALTH_CHECK_INTERVAL_S = "0.5"
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -162,7 +155,6 @@ def train(  # noqa: PLR0915 - the run's steps, in order
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     path = locate(config.snapshot.path, data_dir)
     storage = Path(config.storage_path)
     storage = storage if storage.is_absolute() else data_dir / storage
