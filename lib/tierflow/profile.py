@@ -166,9 +166,9 @@ def _pearson(moments: dict[str, Any], n: str) -> float | None:
 def _histograms(frame: nw.LazyFrame[Any], columns: list[ColumnProfile], as_number: Any) -> None:
     """Every numeric column's histogram from one pass over the table.
 
-    Each column's bucket index becomes a column, unpivoted into (column, bucket) and
-    counted: one scan and one shuffle on Dask or Spark, where a pass per column rescanned
-    the table once per numeric column (flights' silver table: 15 scans).
+    Each column's values, scaled to bucket widths, are unpivoted into (column, value)
+    pairs, cut to bucket numbers and counted: one scan and one shuffle on Dask or Spark,
+    where a pass per histogram rescanned the table once per numeric column.
     """
     if not columns:
         return
