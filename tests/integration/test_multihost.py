@@ -90,6 +90,8 @@ def test_the_model_equals_the_undisturbed_run(outcome, ddp_reference) -> None:
     import torch
 
     result, _ = outcome
+    # Cut mid-run: steps were left after the newest checkpoint before the cut.
+    assert 0 < result["training_checkpoint_step_before_cut"] < ddp_reference["metrics"]["steps"]
     assert result["training_resumed"], "the training run never lost a worker"
     cut = torch.load(result["paths"]["model_cut"], weights_only=False)["model"]
     reference = ddp_reference["weights"]
