@@ -129,7 +129,14 @@ def _preload(runner: str) -> None:
     if runner.startswith("tierflow-"):
         tier = runner.removeprefix("tierflow-")
         engine = "polars_engine" if tier == "single" else f"{tier}_engine"
-        modules += ["tierflow.project", "tierflow.io.arrow_sinks", f"tierflow.engines.{engine}"]
+        # The job runner, the project's transforms and Narwhals' backend for the tier too:
+        # the peers' query code (tpch_peers) and libraries are loaded before their clock.
+        backend = {"single": "_polars", "dask": "_dask", "spark": "_spark_like"}[tier]
+        modules += ["tierflow.project", "tierflow.io.arrow_sinks", f"tierflow.engines.{engine}",
+                    "tierflow.jobs.runner", "narwhals._namespace", f"narwhals.{backend}.dataframe",
+                    f"narwhals.{backend}.namespace"]  # fmt: skip
+        modules += [f"jobs.transforms.{path.stem}"
+                    for path in sorted((ROOT / "jobs" / "transforms").glob("[!_]*.py"))]  # fmt: skip
     if "dask" in runner:
         modules += ["dask.dataframe", "distributed"]
     if "spark" in runner:
