@@ -20,6 +20,11 @@ to hand-written Polars, DuckDB, Dask, PySpark and pandas (``benchmarks/tpch_peer
   time is the measured time of that tier, compared with the fastest runner of all.
 - Rounds: ``TIERFLOW_BENCH_ROUNDS`` (default 3, and 1 at scale factors above 10); rounds
   alternate tierflow and the peers; medians are reported.
+- A run that is stopped keeps what it finished: each query's measurements at each scale
+  factor are added to ``.local/bench-out/<name>-partial.json`` as they complete, with a
+  digest of the code (tierflow, the benchmarks, the jobs and settings). Started again with
+  the same code and settings, the benchmark continues from there; the results say in how
+  many sittings it ran. Changed code starts over.
 
 Environment: ``TIERFLOW_BENCH_SCALES`` (``1,10,30``), ``TIERFLOW_BENCH_QUERIES`` (all six),
 ``TIERFLOW_BENCH_RUNNERS`` (all), ``TIERFLOW_BENCH_NAME`` (the results' name, ``scale``).
@@ -255,21 +260,76 @@ def same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
     return True
 
 
+def code_digest() -> str:
+    """A digest of what the measurements depend on: tierflow's code, the benchmarks, the
+    project's jobs and settings, and the benchmark's environment settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in ("lib/tierflow", "benchmarks", "jobs", "conf"):
+        for path in sorted((ROOT / folder).rglob("*")):
+            if path.suffix in (".py", ".yaml", ".yml", ".sql") and "results" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+    settings = [SCALES, QUERIES, RUNNERS, [rounds(s) for s in SCALES], TIMEOUT_S]
+    digest.update(json.dumps(settings).encode())
+    return digest.hexdigest()
+
+
+class Partial:
+    """The finished part of a run, kept on disk as it grows (see the module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.code = path, code_digest()
+        self.raw: dict[str, Any] = {}
+        self.sittings: list[dict[str, Any]] = []
+        if path.is_file():
+            kept = json.loads(path.read_text())
+            if kept.get("code") == self.code:
+                self.raw, self.sittings = kept["raw"], kept["sittings"]
+        self.sittings.append({"began": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "minutes": 0.0})  # fmt: skip
+        self._began = time.monotonic()
+
+    def add(self, key: str, raw: dict[str, Any]) -> None:
+        """Keep one finished query at one scale factor."""
+        self.raw[key] = raw
+        self.sittings[-1]["minutes"] = round((time.monotonic() - self._began) / 60, 1)
+        doc = {"code": self.code, "raw": self.raw, "sittings": self.sittings}
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps(doc, default=str))
+        partial.replace(self.path)
+
+    @property
+    def minutes(self) -> float:
+        """Minutes in all sittings so far."""
+        self.sittings[-1]["minutes"] = round((time.monotonic() - self._began) / 60, 1)
+        return round(sum(s["minutes"] for s in self.sittings), 1)
+
+
 def main() -> int:
     from tierflow.examples import tpch
     from tierflow.project import Project
 
     results = Results(NAME)
-    bench = Bench()
     work = ROOT / ".local" / "bench-out"
-    began_all = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    kept = Partial(work / f"{NAME}-partial.json")
+    if kept.raw:
+        print(f"continuing the run of this code from {kept.sittings[0]['began']}: "
+              f"{len(kept.raw)} finished", flush=True)  # fmt: skip
+    bench = Bench()
     try:
         for scale in SCALES:
             data = tpch.generate(bench_root() / f"tpch-sf{scale:g}", scale).root
             project = Project.load(data_dir=str(data))
             for query in QUERIES:
-                plan = project.plan(project.load_job(f"tpch_{query}"))
                 key = f"sf{scale:g}-{query}"
+                if key in kept.raw:
+                    results.raw[key] = kept.raw[key]
+                    _rows(results, scale, query, kept.raw[key])
+                    continue
+                plan = project.plan(project.load_job(f"tpch_{query}"))
                 raw: dict[str, Any] = {"planner": plan.recommended, "plan": portable(plan),
                                        "seconds": {}, "peak_bytes": {}, "errors": {},
                                        "skipped": {}}  # fmt: skip
@@ -298,13 +358,16 @@ def main() -> int:
                                 for r, o in outputs.items()}  # fmt: skip
                 raw["rows"] = len(reference) if reference is not None else None
                 results.raw[key] = raw
+                kept.add(key, raw)
                 _rows(results, scale, query, raw)
     finally:
         bench.close()
-    results.raw["_minutes"] = round((time.monotonic() - began_all) / 60, 1)
+    results.raw["_minutes"] = kept.minutes
+    results.raw["_sittings"] = kept.sittings
     out = results.write()
     (out / f"{NAME}.md").write_text(markdown(results))
     (out / f"{NAME}.svg").write_text(chart(results))
+    kept.path.unlink()
     print(markdown(results))
     print(f"results in {out}")
     return 0
@@ -355,7 +418,7 @@ def markdown(results: Results) -> str:
     m = machine()
     lines = [results.markdown(), "",
              f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB; "
-             f"{results.raw.get('_minutes')} min in all.", "",
+             f"{results.raw.get('_minutes')} min in all{_sittings(results)}.", "",
              "| run | " + " | ".join(RUNNERS) + " | planner's pick | outputs equal to DuckDB |",
              "|---|" + "---|" * (len(RUNNERS) + 2)]  # fmt: skip
     for key, raw in results.raw.items():
@@ -376,6 +439,15 @@ def markdown(results: Results) -> str:
         lines.append(f"| {key} | " + " | ".join(cells) + f" | {raw['planner']} | "
                      f"{'yes' if equal else 'NO: ' + ', '.join(k for k, v in raw['equal'].items() if not v)} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _sittings(results: Results) -> str:
+    """How the run was split, when it was stopped and continued with the same code."""
+    sittings = results.raw.get("_sittings") or []
+    if len(sittings) < 2:
+        return ""
+    parts = ", ".join(f"{s['began']} ({s['minutes']} min)" for s in sittings)
+    return f", in {len(sittings)} sittings of the same code: {parts}"
 
 
 def chart(results: Results, width: int = 860, height: int = 420) -> str:

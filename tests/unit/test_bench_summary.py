@@ -39,3 +39,19 @@ def test_bars_svg_draws_one_bar_per_ratio():
     svg = bars_svg("etl", [("a", 0.5), ("b", 1.5)])
     assert svg.startswith("<svg") and svg.count("<rect") == 3  # background + 2 bars
     assert "#2ca02c" in svg and "#d62728" in svg  # faster green, slower red
+
+
+def test_a_stopped_scale_run_keeps_what_it_finished_for_the_same_code_only(tmp_path):
+    import json
+
+    from benchmarks.bench_scale import Partial
+
+    path = tmp_path / "scale-partial.json"
+    first = Partial(path)
+    first.add("sf1-q1", {"seconds": {"polars": [0.4]}})
+    again = Partial(path)  # started again, the code unchanged: continues
+    assert again.raw == {"sf1-q1": {"seconds": {"polars": [0.4]}}}
+    assert len(again.sittings) == 2
+    kept = json.loads(path.read_text())
+    path.write_text(json.dumps(kept | {"code": "other code"}))
+    assert Partial(path).raw == {}  # other code: starts over
