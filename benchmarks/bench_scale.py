@@ -25,6 +25,9 @@ to hand-written Polars, DuckDB, Dask, PySpark and pandas (``benchmarks/tpch_peer
   digest of the code (tierflow, the benchmarks, the jobs and settings). Started again with
   the same code and settings, the benchmark continues from there; the results say in how
   many sittings it ran. Changed code starts over.
+- ``touch .local/bench-out/PAUSE`` holds the benchmark before its next run (to use the
+  machine for something else without disturbing a measurement); removing it goes on. Time
+  held is not counted in the run's minutes.
 
 Environment: ``TIERFLOW_BENCH_SCALES`` (``1,10,30``), ``TIERFLOW_BENCH_QUERIES`` (all six),
 ``TIERFLOW_BENCH_RUNNERS`` (all), ``TIERFLOW_BENCH_NAME`` (the results' name, ``scale``).
@@ -167,8 +170,10 @@ def child_main(argv: list[str]) -> int:
 class Bench:
     """The shared Dask cluster, and one run of any runner in a process of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: Path) -> None:
         from distributed import Client, LocalCluster
+
+        self.pause, self.held_s = pause, 0.0
 
         self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                                     dashboard_address=None, processes=True)  # fmt: skip
@@ -188,6 +193,12 @@ class Bench:
         """
         from tierflow.jobs.calibration import PeakMemory
 
+        if self.pause.exists():
+            print(f"  held: {self.pause} exists", flush=True)
+            began = time.monotonic()
+            while self.pause.exists():
+                time.sleep(2)
+            self.held_s += time.monotonic() - began
         argv = [sys.executable, "-m", "benchmarks.bench_scale", "one", runner, query,
                 str(data), str(out)]  # fmt: skip
         dask = runner in ("tierflow-dask", "dask")
@@ -289,21 +300,25 @@ class Partial:
                 self.raw, self.sittings = kept["raw"], kept["sittings"]
         self.sittings.append({"began": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                               "minutes": 0.0})  # fmt: skip
-        self._began = time.monotonic()
+        self._began, self._held_s = time.monotonic(), 0.0
 
-    def add(self, key: str, raw: dict[str, Any]) -> None:
-        """Keep one finished query at one scale factor."""
+    def add(self, key: str, raw: dict[str, Any], held_s: float = 0.0) -> None:
+        """Keep one finished query at one scale factor (``held_s``: paused so far)."""
         self.raw[key] = raw
-        self.sittings[-1]["minutes"] = round((time.monotonic() - self._began) / 60, 1)
+        self._held_s = held_s
+        self.sittings[-1]["minutes"] = self._sitting_minutes()
         doc = {"code": self.code, "raw": self.raw, "sittings": self.sittings}
         partial = self.path.with_suffix(".tmp")
         partial.write_text(json.dumps(doc, default=str))
         partial.replace(self.path)
 
+    def _sitting_minutes(self) -> float:
+        return round((time.monotonic() - self._began - self._held_s) / 60, 1)
+
     @property
     def minutes(self) -> float:
-        """Minutes in all sittings so far."""
-        self.sittings[-1]["minutes"] = round((time.monotonic() - self._began) / 60, 1)
+        """Minutes in all sittings so far, time held by the pause file left out."""
+        self.sittings[-1]["minutes"] = self._sitting_minutes()
         return round(sum(s["minutes"] for s in self.sittings), 1)
 
 
@@ -318,7 +333,7 @@ def main() -> int:
     if kept.raw:
         print(f"continuing the run of this code from {kept.sittings[0]['began']}: "
               f"{len(kept.raw)} finished", flush=True)  # fmt: skip
-    bench = Bench()
+    bench = Bench(work / "PAUSE")
     try:
         for scale in SCALES:
             data = tpch.generate(bench_root() / f"tpch-sf{scale:g}", scale).root
@@ -358,7 +373,7 @@ def main() -> int:
                                 for r, o in outputs.items()}  # fmt: skip
                 raw["rows"] = len(reference) if reference is not None else None
                 results.raw[key] = raw
-                kept.add(key, raw)
+                kept.add(key, raw, held_s=bench.held_s)
                 _rows(results, scale, query, raw)
     finally:
         bench.close()
