@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,25 @@ class Splits:
     preprocessor: Preprocessor
     version: int
     rows: dict[str, int]
+
+    def save(self, folder: Path) -> None:
+        """Write to ``folder`` (``splits.npz`` and ``splits.json``), for a process outside Ray."""
+        arrays = {f"{kind}_{name}": part for kind, parts in (("x", self.x), ("y", self.y))
+                  for name, part in parts.items()}  # fmt: skip
+        np.savez(folder / "splits.npz", allow_pickle=False, **arrays)
+        about = {"preprocessor": self.preprocessor.to_dict(), "version": self.version,
+                 "rows": self.rows}  # fmt: skip
+        (folder / "splits.json").write_text(json.dumps(about))
+
+    @classmethod
+    def load(cls, folder: Path) -> Splits:
+        """The inverse of :meth:`save`."""
+        about = json.loads((folder / "splits.json").read_text())
+        with np.load(folder / "splits.npz") as arrays:
+            x = {k.removeprefix("x_"): arrays[k] for k in arrays.files if k.startswith("x_")}
+            y = {k.removeprefix("y_"): arrays[k] for k in arrays.files if k.startswith("y_")}
+        pre = Preprocessor.from_dict(about["preprocessor"])
+        return cls(x, y, pre, int(about["version"]), dict(about["rows"]))
 
 
 def snapshot_version(path: str, version: int | None) -> int:

@@ -107,18 +107,13 @@ def evaluate(model: Any, config: TrainingConfig, x: Any, y: Any, base: float) ->
     return {"mse": mse, "baseline_mse": float(((target - base) ** 2).mean())}
 
 
-def final_model(config: TrainingConfig, width: int, state: dict[str, Any]) -> Any:
+def final_model(config: TrainingConfig, strategy: str, width: int, state: dict[str, Any]) -> Any:
     """The trained model in one process, from a checkpoint's state."""
     from tierflow.train.models import build_model
+    from tierflow.train.strategies import strategy_class
 
     model = build_model(config.model.name, width, dict(config.model.params))
-    if "stages" in state["model"]:
-        first, second = model.stages()
-        first.load_state_dict(state["model"]["stages"][0])
-        second.load_state_dict(state["model"]["stages"][1])
-    else:
-        model.load_state_dict(state["model"])
-    return model.eval()
+    return strategy_class(strategy).final_model(model, state).eval()
 
 
 def export_onnx(model: Any, width: int, path: Path) -> bool:
@@ -140,7 +135,6 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     data_dir: Path,
     *,
     ray_address: str | None = None,
-    extra: dict[str, Any] | None = None,
     progress: Any = print,
 ) -> TrainResult:
     """Run ``config`` on Ray Train (see the module doc)."""
@@ -151,7 +145,8 @@ def train(  # noqa: PLR0915 - the run's steps, in order
 
     from tierflow.storage import locate
     from tierflow.train.data import prepare, read_snapshot, snapshot_version, training_columns
-    from tierflow.train.loop import META_FILE, STATE_FILE, train_loop
+    from tierflow.train.loop import WorkerSettings, train_loop
+    from tierflow.train.session import read_checkpoint
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
@@ -174,26 +169,17 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     progress(plan.explain())
     if plan.strategy == "horovod":
         began = time.perf_counter()
-        state, history = run_horovod(config, splits, folder, plan.workers)
-        meta: dict[str, Any] = {"step": len(history), "history": history,
-                                "preprocessor": splits.preprocessor.to_dict()}  # fmt: skip
+        meta, state = run_horovod(config, splits, folder, plan.workers, use_gpu=plan.use_gpu)
         latest = None
     else:
-        data = {"x": splits.x, "y": splits.y, "preprocessor": splits.preprocessor.to_dict()}
         latest = _latest_checkpoint(folder / "ray")
-        loop_config = {
-            **config.model_dump(mode="json"),
-            "strategy": plan.strategy,
-            "use_gpu": plan.use_gpu,
-            "data_ref": ray.put(data),
-            # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
-            # checkpoint when Ray has none of its own (a worker-group restart has one).
-            "resume_path": latest.path if latest is not None else None,
-            **(extra or {}),
-        }
+        # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
+        # checkpoint when Ray has none of its own (a worker-group restart has one).
+        resume = latest.path if latest is not None else None
+        settings = WorkerSettings(config, plan.strategy, plan.use_gpu, resume_path=resume)
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config=loop_config,
+            train_loop_config={"settings": settings, "data": ray.put(splits)},
             scaling_config=ScalingConfig(
                 num_workers=plan.workers,
                 use_gpu=plan.use_gpu,
@@ -211,10 +197,9 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         if result.checkpoint is None:
             raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
         with result.checkpoint.as_directory() as ckpt:
-            state = torch.load(Path(ckpt) / STATE_FILE, weights_only=False)
-            meta = json.loads((Path(ckpt) / META_FILE).read_text())
+            meta, state = read_checkpoint(Path(ckpt))
     seconds = time.perf_counter() - began
-    model = final_model(config, splits.preprocessor.width, state)
+    model = final_model(config, plan.strategy, splits.preprocessor.width, state)
     base = float(splits.y["train"].mean()) if len(splits.y["train"]) else 0.0
     metrics: dict[str, Any] = {"strategy": plan.strategy, "workers": plan.workers,
                                "snapshot_version": version, "rows": splits.rows,
@@ -234,30 +219,36 @@ def train(  # noqa: PLR0915 - the run's steps, in order
 
 
 def run_horovod(
-    config: TrainingConfig, splits: Any, folder: Path, workers: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train with ``horovodrun`` on this machine (see :mod:`tierflow.train.horovod_loop`)."""
+    config: TrainingConfig, splits: Any, folder: Path, workers: int, *, use_gpu: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train with ``horovodrun`` on this machine (:mod:`tierflow.train.horovod_loop`).
+
+    Returns:
+        The ``(meta, state)`` of the run's last checkpoint.
+    """
     import shutil
     import subprocess
     import sys
 
-    import numpy as np
-    import torch
+    from tierflow.train.horovod_loop import SETTINGS_FILE
+    from tierflow.train.session import LocalSession, read_checkpoint
 
     runner = Path(sys.executable).parent / "horovodrun"
     if not runner.is_file() or shutil.which(str(runner)) is None:
         raise RuntimeError("strategy horovod needs Horovod: build it with `make horovod`")
     run_dir = folder / "horovod"
     run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(run_dir / "data.npz", x_train=splits.x["train"], y_train=splits.y["train"])
-    (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
+    splits.save(run_dir)
+    settings = {"config": config.model_dump(mode="json"), "use_gpu": use_gpu}
+    (run_dir / SETTINGS_FILE).write_text(json.dumps(settings))
     command = [str(runner), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo",
                "--network-interfaces", "lo", sys.executable, "-m",
                "tierflow.train.horovod_loop", str(run_dir)]  # fmt: skip
     subprocess.run(command, check=True)
-    state = torch.load(run_dir / "state.pt", weights_only=False)
-    history = json.loads((run_dir / "history.json").read_text())
-    return state, history
+    found = LocalSession(run_dir, 0, workers, keep=config.checkpoint.keep).checkpoints()
+    if not found:
+        raise RuntimeError(f"training {config.name} on Horovod produced no checkpoint")
+    return read_checkpoint(found[-1])
 
 
 def _latest_checkpoint(run_folder: Path) -> Any:

@@ -1,0 +1,77 @@
+"""The training strategy contract: how one worker's model takes part in a step.
+
+The loop (:mod:`tierflow.train.loop`) calls these hooks and never asks which strategy
+it runs. The base class is training in one process; a strategy overrides only what it
+changes: how the model is wrapped (``prepare``), which share of each global batch the
+worker trains on (``batch_share``), how the optimizer is wrapped, how a step's loss is
+made the global batch's (``reduce_loss``), and how the whole state is gathered and put
+back (``state``, ``load``). Every hook that communicates is called by every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+
+class Strategy:
+    """Training in one process: the model whole, the whole global batch per step."""
+
+    name: ClassVar[str] = "single"
+
+    def __init__(self, rank: int, world: int, device: Any) -> None:
+        self.rank, self.world, self.device = rank, world, device
+        self.model: Any = None  # the model as built (whole, or the stage this worker runs)
+        self.trained: Any = None  # what is called and stepped: the model, possibly wrapped
+
+    @property
+    def batch_share(self) -> tuple[int, int]:
+        """``(part, parts)``: the equal slice of every global batch this worker trains on."""
+        return 0, 1
+
+    def prepare(self, model: Any) -> None:
+        """Place (and wrap) the model for this strategy."""
+        self.model = model.to(self.device)
+        self.trained = self.model
+
+    def parameters(self) -> Iterator[Any]:
+        """The parameters this worker's optimizer steps."""
+        return iter(self.trained.parameters())
+
+    def wrap_optimizer(self, optimizer: Any) -> Any:
+        """The optimizer the loop steps (a strategy may wrap it to average gradients)."""
+        return optimizer
+
+    def forward_backward(self, x: Any, y: Any, loss_fn: Any) -> Any:
+        """Forward and backward of this worker's rows; returns their loss (detached)."""
+        loss = loss_fn(self.trained(x.to(self.device)), y.to(self.device))
+        loss.backward()
+        return loss.detach()
+
+    def reduce_loss(self, loss: Any) -> Any:
+        """The global batch's mean loss from this worker's (the same on every worker)."""
+        return loss
+
+    def evaluate(self, x: Any, y: Any, loss_fn: Any) -> float:
+        """The mean loss of the whole model on ``x``, ``y`` (no gradients)."""
+        import torch
+
+        with torch.no_grad():
+            return float(loss_fn(self.trained(x.to(self.device)), y.to(self.device)))
+
+    def state(self, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+        """The whole model, optimizer and schedule state, complete on rank 0."""
+        return {"model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": [scheduler.state_dict()]}  # fmt: skip
+
+    def load(self, state: dict[str, Any], optimizer: Any, scheduler: Any) -> None:
+        """Put back what :meth:`state` returned (every worker reads the same state)."""
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"][0])
+
+    @staticmethod
+    def final_model(model: Any, state: dict[str, Any]) -> Any:
+        """``model`` (built whole, in one process) with a saved state's weights."""
+        model.load_state_dict(state["model"])
+        return model

@@ -1,0 +1,39 @@
+"""``ddp``: ``DistributedDataParallel`` over the workers (gloo on CPU, NCCL on GPU).
+
+Each worker trains on its slice of every global batch and the gradients are averaged, so
+a step equals the single worker's step on the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from tierflow.train.strategies.base import Strategy
+
+
+class DataParallel(Strategy):
+    """The model replicated on every worker, gradients averaged by DDP."""
+
+    name: ClassVar[str] = "ddp"
+
+    @property
+    def batch_share(self) -> tuple[int, int]:
+        """This worker's slice: its rank's of ``world``."""
+        return self.rank, self.world
+
+    def prepare(self, model: Any) -> None:
+        """Wrap the placed model in ``DistributedDataParallel``."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.model = model.to(self.device)
+        on_gpu = self.device.type == "cuda"
+        self.trained = DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if on_gpu else None
+        )
+
+    def reduce_loss(self, loss: Any) -> Any:
+        """The mean of the workers' losses (each over an equal slice)."""
+        import torch.distributed as dist
+
+        dist.all_reduce(loss)
+        return loss / self.world
