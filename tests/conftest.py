@@ -237,11 +237,15 @@ def training_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def training_env(ray_head: LocalService, training_data: Path) -> dict[str, str]:
-    """What ``tierflow train`` and ``ray job submit`` need to train on the Ray head."""
+    """What ``tierflow train`` and ``ray job submit`` need to train on the Ray head.
+
+    Ray's drivers print every worker's line (``RAY_DEDUP_LOGS=0``): the workers' lines
+    naming the blocks each read differ only in numbers, which Ray would fold into one.
+    """
     return (
         dict(os.environ)
         | ray_head.client_env()
-        | {"TIERFLOW_LOGS_DIR": str(training_data.parent / "logs")}
+        | {"TIERFLOW_LOGS_DIR": str(training_data.parent / "logs"), "RAY_DEDUP_LOGS": "0"}
     )
 
 

@@ -119,7 +119,7 @@ def training_config(data: Path, name: str, **changes: Any) -> Path:
     a checkpoint, which change no weight: the training tests' DDP run on the session's
     Ray head is the undisturbed run the lab's model is compared with (the same data, seed
     and world size give the same weights on any hosts). Checkpoints are few by default.
-    225 steps (75 per epoch): a run lasts long enough after its first checkpoint for the
+    224 steps (74-75 per epoch): a run lasts long enough after its first checkpoint for the
     tests that cut or kill it mid-run, whatever the machine's speed (3 s of steps here).
     """
     import yaml
@@ -157,7 +157,22 @@ def train(
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     if job:
         assert "succeeded" in run.stdout
-    return training_outcome(data, name, json_line(run.stdout))
+    outcome = training_outcome(data, name, json_line(run.stdout))
+    return outcome | {"reads": shard_reads(run.stdout + run.stderr)}
+
+
+def shard_reads(output: str) -> dict[tuple[int, int], dict[int, set[int]]]:
+    """What each worker read in each epoch, from the lines the workers print (Ray forwards
+    them to the driver's output): ``{(rank, epoch): {shard: blocks}}``."""
+    import re
+
+    reads: dict[tuple[int, int], dict[int, set[int]]] = {}
+    for rank, epoch, what in re.findall(r"\[tierflow\] rank (\d+) epoch (\d+) reads (.*)", output):
+        shards = re.findall(r"shard (\d+): blocks \[([\d, ]*)\]", what)
+        reads[int(rank), int(epoch)] = {
+            int(s): {int(b) for b in blocks.split(",") if b.strip()} for s, blocks in shards
+        }
+    return reads
 
 
 def json_line(stdout: str) -> dict[str, Any]:

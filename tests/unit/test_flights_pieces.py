@@ -16,7 +16,7 @@ from tierflow.config.training import TrainingConfig
 from tierflow.demo.evaluation import RouteBaseline, auc, best_f1_threshold, precision_recall
 from tierflow.io.textdecode import CsvOptions, decode_to_table
 from tierflow.jobs.expressions import to_expr
-from tierflow.train.data import split_rows
+from tierflow.train.ingest import labelled_rows
 
 
 def test_days_since_epoch_matches_the_calendar():
@@ -125,7 +125,7 @@ def test_split_column_decides_the_split():
     table = pa.table(
         {"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1], "split": ["train", "test", "train", "valid"]}
     )
-    parts = split_rows(table, _config(split_column="split"))
+    parts = labelled_rows(table, 0, _config(split_column="split"))
     assert {k: v["x"].to_pylist() for k, v in parts.items()} == {
         "train": [1.0, 3.0],
         "valid": [4.0],
@@ -133,6 +133,6 @@ def test_split_column_decides_the_split():
     }
     bad = table.set_column(2, "split", pa.array(["train", "holdout", "train", "valid"]))
     with pytest.raises(ValueError, match="holdout"):
-        split_rows(bad, _config(split_column="split"))
+        labelled_rows(bad, 0, _config(split_column="split"))
     with pytest.raises(ValueError, match="also a feature"):
         _config(split_column="x")

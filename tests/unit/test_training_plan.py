@@ -12,14 +12,8 @@ import yaml
 from tierflow.config.loader import load_model
 from tierflow.config.training import TrainingConfig
 from tierflow.errors import ConfigError
-from tierflow.train.data import (
-    Preprocessor,
-    batches_per_epoch,
-    epoch_order,
-    prepare,
-    split_rows,
-    worker_slice,
-)
+from tierflow.train.data import Preprocessor
+from tierflow.train.ingest import split_codes
 from tierflow.train.models import build_model
 from tierflow.train.planner import SINGLE_MAX_ROWS, ModelSize, model_size, plan_training
 
@@ -121,7 +115,7 @@ def test_model_sizes_are_counted_from_the_real_modules() -> None:
     assert len(transformer.stages) == 2 and sum(transformer.stages) == transformer.params
 
 
-def test_splits_preprocessing_and_batches_are_deterministic() -> None:
+def test_the_split_follows_the_key_not_the_row_order_and_preprocessing_round_trips() -> None:
     rng = np.random.default_rng(1)
     n = 1000
     table = pa.table({
@@ -129,29 +123,17 @@ def test_splits_preprocessing_and_batches_are_deterministic() -> None:
         "c": rng.choice(["x", "y"], size=n), "y": rng.random(n) > 0.3,
     })  # fmt: skip
     cfg = config(split_key="id", features=["a", "b", "c"])
-    first = split_rows(table, cfg)
-    again = split_rows(table.take(rng.permutation(n)), cfg)
-    assert {k: sorted(t["id"].to_pylist()) for k, t in first.items()} == {
-        k: sorted(t["id"].to_pylist()) for k, t in again.items()
-    }
-    assert sum(t.num_rows for t in first.values()) == n
-    splits = prepare(table, cfg, version=0)
-    pre = splits.preprocessor
+    shuffled = rng.permutation(n)
+    first = split_codes(table, 0, cfg)
+    again = split_codes(table.take(shuffled), 0, cfg)
+    assert (again == first[shuffled]).all()
+    assert sorted(set(first.tolist())) == [0, 1, 2] and (first == 0).mean() > 0.7
+    pre = Preprocessor({"a": (0.5, 2.0)}, ["b"], {"c": ["x", "y"]})
     assert pre.width == 1 + 1 + 2
-    mean, std = pre.numeric["a"]
-    train_a = np.asarray(first["train"]["a"])
-    assert mean == pytest.approx(train_a.mean()) and std == pytest.approx(train_a.std(ddof=0))
     assert Preprocessor.from_dict(pre.to_dict()) == pre
-    # A category unseen in training encodes as zeros.
-    unseen = pre.transform(pa.table({"a": [0.0], "b": [True], "c": ["z"]}))
-    assert unseen.tolist() == [[pytest.approx(-mean / std), 1.0, 0.0, 0.0]]
-    # Global batches are the same rows on 1 worker or split across 2.
-    order = epoch_order(700, 3, 1)
-    assert (order == epoch_order(700, 3, 1)).all() and not (order == epoch_order(700, 3, 2)).all()
-    assert batches_per_epoch(700, 64) == 10
-    whole = worker_slice(order, 4, 64, 0, 1)
-    halves = np.concatenate([worker_slice(order, 4, 64, r, 2) for r in range(2)])
-    assert (whole == halves).all()
+    # A category unseen in training encodes as zeros; a missing number as the mean.
+    unseen = pre.transform(pa.table({"a": [None, 2.5], "b": [True, None], "c": ["z", "y"]}))
+    assert unseen.tolist() == [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0]]
 
 
 def test_curves_png_is_a_valid_image_with_the_curves_drawn() -> None:

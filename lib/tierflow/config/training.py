@@ -70,6 +70,11 @@ class TrainingConfig(FrozenModel):
     optimizer: OptimizerConfig = OptimizerConfig()
     epochs: Annotated[int, Field(ge=1)] = 2
     batch_size: Annotated[int, Field(ge=1)] = 256  # global: split across data-parallel workers
+    # Streaming: training rows each shard's shuffle buffer holds (more mixes better).
+    shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
+    # Rows per block at most (default: whole row groups, cut where there are fewer than
+    # 16 per shard): the unit of shards and of the shuffle.
+    block_rows: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
     strategy: Strategy = "auto"
     workers: Annotated[int, Field(ge=1)] = 2
@@ -94,10 +99,12 @@ class TrainingConfig(FrozenModel):
             raise ValueError(f"the split column {self.split_column!r} is also a feature")
         if self.label in self.features:
             raise ValueError(f"the label {self.label!r} is also a feature")
-        if self.strategy in ("ddp", "fsdp", "horovod") and self.batch_size % self.workers:
+        if self.strategy == "pipeline" and self.workers != 2:
+            raise ValueError("the pipeline strategy splits the model into 2 stages: workers: 2")
+        if self.batch_size % self.workers:
+            # The data is laid out in `workers` shards whatever the strategy, so that a
+            # global batch is the same rows on one worker or on many.
             raise ValueError(
                 f"batch_size {self.batch_size} must split evenly across {self.workers} workers"
             )
-        if self.strategy == "pipeline" and self.workers != 2:
-            raise ValueError("the pipeline strategy splits the model into 2 stages: workers: 2")
         return self

@@ -117,15 +117,13 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
 
 
 def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
-    from tierflow.storage import delta_table, locate
-    from tierflow.train.data import prepare, snapshot_version, training_columns
+    from tierflow.storage import locate
+    from tierflow.train.data import prepare, snapshot_version
     from tierflow.train.runner import plan_for
 
     path = locate(config.snapshot.path, project.data_dir)
     version = snapshot_version(path, config.snapshot.version)
-    columns = training_columns(config)
-    table = delta_table(path, version).to_pyarrow_table(columns=columns)
-    splits = prepare(table, config, version)
+    data = prepare(path, version, config)  # the fitting pass, in this process
     gpus = 0
     try:
         import torch
@@ -133,7 +131,7 @@ def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) ->
         gpus = torch.cuda.device_count()
     except ImportError:
         pass
-    plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
+    plan = plan_for(config, data.rows["train"], data.preprocessor.width, gpus)
     if args.json:
         decided = {"strategy": plan.strategy, "workers": plan.workers, "use_gpu": plan.use_gpu}
         print(json.dumps({**decided, "reasons": plan.reasons, **plan.numbers}))  # noqa: T201

@@ -1,26 +1,20 @@
-"""Training data: the snapshot at its exact version, split, preprocessed, sharded.
+"""Training data: the snapshot at its exact version, blocks, the fitting pass, preprocessing.
 
-- **Read.** Ray Data reads the Delta snapshot at the recorded version (``read_delta``);
-  the newest version is resolved once and recorded, so a resumed or resubmitted run reads
-  the same rows.
-- **Split.** Each row's split is decided by the portable split hash of the seed and its
-  ``split_key`` (or its row number): the same rows in train/valid/test every time.
+- **Version.** The newest version is resolved once and recorded, so a resumed or
+  resubmitted run reads the same rows.
+- **Blocks, split, fitting pass, shards**: :mod:`tierflow.train.ingest`. The driver
+  lists the snapshot's blocks and runs the fitting pass (on Ray, tasks on the cluster);
+  every worker then streams its own shard (:class:`TrainingData` is all it is given).
 - **Preprocessing** is fitted on the training split only: numeric features standardised
-  (mean and standard deviation), booleans 0/1, categoricals one-hot over the categories
-  seen in training (unseen ones are all zeros), missing values 0 after scaling. It is a
-  plain JSON-able object saved with every checkpoint and with the model.
-- **Batches.** Epoch ``e`` shuffles the training rows with ``seed + e``; global batch
-  ``i`` is rows ``[i*B, (i+1)*B)`` of that order; data-parallel worker ``r`` of ``W``
-  takes the ``r``-th of ``W`` equal slices of it. So a global batch is the same rows on
-  one worker or on many, which is what makes DDP comparable to single-process training.
+  (mean and population standard deviation), booleans 0/1, categoricals one-hot over the
+  categories seen in training (unseen ones are all zeros), missing values 0 after
+  scaling. It is a plain JSON-able object saved with every checkpoint and with the model.
 """
 
 from __future__ import annotations
 
-import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tierflow.config.training import TrainingConfig
-from tierflow.engines.base import split_hash
+from tierflow.train.ingest import SPLITS, Snapshot, Summary, fit, open_snapshot, summarize
 
 
 @dataclass
@@ -38,29 +32,6 @@ class Preprocessor:
     numeric: dict[str, tuple[float, float]]  # column -> (mean, std)
     boolean: list[str]
     categories: dict[str, list[str]]
-
-    @classmethod
-    def fit(cls, table: pa.Table, config: TrainingConfig) -> Preprocessor:
-        """Fit on the training split."""
-        numeric: dict[str, tuple[float, float]] = {}
-        boolean: list[str] = []
-        categories: dict[str, list[str]] = {}
-        for name in config.features:
-            column = table.column(name)
-            if name in config.categorical:
-                values = pc.unique(pc.cast(column, pa.string())).to_pylist()
-                categories[name] = sorted(v for v in values if v is not None)
-            elif pa.types.is_boolean(column.type):
-                boolean.append(name)
-            else:
-                values = pc.cast(column, pa.float64())
-                mean = pc.mean(values).as_py()
-                std = pc.stddev(values).as_py()
-                numeric[name] = (
-                    float(mean or 0.0),
-                    float(std) if std and math.isfinite(std) and std > 0 else 1.0,
-                )
-        return cls(numeric, boolean, categories)
 
     @property
     def width(self) -> int:
@@ -78,12 +49,12 @@ class Preprocessor:
             values = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0)
             parts.append(values.to_numpy(zero_copy_only=False))
         for name, cats in self.categories.items():
-            values = pc.cast(table.column(name), pa.string()).to_pylist()
-            index = {c: i for i, c in enumerate(cats)}
-            onehot = np.zeros((len(values), len(cats)))
-            for row, value in enumerate(values):
-                if value in index:
-                    onehot[row, index[value]] = 1.0
+            values = pc.cast(table.column(name), pa.string())
+            found = pc.index_in(values, value_set=pa.array(cats, pa.string()))
+            codes = np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
+            onehot = np.zeros((table.num_rows, len(cats)))
+            seen = codes >= 0  # unseen categories and missing values: all zeros
+            onehot[np.flatnonzero(seen), codes[seen]] = 1.0
             parts.extend(onehot.T)
         return np.stack(parts, axis=1).astype(np.float32)
 
@@ -98,34 +69,18 @@ class Preprocessor:
         return cls(numeric, list(data["boolean"]), dict(data["categories"]))
 
 
-@dataclass
-class Splits:
-    """Preprocessed matrices and labels of each split, plus the fitted preprocessing."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What every worker needs to stream its share of the snapshot.
 
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
+    The snapshot's blocks and what the fitting pass learned of them: small, no rows.
+    """
+
+    snapshot: Snapshot
     preprocessor: Preprocessor
-    version: int
-    rows: dict[str, int]
-
-    def save(self, folder: Path) -> None:
-        """Write to ``folder`` (``splits.npz`` and ``splits.json``), for a process outside Ray."""
-        arrays = {f"{kind}_{name}": part for kind, parts in (("x", self.x), ("y", self.y))
-                  for name, part in parts.items()}  # fmt: skip
-        np.savez(folder / "splits.npz", allow_pickle=False, **arrays)
-        about = {"preprocessor": self.preprocessor.to_dict(), "version": self.version,
-                 "rows": self.rows}  # fmt: skip
-        (folder / "splits.json").write_text(json.dumps(about))
-
-    @classmethod
-    def load(cls, folder: Path) -> Splits:
-        """The inverse of :meth:`save`."""
-        about = json.loads((folder / "splits.json").read_text())
-        with np.load(folder / "splits.npz") as arrays:
-            x = {k.removeprefix("x_"): arrays[k] for k in arrays.files if k.startswith("x_")}
-            y = {k.removeprefix("y_"): arrays[k] for k in arrays.files if k.startswith("y_")}
-        pre = Preprocessor.from_dict(about["preprocessor"])
-        return cls(x, y, pre, int(about["version"]), dict(about["rows"]))
+    train_rows: tuple[int, ...]  # training rows of each block
+    rows: dict[str, int]  # labelled rows per split
+    base: float  # the training label's mean (the baseline's prediction)
 
 
 def snapshot_version(path: str, version: int | None) -> int:
@@ -137,103 +92,45 @@ def snapshot_version(path: str, version: int | None) -> int:
     return int(delta_table(path).version())
 
 
-def read_snapshot(path: str, version: int, columns: list[str]) -> pa.Table:
-    """The snapshot's columns at ``version``, read by Ray Data."""
-    import pyarrow.fs as pafs
-    import ray.data
-
-    from tierflow.storage import arrow_location, delta_path, storage_options
-
-    # Read tasks run on the cluster: they get the store's settings with the work. The
-    # dataset's file paths are relative to the table, so the filesystem is rooted there.
-    filesystem, root = arrow_location(path)
-    if filesystem is not None:
-        filesystem = pafs.SubTreeFileSystem(root, filesystem)
-    dataset = ray.data.read_delta(
-        delta_path(path), version=version, columns=columns,
-        storage_options=storage_options(path), filesystem=filesystem,
-    )  # fmt: skip
-    return pa.concat_tables(
-        [pa.Table.from_pandas(b) if not isinstance(b, pa.Table) else b
-         for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None)]
-    ) if dataset.count() else pa.table({c: [] for c in columns})  # fmt: skip
-
-
 def training_columns(config: TrainingConfig) -> list[str]:
     """The snapshot columns a run reads: features, label, split key and split column."""
     wanted = [*config.features, config.label, config.split_key, config.split_column]
     return list(dict.fromkeys(c for c in wanted if c))
 
 
-def split_rows(table: pa.Table, config: TrainingConfig) -> dict[str, pa.Table]:
-    """Rows per split: the ``split_column``'s values, else the split hash.
+Summaries = Callable[[Snapshot, list[list[int]], TrainingConfig], list[Summary]]
 
-    The hash is of ``split_key`` (or of the row number) and the seed.
+
+def in_process(
+    snapshot: Snapshot, chunks: list[list[int]], config: TrainingConfig
+) -> list[Summary]:
+    """The fitting pass in this process, chunk after chunk."""
+    return [summarize(snapshot, chunk, config) for chunk in chunks]
+
+
+def prepare(
+    path: str, version: int, config: TrainingConfig, summaries: Summaries = in_process
+) -> TrainingData:
+    """Cut the snapshot into blocks and run the fitting pass over them.
+
+    ``summaries`` summarises chunks of blocks: in this process, or Ray tasks.
+
+    Raises:
+        ValueError: no labelled training rows.
     """
-    if config.split_column:
-        named = table.column(config.split_column)
-        found = set(pc.unique(named).to_pylist())
-        unknown = found - {"train", "valid", "test"}
-        if unknown or "train" not in found:
-            raise ValueError(
-                f"split column {config.split_column!r} must hold train (and valid, test), "
-                f"found {sorted(map(str, found))}"
-            )
-        return {
-            name: table.filter(pc.equal(named, name))
-            for name in ("train", "valid", "test")
-            if name in found
-        }
-    if config.split_key:
-        keys = [str(v) for v in table.column(config.split_key).to_pylist()]
-    else:
-        keys = [str(i) for i in range(table.num_rows)]
-    bounds = []
-    edge = 0.0
-    for name, share in config.split.items():
-        edge += share
-        bounds.append((name, edge))
-    chosen: dict[str, list[int]] = {name: [] for name in config.split}
-    for row, key in enumerate(keys):
-        h = split_hash(config.seed, [key])
-        for name, upper in bounds:
-            if h < upper or name == bounds[-1][0]:
-                chosen[name].append(row)
-                break
-    return {name: table.take(pa.array(rows, pa.int64())) for name, rows in chosen.items()}
-
-
-def prepare(table: pa.Table, config: TrainingConfig, version: int) -> Splits:
-    """Split, fit preprocessing on train, transform every split."""
-    labelled = table.filter(pc.is_valid(table.column(config.label)))
-    # A stable row order whatever the file layout: by split key, else as read.
-    if config.split_key:
-        labelled = labelled.sort_by([(config.split_key, "ascending")])
-    parts = split_rows(labelled, config)
-    pre = Preprocessor.fit(parts["train"], config)
-    x = {name: pre.transform(t) for name, t in parts.items()}
-    y = {
-        name: np.asarray(
-            pc.cast(t.column(config.label), pa.float32()).to_numpy(zero_copy_only=False),
-            dtype=np.float32,
-        )
-        for name, t in parts.items()
-    }
-    return Splits(x, y, pre, version, {n: t.num_rows for n, t in parts.items()})
-
-
-def epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The training rows' order in ``epoch``."""
-    return np.random.default_rng(seed + epoch).permutation(rows)
-
-
-def batches_per_epoch(rows: int, batch_size: int) -> int:
-    """Full global batches per epoch (the remainder is dropped, the same on every worker)."""
-    return rows // batch_size
-
-
-def worker_slice(order: np.ndarray, batch: int, batch_size: int, rank: int, world: int) -> Any:
-    """Row indices of global batch ``batch`` that data-parallel worker ``rank`` trains on."""
-    rows = order[batch * batch_size : (batch + 1) * batch_size]
-    share = batch_size // world
-    return rows[rank * share : (rank + 1) * share]
+    snapshot = open_snapshot(path, version, training_columns(config), config.workers,
+                             config.block_rows)  # fmt: skip
+    blocks = len(snapshot.blocks)
+    pieces = max(1, min(blocks, 64))
+    chunks = [list(range(blocks * i // pieces, blocks * (i + 1) // pieces)) for i in range(pieces)]
+    summary = Summary()
+    for part in summaries(snapshot, [c for c in chunks if c], config):
+        summary = summary.merge(part)
+    rows = {n: sum(r.get(n, 0) for r in summary.rows.values()) for n in SPLITS}
+    if not rows["train"]:
+        where = f"split column {config.split_column!r}" if config.split_column else "split"
+        raise ValueError(f"training {config.name}: no labelled rows in the train {where}")
+    train_rows = tuple(summary.rows.get(i, {}).get("train", 0) for i in range(blocks))
+    base = summary.label[1] / summary.label[0]
+    return TrainingData(snapshot, fit(snapshot, summary, config), train_rows,
+                        {n: r for n, r in rows.items() if r}, base)  # fmt: skip

@@ -6,20 +6,29 @@ checkpoints through the session (:mod:`tierflow.train.session`). It never asks w
 strategy it runs. :func:`train_loop` is Ray Train's entry to it;
 :mod:`tierflow.train.horovod_loop` is ``horovodrun``'s.
 
-Checkpoints (model, optimizer, schedule, preprocessing, epoch, next batch, step) are
-written every ``checkpoint.every_steps`` steps and at each epoch's end; a restarted
-worker group continues from the latest one with the same batches it would have seen.
+Each worker streams its shards of the snapshot (:mod:`tierflow.train.ingest`): a
+data-parallel worker its own, one process (``single``, each pipeline stage) all of them;
+global batch ``i`` is the same rows either way. Checkpoints (model, optimizer, schedule,
+preprocessing, epoch, next batch, step) are written every ``checkpoint.every_steps``
+steps and at each epoch's end; a restarted worker group continues from the latest one
+with the same batches it would have seen (an epoch's stream is read again and its
+trained batches skipped).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tierflow.config.training import OptimizerConfig, TrainingConfig
-from tierflow.train.data import Splits
+from tierflow.train.data import TrainingData
+from tierflow.train.ingest import deal, shard_batches, split_chunks, steps_in_epoch
 from tierflow.train.session import Session
 
 
@@ -52,36 +61,35 @@ def make_optimizer(params: Any, opt: OptimizerConfig) -> Any:
     return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
-def make_scheduler(optimizer: Any, config: TrainingConfig, steps_per_epoch: int) -> Any:
-    """The configured learning-rate schedule, stepped once per optimizer step."""
+def make_scheduler(optimizer: Any, config: TrainingConfig, steps: list[int]) -> Any:
+    """The configured learning-rate schedule, stepped once per optimizer step.
+
+    ``steps`` are each epoch's steps: the cosine schedule spans all of them, the step
+    schedule counts ``step_every`` times the first epoch's.
+    """
     import torch
 
     opt = config.optimizer
     if opt.schedule == "cosine":
-        total = max(1, config.epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, sum(steps)))
     if opt.schedule == "step":
-        every = opt.step_every * steps_per_epoch
+        every = max(1, opt.step_every * steps[0])
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=opt.gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``: ``{"settings": WorkerSettings, "data": ref}``."""
-    import ray
-
+    """Ray Train's ``train_loop_per_worker``: ``{"settings": WorkerSettings, "data": ...}``."""
     from tierflow.train.session import RaySession
 
     settings: WorkerSettings = loop_config["settings"]
-    run(settings, ray.get(loop_config["data"]), RaySession(settings.resume_path))
+    run(settings, loop_config["data"], RaySession(settings.resume_path))
 
 
-def run(settings: WorkerSettings, data: Splits, session: Session) -> None:
+def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:  # noqa: PLR0915
     """Train on this worker until the configured epochs are done (see the module doc)."""
-    import numpy as np
     import torch
 
-    from tierflow.train.data import batches_per_epoch, epoch_order, worker_slice
     from tierflow.train.models import build_model
     from tierflow.train.strategies import strategy_class
 
@@ -92,15 +100,16 @@ def run(settings: WorkerSettings, data: Splits, session: Session) -> None:
     strategy = strategy_class(settings.strategy)(
         session.rank, session.world, session.device(settings.use_gpu)
     )
-    # Arrays from the object store are read-only: copy them into tensors.
-    x_train = torch.tensor(data.x["train"])
-    y_train = torch.tensor(data.y["train"])
-    strategy.prepare(build_model(config.model.name, x_train.shape[1], dict(config.model.params)))
+    pre = data.preprocessor
+    strategy.prepare(build_model(config.model.name, pre.width, dict(config.model.params)))
     loss_fn = loss_function(config.task)
-    batch_size = config.batch_size
-    steps_per_epoch = batches_per_epoch(len(y_train), batch_size)
+    shards, local = config.workers, config.batch_size // config.workers
+    part, parts = strategy.batch_share
+    mine = [s for s in range(shards) if s % parts == part]
+    steps = [steps_in_epoch(data.train_rows, config.seed, e, shards, local)
+             for e in range(config.epochs)]  # fmt: skip
     optimizer = strategy.wrap_optimizer(make_optimizer(strategy.parameters(), config.optimizer))
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    scheduler = make_scheduler(optimizer, config, steps)
 
     start_epoch, start_batch, step = 0, 0, 0
     history: list[dict[str, Any]] = []
@@ -117,31 +126,52 @@ def run(settings: WorkerSettings, data: Splits, session: Session) -> None:
     def save(epoch: int, next_batch: int, metrics: dict[str, Any]) -> None:
         state = strategy.state(optimizer, scheduler)
         meta = {"epoch": epoch, "next_batch": next_batch, "step": step, "history": history,
-                "preprocessor": data.preprocessor.to_dict(), "strategy": strategy.name}  # fmt: skip
+                "preprocessor": pre.to_dict(), "strategy": strategy.name}  # fmt: skip
         session.save(metrics, state, meta)
 
-    def evaluate(split: str) -> float:
-        if split not in data.x or len(data.y[split]) == 0:
-            return float("nan")
-        return strategy.evaluate(torch.tensor(data.x[split]), torch.tensor(data.y[split]), loss_fn)
+    def batches(epoch: int) -> Iterator[tuple[Any, Any]]:
+        """This worker's share of each global batch: its shards' local batches, joined."""
+        dealt = deal(data.train_rows, config.seed, epoch, shards)
+        read = ", ".join(f"shard {s}: blocks {sorted(dealt[s])}" for s in mine)
+        print(f"[tierflow] rank {session.rank} epoch {epoch} reads {read}", flush=True)  # noqa: T201
+        streams = [
+            shard_batches(data.snapshot, dealt[s], config, pre, seed=(config.seed, epoch, s),
+                          local_batch=local, buffer_rows=config.shuffle_buffer)
+            for s in mine
+        ]  # fmt: skip
+        for pieces in zip(*streams, strict=False):
+            x = np.concatenate([p[0] for p in pieces])
+            y = np.concatenate([p[1] for p in pieces])
+            yield torch.from_numpy(x), torch.from_numpy(y)
 
-    part, parts = strategy.batch_share
+    def evaluate(split: str) -> float:
+        """The split's mean loss (data-parallel workers each take a fixed share of it)."""
+        if not data.rows.get(split):
+            return float("nan")
+        share, of = strategy.eval_share
+        blocks = [i for i in range(len(data.snapshot.blocks)) if i % of == share]
+        total, rows = 0.0, 0.0
+        for x, y in split_chunks(data.snapshot, blocks, config, pre, split):
+            total += strategy.evaluate(torch.from_numpy(x), torch.from_numpy(y), loss_fn) * len(y)
+            rows += float(len(y))
+        if of > 1:
+            total, rows = strategy.all_sum([total, rows])
+        return total / rows if rows else float("nan")
+
     began = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
-        order = epoch_order(len(y_train), config.seed, epoch)
         first = start_batch if epoch == start_epoch else 0
-        for batch in range(first, steps_per_epoch):
+        # A resumed epoch reads its stream again and skips the batches already trained.
+        stream = itertools.islice(batches(epoch), first, steps[epoch])
+        for batch, (x, y) in enumerate(stream, start=first):
             optimizer.zero_grad(set_to_none=True)
-            rows = torch.from_numpy(np.asarray(worker_slice(order, batch, batch_size, part, parts)))
-            loss = strategy.reduce_loss(
-                strategy.forward_backward(x_train[rows], y_train[rows], loss_fn)
-            )
+            loss = strategy.reduce_loss(strategy.forward_backward(x, y, loss_fn))
             optimizer.step()
             scheduler.step()
             step += 1
             history.append({"step": step, "epoch": epoch, "loss": float(loss),
                             "seconds": time.perf_counter() - began})  # fmt: skip
-            if step % config.checkpoint.every_steps == 0 and batch + 1 < steps_per_epoch:
+            if step % config.checkpoint.every_steps == 0 and batch + 1 < steps[epoch]:
                 save(epoch, batch + 1, {"step": step, "loss": float(loss)})
         valid = evaluate("valid")
         history.append({"step": step, "epoch": epoch, "valid_loss": valid})

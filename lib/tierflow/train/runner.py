@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,24 @@ def _auc(scores: list[float], labels: list[float]) -> float:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-def evaluate(model: Any, config: TrainingConfig, x: Any, y: Any, base: float) -> dict[str, float]:
-    """Loss and quality of ``model`` on one split, and of the base-rate baseline."""
+def evaluate(
+    model: Any, config: TrainingConfig, chunks: Iterable[tuple[Any, Any]], base: float
+) -> dict[str, float]:
+    """Loss and quality of ``model`` on one split, and of the base-rate baseline.
+
+    The split comes as ``(features, labels)`` chunks; only scores and labels are held.
+    """
     import torch
 
-    if len(y) == 0:
-        return {}
+    outs, targets = [], []
     with torch.no_grad():
-        out = model(torch.tensor(x)).double()
-    target = torch.tensor(y).double()
+        for x, y in chunks:
+            outs.append(model(torch.from_numpy(x)).double())
+            targets.append(torch.from_numpy(y).double())
+    if not targets:
+        return {}
+    out, target = torch.cat(outs), torch.cat(targets)
+    y = target.numpy()
     if config.task == "binary":
         prob = torch.sigmoid(out).clamp(1e-7, 1 - 1e-7)
         logloss = float(-(target * prob.log() + (1 - target) * (1 - prob).log()).mean())
@@ -144,7 +154,8 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     from ray.train.torch import TorchTrainer
 
     from tierflow.storage import locate
-    from tierflow.train.data import prepare, read_snapshot, snapshot_version, training_columns
+    from tierflow.train.data import prepare, snapshot_version
+    from tierflow.train.ingest import split_chunks
     from tierflow.train.loop import WorkerSettings, train_loop
     from tierflow.train.session import read_checkpoint
 
@@ -162,14 +173,15 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         pinned = json.loads(recorded.read_text())["version"]
     version = snapshot_version(path, pinned)
     recorded.write_text(json.dumps({"path": path, "version": version}))
-    columns = training_columns(config)
-    splits = prepare(read_snapshot(path, version, columns), config, version)
+    data = prepare(path, version, config, on_ray)
+    width = data.preprocessor.width
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
-    plan = plan_for(config, splits.rows["train"], splits.preprocessor.width, gpus)
+    plan = plan_for(config, data.rows["train"], width, gpus)
     progress(plan.explain())
     if plan.strategy == "horovod":
         began = time.perf_counter()
-        meta, state = run_horovod(config, splits, folder, plan.workers, use_gpu=plan.use_gpu)
+        settings = WorkerSettings(config, plan.strategy, plan.use_gpu)
+        meta, state = run_horovod(settings, data, folder, plan.workers)
         latest = None
     else:
         latest = _latest_checkpoint(folder / "ray")
@@ -179,7 +191,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         settings = WorkerSettings(config, plan.strategy, plan.use_gpu, resume_path=resume)
         trainer = TorchTrainer(
             train_loop,
-            train_loop_config={"settings": settings, "data": ray.put(splits)},
+            train_loop_config={"settings": settings, "data": data},
             scaling_config=ScalingConfig(
                 num_workers=plan.workers,
                 use_gpu=plan.use_gpu,
@@ -199,33 +211,46 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         with result.checkpoint.as_directory() as ckpt:
             meta, state = read_checkpoint(Path(ckpt))
     seconds = time.perf_counter() - began
-    model = final_model(config, plan.strategy, splits.preprocessor.width, state)
-    base = float(splits.y["train"].mean()) if len(splits.y["train"]) else 0.0
+    model = final_model(config, plan.strategy, width, state)
     metrics: dict[str, Any] = {"strategy": plan.strategy, "workers": plan.workers,
-                               "snapshot_version": version, "rows": splits.rows,
+                               "snapshot_version": version, "rows": data.rows,
                                "steps": meta["step"], "seconds": seconds}  # fmt: skip
+    every = range(len(data.snapshot.blocks))
     for split in ("valid", "test"):
-        if split in splits.x:
-            metrics[split] = evaluate(model, config, splits.x[split], splits.y[split], base)
+        if split in data.rows:
+            chunks = split_chunks(data.snapshot, every, config, data.preprocessor, split)
+            metrics[split] = evaluate(model, config, chunks, data.base)
     torch.save({"model": model.state_dict(), "preprocessor": meta["preprocessor"],
-                "config": config.model_dump(mode="json"), "width": splits.preprocessor.width},
+                "config": config.model_dump(mode="json"), "width": width},
                folder / "model.pt")  # fmt: skip
     (folder / "history.json").write_text(json.dumps(meta["history"]))
     (folder / "curves.png").write_bytes(curves_png(meta["history"]))
-    metrics["onnx"] = export_onnx(model, splits.preprocessor.width, folder / "model.onnx")
+    metrics["onnx"] = export_onnx(model, width, folder / "model.onnx")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     resumed = latest_step(latest)
     return TrainResult(config.name, plan, version, metrics, folder, resumed)
 
 
+def on_ray(snapshot: Any, chunks: list[list[int]], config: TrainingConfig) -> list[Any]:
+    """The fitting pass as Ray tasks, a chunk of blocks each, on the cluster's CPUs."""
+    import ray
+
+    from tierflow.train.ingest import summarize
+
+    task = ray.remote(num_cpus=1)(summarize)
+    shared = ray.put(snapshot)
+    return list(ray.get([task.remote(shared, chunk, config) for chunk in chunks]))
+
+
 def run_horovod(
-    config: TrainingConfig, splits: Any, folder: Path, workers: int, *, use_gpu: bool
+    settings: Any, data: Any, folder: Path, workers: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train with ``horovodrun`` on this machine (:mod:`tierflow.train.horovod_loop`).
 
     Returns:
         The ``(meta, state)`` of the run's last checkpoint.
     """
+    import pickle
     import shutil
     import subprocess
     import sys
@@ -238,16 +263,16 @@ def run_horovod(
         raise RuntimeError("strategy horovod needs Horovod: build it with `make horovod`")
     run_dir = folder / "horovod"
     run_dir.mkdir(parents=True, exist_ok=True)
-    splits.save(run_dir)
-    settings = {"config": config.model_dump(mode="json"), "use_gpu": use_gpu}
-    (run_dir / SETTINGS_FILE).write_text(json.dumps(settings))
+    # The run's own settings and data description, read back by its own processes.
+    (run_dir / SETTINGS_FILE).write_bytes(pickle.dumps((settings, data)))
     command = [str(runner), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo",
                "--network-interfaces", "lo", sys.executable, "-m",
                "tierflow.train.horovod_loop", str(run_dir)]  # fmt: skip
     subprocess.run(command, check=True)
-    found = LocalSession(run_dir, 0, workers, keep=config.checkpoint.keep).checkpoints()
+    keep = settings.config.checkpoint.keep
+    found = LocalSession(run_dir, 0, workers, keep=keep).checkpoints()
     if not found:
-        raise RuntimeError(f"training {config.name} on Horovod produced no checkpoint")
+        raise RuntimeError(f"training {settings.config.name} on Horovod produced no checkpoint")
     return read_checkpoint(found[-1])
 
 

@@ -29,6 +29,19 @@ class Strategy:
         """``(part, parts)``: the equal slice of every global batch this worker trains on."""
         return 0, 1
 
+    @property
+    def eval_share(self) -> tuple[int, int]:
+        """``(part, parts)``: the share of a split this worker evaluates.
+
+        Its blocks whose number is ``part`` modulo ``parts``; above one part,
+        :meth:`all_sum` adds the workers' sums up.
+        """
+        return 0, 1
+
+    def all_sum(self, values: list[float]) -> tuple[float, ...]:
+        """``values`` summed over the workers that share the evaluation."""
+        return tuple(values)
+
     def prepare(self, model: Any) -> None:
         """Place (and wrap) the model for this strategy."""
         self.model = model.to(self.device)
@@ -53,11 +66,11 @@ class Strategy:
         return loss
 
     def evaluate(self, x: Any, y: Any, loss_fn: Any) -> float:
-        """The mean loss of the whole model on ``x``, ``y`` (no gradients)."""
+        """The mean loss of the model on ``x``, ``y`` (no gradients, no wrapper's hooks)."""
         import torch
 
         with torch.no_grad():
-            return float(loss_fn(self.trained(x.to(self.device)), y.to(self.device)))
+            return float(loss_fn(self.model(x.to(self.device)), y.to(self.device)))
 
     def state(self, optimizer: Any, scheduler: Any) -> dict[str, Any]:
         """The whole model, optimizer and schedule state, complete on rank 0."""

@@ -21,6 +21,20 @@ class DataParallel(Strategy):
         """This worker's slice: its rank's of ``world``."""
         return self.rank, self.world
 
+    @property
+    def eval_share(self) -> tuple[int, int]:
+        """Each worker evaluates a ``1/world`` share of a split."""
+        return self.rank, self.world
+
+    def all_sum(self, values: list[float]) -> tuple[float, ...]:
+        """Summed over the workers (``all_reduce``, in float64)."""
+        import torch
+        import torch.distributed as dist
+
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return tuple(float(v) for v in total.tolist())
+
     def prepare(self, model: Any) -> None:
         """Wrap the placed model in ``DistributedDataParallel``."""
         from torch.nn.parallel import DistributedDataParallel

@@ -17,6 +17,11 @@ class FullySharded(DataParallel):
 
     name: ClassVar[str] = "fsdp"
 
+    @property
+    def eval_share(self) -> tuple[int, int]:
+        """Every worker evaluates the whole split: a sharded forward needs them all."""
+        return 0, 1
+
     def prepare(self, model: Any) -> None:
         """Shard each layer that holds parameters, then the model."""
         from torch.distributed.device_mesh import init_device_mesh

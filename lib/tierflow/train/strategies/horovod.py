@@ -32,6 +32,14 @@ class HorovodDataParallel(DataParallel):
         hvd.broadcast_optimizer_state(wrapped, root_rank=0)
         return wrapped
 
+    def all_sum(self, values: list[float]) -> tuple[float, ...]:
+        """Summed over the workers (Horovod's ``allreduce``, in float64)."""
+        import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import torch
+
+        total = hvd.allreduce(torch.tensor(values, dtype=torch.float64), op=hvd.Sum, name="sums")
+        return tuple(float(v) for v in total.tolist())
+
     def reduce_loss(self, loss: Any) -> Any:
         """The workers' mean loss (Horovod's ``allreduce`` averages)."""
         import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
