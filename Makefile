@@ -14,7 +14,7 @@ MYPY_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tierflow/mypy
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-streaming bench-training horovod
+.PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-streaming bench-training gpu-check horovod
 .PHONY: calibrate
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
@@ -69,6 +69,9 @@ bench-delta: setup ## tierflow's Delta sink against pyarrow's Parquet writer; ME
 
 bench-features: setup ## benchmark online-store loading and reads against raw redis-py
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
+
+gpu-check: ## training strategies on this machine's GPUs (CPU and gloo without one): samples/s, MFU
+	@scripts/gpu_check.sh
 
 horovod: setup ## build Horovod 0.28.1 from source (C++17 fix) into .venv; enables its tests
 	@scripts/build_horovod.sh

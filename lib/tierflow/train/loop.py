@@ -18,9 +18,10 @@ trained batches skipped).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,9 @@ from tierflow.config.training import OptimizerConfig, TrainingConfig
 from tierflow.train.data import TrainingData
 from tierflow.train.ingest import deal, shard_batches, split_chunks, steps_in_epoch
 from tierflow.train.session import Session
+
+#: Steps whose losses are read together (their all-reduces long done by then).
+SETTLE_EVERY = 32
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,15 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
             total, rows = strategy.all_sum([total, rows])
         return total / rows if rows else float("nan")
 
+    # Each step's loss is read later, in groups: reading it at once would wait every step
+    # for its all-reduce (the curve is the same, step for step).
+    pending: list[tuple[dict[str, Any], Callable[[], float]]] = []
+
+    def settle() -> None:
+        for entry, value in pending:
+            entry["loss"] = value()
+        pending.clear()
+
     began = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         first = start_batch if epoch == start_epoch else 0
@@ -169,10 +182,16 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
             optimizer.step()
             scheduler.step()
             step += 1
-            history.append({"step": step, "epoch": epoch, "loss": float(loss),
-                            "seconds": time.perf_counter() - began})  # fmt: skip
+            entry = {"step": step, "epoch": epoch, "loss": math.nan,
+                     "seconds": time.perf_counter() - began}  # fmt: skip
+            history.append(entry)
+            pending.append((entry, loss))
+            if len(pending) >= SETTLE_EVERY:
+                settle()
             if step % config.checkpoint.every_steps == 0 and batch + 1 < steps[epoch]:
-                save(epoch, batch + 1, {"step": step, "loss": float(loss)})
+                settle()
+                save(epoch, batch + 1, {"step": step, "loss": entry["loss"]})
+        settle()
         valid = evaluate("valid")
         history.append({"step": step, "epoch": epoch, "valid_loss": valid})
         save(epoch + 1, 0, {"step": step, "epoch": epoch, "valid_loss": valid,

@@ -10,7 +10,7 @@ back (``state``, ``load``). Every hook that communicates is called by every work
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 
@@ -61,9 +61,14 @@ class Strategy:
         loss.backward()
         return loss.detach()
 
-    def reduce_loss(self, loss: Any) -> Any:
-        """The global batch's mean loss from this worker's (the same on every worker)."""
-        return loss
+    def reduce_loss(self, loss: Any) -> Callable[[], float]:
+        """The global batch's mean loss, as a function to call when it is wanted.
+
+        The same value on every worker. A data-parallel strategy starts its all-reduce and
+        returns without waiting: the loop reads the values in groups, long after, so a
+        step does not wait on it.
+        """
+        return lambda: float(loss)
 
     def evaluate(self, x: Any, y: Any, loss_fn: Any) -> float:
         """The mean loss of the model on ``x``, ``y`` (no gradients, no wrapper's hooks)."""

@@ -6,6 +6,7 @@ a step equals the single worker's step on the whole batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tierflow.train.strategies.base import Strategy
@@ -45,9 +46,14 @@ class DataParallel(Strategy):
             self.model, device_ids=[self.device.index] if on_gpu else None
         )
 
-    def reduce_loss(self, loss: Any) -> Any:
-        """The mean of the workers' losses (each over an equal slice)."""
+    def reduce_loss(self, loss: Any) -> Callable[[], float]:
+        """The mean of the workers' losses (equal slices), all-reduced in the background."""
         import torch.distributed as dist
 
-        dist.all_reduce(loss)
-        return loss / self.world
+        work = dist.all_reduce(loss, async_op=True)
+
+        def value() -> float:
+            work.wait()
+            return float(loss / self.world)
+
+        return value

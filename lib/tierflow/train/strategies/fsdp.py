@@ -29,9 +29,16 @@ class FullySharded(DataParallel):
 
         self.model = model.to(self.device)
         mesh = init_device_mesh(self.device.type, (self.world,))
+        # Outermost first, and a module whose parameters an outer one already took is
+        # left alone: fully_shard takes every parameter below the module, and attention
+        # uses its output projection's weight without calling it, so the two must be
+        # gathered together.
+        taken: set[int] = set()
         for module in list(self.model.modules())[1:]:
-            if any(True for _ in module.parameters(recurse=False)):
+            own = [id(p) for p in module.parameters(recurse=False)]
+            if own and not taken.intersection(own):
                 fully_shard(module, mesh=mesh)
+                taken.update(id(p) for p in module.parameters())
         fully_shard(self.model, mesh=mesh)
         self.trained = self.model
 

@@ -7,6 +7,7 @@ loss curve as DDP does. Run by ``horovodrun`` (:mod:`tierflow.train.horovod_loop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tierflow.train.strategies.ddp import DataParallel
@@ -40,8 +41,10 @@ class HorovodDataParallel(DataParallel):
         total = hvd.allreduce(torch.tensor(values, dtype=torch.float64), op=hvd.Sum, name="sums")
         return tuple(float(v) for v in total.tolist())
 
-    def reduce_loss(self, loss: Any) -> Any:
-        """The workers' mean loss (Horovod's ``allreduce`` averages)."""
+    def reduce_loss(self, loss: Any) -> Callable[[], float]:
+        """The workers' mean loss (Horovod's ``allreduce`` averages), in the background."""
         import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-        return hvd.allreduce(loss, name="loss")
+        self._losses = getattr(self, "_losses", 0) + 1  # names of pending ops must differ
+        handle = hvd.allreduce_async(loss, name=f"loss.{self._losses}")
+        return lambda: float(hvd.synchronize(handle))
