@@ -8,8 +8,9 @@ Delta, no network), so it runs on a machine that has nothing else. Each strategy
 
 - ``ddp``: DistributedDataParallel over the GPUs (NCCL), each a ``1/W`` slice.
 - ``fsdp``: FSDP2 ``fully_shard`` on every layer, over the GPUs.
-- ``pipeline``: the encoder on rank 0 and the decoder on rank 1 (needs 2 GPUs or more;
-  the other ranks wait).
+- ``pipeline``: the encoder and the decoder on the two ranks of each pair (an even
+  number of GPUs), micro-batched (``--microbatches``, one run each: 1 is the blocking
+  split with no overlap, so the others show what the schedule gains) with ``--schedule``.
 
 Model FLOPs per sample are counted as a transformer's forward and backward (6 per
 parameter per token, plus attention's ``12 * layers * tokens**2 * d_model``), against the
@@ -39,26 +40,28 @@ def model_flops_per_sample(params: int, tokens: int, layers: int, width: int) ->
     return 6.0 * params * tokens + 12.0 * layers * tokens * tokens * width
 
 
-def check(name: str, args: argparse.Namespace, device: Any) -> dict[str, Any] | None:
+def check(
+    name: str, args: argparse.Namespace, device: Any, microbatches: int = 1
+) -> dict[str, Any] | None:
     """Train ``args.steps`` timed steps with strategy ``name``; rank 0's figures."""
     import torch
     import torch.distributed as dist
 
     from tierflow.train.models import build_model
     from tierflow.train.strategies import strategy_class
+    from tierflow.train.strategies.base import StrategyOptions
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    if name == "pipeline" and world < 2:
-        return {"strategy": name, "skipped": "the pipeline needs 2 processes (2 GPUs)"}
+    staged = name == "pipeline"
+    if staged and world % 2:
+        why = f"the pipeline needs an even number of processes (GPUs), not {world}"
+        return {"strategy": name, "microbatches": microbatches, "skipped": why}
     params = {"d_model": args.d_model, "heads": args.heads, "layers": args.layers}
     torch.manual_seed(0)
     model = build_model("transformer", args.features, params)
     total_params = sum(p.numel() for p in model.parameters())
-    strategy = strategy_class(name)(rank, world, device)
-    staged = name == "pipeline"
-    if staged and rank > 1:  # only two stages: the other ranks take no part
-        dist.barrier()
-        return None
+    options = StrategyOptions(microbatches=microbatches, schedule=args.schedule)
+    strategy = strategy_class(name)(rank, world, device, options)
     strategy.prepare(model)
     optimizer = strategy.wrap_optimizer(torch.optim.AdamW(strategy.parameters(), lr=1e-4))
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -96,17 +99,16 @@ def check(name: str, args: argparse.Namespace, device: Any) -> dict[str, Any] | 
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - began)
     losses = [value() for value in pending]
-    if staged and world > 2:
-        dist.barrier()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     step = statistics.median(times)
     flops = model_flops_per_sample(total_params, args.features, args.layers, args.d_model)
     achieved = flops * args.batch / step
     name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak_flops = next((v for k, v in PEAK_TF32.items() if k in name_of_device), None)
-    gpus = 2 if staged else world
+    gpus = world
     return {
-        "strategy": name, "device": name_of_device, "processes": gpus,
+        "strategy": name, "microbatches": microbatches if staged else None,
+        "device": name_of_device, "processes": gpus,
         "global_batch": args.batch, "params": total_params, "step_ms": step * 1e3,
         "samples_per_s": args.batch / step, "peak_memory_gib": peak / 1024**3 if peak else None,
         "model_tflops": achieved / 1e12, "last_loss": losses[-1] if losses else None,
@@ -117,6 +119,12 @@ def check(name: str, args: argparse.Namespace, device: Any) -> dict[str, Any] | 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", default="ddp,fsdp,pipeline")
+    parser.add_argument(
+        "--microbatches",
+        default="1,4,8",
+        help="the pipeline's micro-batches per step, one run each (1: no overlap)",
+    )
+    parser.add_argument("--schedule", default="1f1b", choices=("gpipe", "1f1b"))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch", type=int, default=1024, help="global batch")
@@ -125,6 +133,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/gpu")
+    parser.add_argument("--name", default="gpu", help="the results' file name, without suffix")
     args = parser.parse_args(argv)
 
     import torch
@@ -140,8 +149,11 @@ def main(argv: list[str]) -> int:
     dist.init_process_group("nccl" if gpu else "gloo")
     rows = []
     try:
-        for name in args.strategies.split(","):
-            row = check(name, args, device)
+        runs = [(n, 1) for n in args.strategies.split(",") if n != "pipeline"]
+        if "pipeline" in args.strategies.split(","):
+            runs += [("pipeline", int(m)) for m in args.microbatches.split(",")]
+        for name, microbatches in runs:
+            row = check(name, args, device, microbatches)
             if dist.get_rank() == 0 and row is not None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -149,31 +161,34 @@ def main(argv: list[str]) -> int:
     finally:
         dist.destroy_process_group()
     if rows:
-        write(rows, Path(args.out))
+        write(rows, Path(args.out), args.name)
     return 0
 
 
-def write(rows: list[dict[str, Any]], out: Path) -> None:
-    """``gpu.json`` and ``gpu.md`` in ``out``."""
+def write(rows: list[dict[str, Any]], out: Path, name: str) -> None:
+    """``<name>.json`` and ``<name>.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu.json").write_text(json.dumps(rows, indent=2))
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
 
     def cell(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    lines = ["## gpu", "", "| strategy | device | processes | global batch | params | step ms | "
+    lines = [f"## {name}", "", "| strategy | device | processes | global batch | params | step ms | "
              "samples/s | peak GiB | model TFLOP/s | MFU |", "|---|" + "---|" * 9]  # fmt: skip
     for r in rows:
+        label = r["strategy"]
+        if r.get("microbatches"):
+            label += f", {r['microbatches']} micro-batch{'es' if r['microbatches'] > 1 else ''}"
         if "skipped" in r:
-            lines.append(f"| {r['strategy']} | {r['skipped']} |" + " |" * 8)
+            lines.append(f"| {label} | {r['skipped']} |" + " |" * 8)
             continue
         lines.append(
-            f"| {r['strategy']} | {r['device']} | {r['processes']} | {r['global_batch']} | "
+            f"| {label} | {r['device']} | {r['processes']} | {r['global_batch']} | "
             f"{r['params']:,} | {r['step_ms']:.2f} | {r['samples_per_s']:,.0f} | "
             f"{cell(r['peak_memory_gib'], '.2f')} | {r['model_tflops']:.3g} | "
             f"{cell(r['mfu'], '.1%')} |"
         )
-    (out / "gpu.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

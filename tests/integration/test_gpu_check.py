@@ -22,16 +22,19 @@ def run_check(out: Path, env: dict[str, str]) -> list[dict]:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = json.loads((out / "gpu.json").read_text())
     table = (out / "gpu.md").read_text()
-    assert [r["strategy"] for r in rows] == ["ddp", "fsdp", "pipeline"]
-    assert all(f"| {r['strategy']} |" in table for r in rows)
+    assert [r["strategy"] for r in rows] == ["ddp", "fsdp", "pipeline", "pipeline", "pipeline"]
+    assert table.count("| pipeline, ") == 3 and "| ddp |" in table and "| fsdp |" in table
     return rows
 
 
 def test_the_gpu_check_runs_every_strategy_on_the_cpu(tmp_path: Path) -> None:
-    rows = run_check(tmp_path, {"CUDA_VISIBLE_DEVICES": ""})
-    assert all(r["device"] == "cpu" and r["processes"] == 2 for r in rows)
+    # Four processes: the pipeline runs as two data-parallel groups of two stages.
+    rows = run_check(tmp_path, {"CUDA_VISIBLE_DEVICES": "", "PROCS": "4"})
+    assert all(r["device"] == "cpu" and r["processes"] == 4 for r in rows)
     assert all(r["step_ms"] > 0 and r["samples_per_s"] > 0 for r in rows)
-    # The same model, seed and global batches: each strategy ends at the same loss.
+    assert [r["microbatches"] for r in rows] == [None, None, 1, 4, 8]
+    # The same model, seed and global batches: each strategy ends at the same loss, the
+    # pipeline with or without micro-batches.
     losses = [r["last_loss"] for r in rows]
     assert max(losses) - min(losses) < 1e-5 * abs(losses[0]), losses
 

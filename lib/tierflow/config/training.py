@@ -51,6 +51,18 @@ class CheckpointConfig(FrozenModel):
     keep: Annotated[int, Field(ge=1)] = 2
 
 
+class PipelineConfig(FrozenModel):
+    """The pipeline strategy's schedule.
+
+    Each data-parallel group's share of a global batch is cut into ``microbatches`` equal
+    micro-batches, run in ``schedule`` order (GPipe: all forwards, then all backwards;
+    1F1B: one forward, one backward).
+    """
+
+    microbatches: Annotated[int, Field(ge=1)] = 4
+    schedule: Literal["gpipe", "1f1b"] = "1f1b"
+
+
 class TrainingConfig(FrozenModel):
     """One training run of a model on a training snapshot."""
 
@@ -84,6 +96,7 @@ class TrainingConfig(FrozenModel):
     placement: Literal["pack", "spread"] = "pack"
     use_gpu: Literal["auto", True, False] = "auto"
     checkpoint: CheckpointConfig = CheckpointConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     max_failures: Annotated[int, Field(ge=0)] = 3
     storage_path: Annotated[str, Field(min_length=1)] = "models"  # under the data folder
     device_memory_gb: Annotated[float, Field(gt=0)] | None = None  # default: measured
@@ -99,8 +112,18 @@ class TrainingConfig(FrozenModel):
             raise ValueError(f"the split column {self.split_column!r} is also a feature")
         if self.label in self.features:
             raise ValueError(f"the label {self.label!r} is also a feature")
-        if self.strategy == "pipeline" and self.workers != 2:
-            raise ValueError("the pipeline strategy splits the model into 2 stages: workers: 2")
+        if self.strategy == "pipeline":
+            if self.workers % 2:
+                raise ValueError(
+                    "the pipeline strategy runs 2 stages in each data-parallel group: "
+                    f"workers must be even, not {self.workers}"
+                )
+            share = self.batch_size // (self.workers // 2)
+            if share % self.pipeline.microbatches:
+                raise ValueError(
+                    f"a data-parallel group's {share} rows of each batch must cut evenly into "
+                    f"{self.pipeline.microbatches} micro-batches"
+                )
         if self.batch_size % self.workers:
             # The data is laid out in `workers` shards whatever the strategy, so that a
             # global batch is the same rows on one worker or on many.

@@ -96,13 +96,15 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
 
     from tierflow.train.models import build_model
     from tierflow.train.strategies import strategy_class
+    from tierflow.train.strategies.base import StrategyOptions
 
     config = settings.config
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(max(1, int(os.environ.get("TIERFLOW_TORCH_THREADS", "1"))))
+    options = StrategyOptions(config.pipeline.microbatches, config.pipeline.schedule)
     strategy = strategy_class(settings.strategy)(
-        session.rank, session.world, session.device(settings.use_gpu)
+        session.rank, session.world, session.device(settings.use_gpu), options
     )
     pre = data.preprocessor
     strategy.prepare(build_model(config.model.name, pre.width, dict(config.model.params)))

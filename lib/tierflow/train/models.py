@@ -98,8 +98,35 @@ def _register_builtins() -> None:
         def forward(self, h: torch.Tensor) -> torch.Tensor:
             return self.head(h.mean(dim=1)).squeeze(-1)  # type: ignore[no-any-return]
 
+    class Head(nn.Module):
+        """The pipeline's first stage: the tokens and the first ``k`` encoder layers."""
+
+        def __init__(self, encoder: Encoder, layers: list[nn.Module]) -> None:
+            super().__init__()
+            self.value, self.position = encoder.value, encoder.position  # shared, not copied
+            self.layers = nn.ModuleList(layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = x.unsqueeze(-1) * self.value + self.position
+            for layer in self.layers:
+                h = layer(h)
+            return h
+
+    class Tail(nn.Module):
+        """The pipeline's second stage: the other encoder layers, then the decoder."""
+
+        def __init__(self, layers: list[nn.Module], decoder: Decoder) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+            self.decoder = decoder
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                h = layer(h)
+            return self.decoder(h)  # type: ignore[no-any-return]
+
     class TabTransformer(nn.Module):
-        """Encoder then decoder; ``stages()`` splits them for the pipeline strategy."""
+        """Encoder then decoder; ``stages()`` splits it in two for the pipeline strategy."""
 
         def __init__(
             self, n_features: int, d_model: int = 32, heads: int = 4, layers: int = 2
@@ -112,7 +139,11 @@ def _register_builtins() -> None:
             return self.decoder(self.encoder(x))  # type: ignore[no-any-return]
 
         def stages(self) -> tuple[nn.Module, nn.Module]:
-            return self.encoder, self.decoder
+            # Half the encoder's layers on each stage (the first at least one), so the
+            # two stages have about the same work and a pipeline overlaps them.
+            layers = list(self.encoder.layers.layers)
+            k = max(1, len(layers) // 2)
+            return Head(self.encoder, layers[:k]), Tail(layers[k:], self.decoder)
 
     _REGISTRY["mlp"] = lambda n, **kw: MLP(n, tuple(kw.pop("hidden", (64, 32))), **kw)
     _REGISTRY["transformer"] = TabTransformer

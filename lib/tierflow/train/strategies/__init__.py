@@ -17,7 +17,7 @@ _CLASSES = {
     "single": ("base", "Strategy"),
     "ddp": ("ddp", "DataParallel"),
     "fsdp": ("fsdp", "FullySharded"),
-    "pipeline": ("pipeline", "TwoStages"),
+    "pipeline": ("pipeline", "Pipelined"),
     "horovod": ("horovod", "HorovodDataParallel"),
 }
 

@@ -11,7 +11,16 @@ back (``state``, ``load``). Every hook that communicates is called by every work
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class StrategyOptions:
+    """Settings a strategy may take from the run's config (``pipeline:`` for now)."""
+
+    microbatches: int = 4
+    schedule: str = "1f1b"
 
 
 class Strategy:
@@ -19,8 +28,11 @@ class Strategy:
 
     name: ClassVar[str] = "single"
 
-    def __init__(self, rank: int, world: int, device: Any) -> None:
+    def __init__(
+        self, rank: int, world: int, device: Any, options: StrategyOptions | None = None
+    ) -> None:
         self.rank, self.world, self.device = rank, world, device
+        self.options = options or StrategyOptions()
         self.model: Any = None  # the model as built (whole, or the stage this worker runs)
         self.trained: Any = None  # what is called and stepped: the model, possibly wrapped
 
