@@ -27,7 +27,8 @@ setup: ## create .venv, install locked packages, fetch JVM jars, install redis-s
 demo: setup ## NYC flights end to end: raw CSV to online predictions (SCALE=N, ONLINE_STORE=redis)
 	@scripts/isolated.sh $(BIN)/python -m tierflow.demo --scale $(SCALE) --online-store $(ONLINE_STORE) $(DEMO_ARGS)
 
-test: setup lint ## lint, then the whole suite against real services in a private network namespace
+test: setup lint ## lint, then the whole suite (Horovod built once, cached) against real services in a private network namespace
+	@scripts/build_horovod.sh
 	@scripts/isolated.sh scripts/run-tests.sh $(PYTEST_ARGS)
 
 test-unit: setup ## fast tests that need no service

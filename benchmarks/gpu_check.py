@@ -78,7 +78,7 @@ def check(
     def one_step(i: int) -> None:
         x, y = batches[i % len(batches)]
         x, y = x[part * share : (part + 1) * share], y[part * share : (part + 1) * share]
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss = strategy.reduce_loss(strategy.forward_backward(x.to(device), y.to(device), loss_fn))
         optimizer.step()
         pending.append(loss)

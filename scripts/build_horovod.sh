@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make horovod`: build Horovod 0.28.1 (the latest release) from its published source
-# against this environment's torch, and install it into .venv. Idempotent: the built
-# wheel is kept in .local/wheels and a stamp records what it was built against.
+# `make horovod` (and `make test`): build Horovod 0.28.1 (the latest release) from its
+# published source against this environment's torch, and install it into .venv.
+# Idempotent: the built wheel is kept in a cache outside the checkout (like pip's:
+# $TIERFLOW_WHEEL_CACHE, else ~/.cache/tierflow/wheels), so another checkout or a fresh
+# .venv installs it in seconds; a stamp records what .venv has.
 #
 # Horovod 0.28.1 does not build against current torch as published: its CMake files ask
 # for C++14 while torch's headers need C++17. The fix applied here, and only it: set
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 VERSION=0.28.1
 PY=.venv/bin/python
 BUILD=.local/build/horovod
-WHEELS=.local/wheels
+WHEELS=${TIERFLOW_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierflow/wheels}
 STAMP=.local/stamps/horovod
 say() { echo "[horovod] $*"; }
 
@@ -24,8 +26,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && $PY -c 'import horovod.
   exit 0
 fi
 mkdir -p "$BUILD" "$WHEELS" .local/stamps
+WHEELS=$(cd "$WHEELS" && pwd)  # absolute: the build runs in the source folder
 wheel=$(ls "$WHEELS"/horovod-$VERSION-*.whl 2>/dev/null | head -1 || true)
-if [ -n "$wheel" ] && [ -f "$WHEELS/horovod.torch" ] && [ "$(cat "$WHEELS/horovod.torch")" = "$torch_version" ]; then
+python_tag=$($PY -c 'import sys; print(f"cp{sys.version_info.major}{sys.version_info.minor}")')
+built_for="$torch_version $python_tag"
+if [ -n "$wheel" ] && [ -f "$WHEELS/horovod.torch" ] && [ "$(cat "$WHEELS/horovod.torch")" = "$built_for" ]; then
   say "installing the wheel built before ($wheel)"
 else
   say "fetching the source of horovod $VERSION (pip cache)"
@@ -45,9 +50,9 @@ else
     HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
     CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
-      "$OLDPWD/$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$OLDPWD/$WHEELS" .
+      "$OLDPWD/$PY" -m pip wheel -q --no-build-isolation --no-deps -w "$WHEELS" .
   )
-  echo "$torch_version" > "$WHEELS/horovod.torch"
+  echo "$built_for" > "$WHEELS/horovod.torch"
   wheel=$(ls "$WHEELS"/horovod-$VERSION-*.whl | head -1)
 fi
 $PY -m pip install -q --no-deps "$wheel"

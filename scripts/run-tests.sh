@@ -12,7 +12,8 @@ export RAY_USAGE_STATS_ENABLED=0
 # cores, so tierflow keeps Ray's default and only the suite's many short runs poll faster
 # (Ray Train's own setting, passed from each driver to its controller and workers).
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="${RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:-0.5}"
-# Horovod is an optional extra: its tests run where `make horovod` built it.
+# Horovod is an optional extra: `make test` builds it (once, cached) before this script;
+# run on its own where it is not built, its tests are left out and it says so.
 default_markers="not gpu"
 if [ ! -f .local/stamps/horovod ]; then
   default_markers="not gpu and not horovod"

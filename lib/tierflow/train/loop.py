@@ -179,7 +179,7 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
         # A resumed epoch reads its stream again and skips the batches already trained.
         stream = itertools.islice(batches(epoch), first, steps[epoch])
         for batch, (x, y) in enumerate(stream, start=first):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()  # set_to_none (the default): Horovod's takes no argument
             loss = strategy.reduce_loss(strategy.forward_backward(x, y, loss_fn))
             optimizer.step()
             scheduler.step()

@@ -24,13 +24,17 @@ class HorovodDataParallel(DataParallel):
         self.trained = self.model
 
     def wrap_optimizer(self, optimizer: Any) -> Any:
-        """Horovod's averaging optimizer, every rank starting from rank 0's state."""
+        """Horovod's averaging optimizer, every rank starting from rank 0's parameters.
+
+        Not ``broadcast_optimizer_state``: on an empty state it takes a step with zero
+        gradients to create one, which counts as AdamW's first step and shifts every
+        later update. Every rank starts empty, or loads the same checkpoint.
+        """
         import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         named = self.model.named_parameters()
         wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=named)
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(wrapped, root_rank=0)
         return wrapped
 
     def all_sum(self, values: list[float]) -> tuple[float, ...]:
