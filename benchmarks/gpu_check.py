@@ -168,7 +168,8 @@ def main(argv: list[str]) -> int:
 def write(rows: list[dict[str, Any]], out: Path, name: str) -> None:
     """``<name>.json`` and ``<name>.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    # The shape of every results file (benchmarks.summary reads the rows of each).
+    (out / f"{name}.json").write_text(json.dumps({"name": name, "rows": rows}, indent=2))
 
     def cell(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)

@@ -20,7 +20,7 @@ def run_check(out: Path, env: dict[str, str]) -> list[dict]:
     done = subprocess.run([SCRIPT], cwd=PROJECT, env=os.environ | env | {"OUT": str(out)},
                           capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    rows = json.loads((out / "gpu.json").read_text())
+    rows = json.loads((out / "gpu.json").read_text())["rows"]
     table = (out / "gpu.md").read_text()
     assert [r["strategy"] for r in rows] == ["ddp", "fsdp", "pipeline", "pipeline", "pipeline"]
     assert table.count("| pipeline, ") == 3 and "| ddp |" in table and "| fsdp |" in table
