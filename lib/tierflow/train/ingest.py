@@ -94,7 +94,7 @@ def open_snapshot(
     """
     import pyarrow.parquet as pq
 
-    from tierflow.storage import arrow_location, delta_table, for_workers
+    from tierflow.storage import delta_table, for_workers
 
     table = delta_table(path, version)
     features = set(table.protocol().reader_features or [])
@@ -118,9 +118,7 @@ def open_snapshot(
     )
     row_groups: list[tuple[int, int, int]] = []  # (file, row group, rows)
     for index, uri in enumerate(files):
-        filesystem, inner = arrow_location(uri.removeprefix("file://"))
-        source = filesystem.open_input_file(inner) if filesystem is not None else inner
-        meta = pq.ParquetFile(source).metadata
+        meta = pq.ParquetFile(_source(uri)).metadata
         row_groups += [(index, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     total = sum(r for _, _, r in row_groups)
     size = block_rows or max(1, math.ceil(total / (shards * BLOCKS_PER_SHARD)))
@@ -149,14 +147,12 @@ class Reader:
         """The block's rows, the run's columns (partition columns filled in)."""
         import pyarrow.parquet as pq
 
-        from tierflow.storage import adopt, arrow_location
+        from tierflow.storage import adopt
 
         key = (block.file, block.row_group)
         if self._last is None or self._last[0] != key:
             adopt(self.snapshot.store)
-            uri = self.snapshot.files[block.file]
-            filesystem, inner = arrow_location(uri.removeprefix("file://"))
-            source = filesystem.open_input_file(inner) if filesystem is not None else inner
+            source = _source(self.snapshot.files[block.file])
             parts = self.snapshot.partitions[block.file]
             stored = [c for c in self.snapshot.columns if c not in parts]
             group = pq.ParquetFile(source).read_row_group(block.row_group, columns=stored)
@@ -167,6 +163,14 @@ class Reader:
                 )
             self._last = (key, _no_views(group.select(list(self.snapshot.columns))))
         return self._last[1].slice(block.start, block.rows)
+
+
+def _source(uri: str) -> Any:
+    """A snapshot file for pyarrow: opened on the store's filesystem, or a local path."""
+    from tierflow.storage import arrow_location
+
+    filesystem, inner = arrow_location(uri.removeprefix("file://"))
+    return filesystem.open_input_file(inner) if filesystem is not None else inner
 
 
 def _no_views(table: pa.Table) -> pa.Table:

@@ -17,6 +17,7 @@ class HorovodDataParallel(DataParallel):
     """The model replicated; Horovod's optimizer averages the gradients."""
 
     name: ClassVar[str] = "horovod"
+    _losses = 0  # pending loss all-reduces get names of their own
 
     def prepare(self, model: Any) -> None:
         """The model, placed (Horovod wraps the optimizer, not the model)."""
@@ -49,6 +50,6 @@ class HorovodDataParallel(DataParallel):
         """The workers' mean loss (Horovod's ``allreduce`` averages), in the background."""
         import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
-        self._losses = getattr(self, "_losses", 0) + 1  # names of pending ops must differ
+        self._losses += 1
         handle = hvd.allreduce_async(loss, name=f"loss.{self._losses}")
         return lambda: float(hvd.synchronize(handle))

@@ -37,6 +37,7 @@ class Pipelined(Strategy):
         self.groups = world // STAGES
         self.peer = rank + 1 if self.stage_index == 0 else rank - 1
         self._schedule: Any = None
+        self._pairs: list[Any] = []  # each group's two stages (made in prepare)
         self._stage_peers: Any = None  # this stage's copies in the other groups
 
     @property
