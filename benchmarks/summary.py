@@ -206,7 +206,9 @@ def speedup(row: dict[str, Any]) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     base = ROOT / "benchmarks" / "results"
-    folder = Path(args[0]) if args else max(p for p in base.iterdir() if p.is_dir())
+    # The newest dated folder (``partial/`` holds a stopped run's measurements, not results).
+    dated = (p for p in base.iterdir() if p.is_dir() and p.name[:1].isdigit())
+    folder = Path(args[0]) if args else max(dated)
     loaded = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
     results = {name: data["rows"] for name, data in loaded.items()}
     machine = next((data["machine"] for data in loaded.values() if "machine" in data), {})

@@ -55,3 +55,34 @@ def test_a_stopped_scale_run_keeps_what_it_finished_for_the_same_code_only(tmp_p
     kept = json.loads(path.read_text())
     path.write_text(json.dumps(kept | {"code": "other code"}))
     assert Partial(path).raw == {}  # other code: starts over
+
+
+def test_a_scale_run_carried_in_the_repository_continues_and_training_is_not_in_its_digest(
+    tmp_path, monkeypatch
+):
+    from benchmarks import bench_scale
+    from benchmarks.bench_scale import Partial
+
+    carried = tmp_path / "carried" / "scale-partial.json"
+    carried.parent.mkdir()
+    Partial(carried).add("sf1-q6", {"seconds": {"duckdb": [0.1]}})
+    local = tmp_path / "local" / "scale-partial.json"
+    local.parent.mkdir()
+    again = Partial(local, carried=carried)  # nothing local: the carried file continues
+    assert again.raw == {"sf1-q6": {"seconds": {"duckdb": [0.1]}}}
+    again.add("sf1-q1", {"seconds": {"duckdb": [0.2]}})
+    assert local.is_file() and set(Partial(local, carried=carried).raw) == {"sf1-q6", "sf1-q1"}
+    again.finish()
+    assert not local.exists() and not carried.exists()
+
+    # Training's code is outside the digest, the rest of tierflow inside it.
+    root = tmp_path / "root"
+    for name in ("lib/tierflow/train/loop.py", "lib/tierflow/engines/x.py"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("a = 1\n")
+    monkeypatch.setattr(bench_scale, "ROOT", root)
+    before = bench_scale.code_digest()
+    (root / "lib/tierflow/train/loop.py").write_text("a = 2\n")
+    assert bench_scale.code_digest() == before
+    (root / "lib/tierflow/engines/x.py").write_text("a = 2\n")
+    assert bench_scale.code_digest() != before
