@@ -24,8 +24,9 @@ to hand-written Polars, DuckDB, Dask, PySpark and pandas (``benchmarks/tpch_peer
   factor are added to ``.local/bench-out/<name>-partial.json`` as they complete, with a
   digest of the code (tierflow, the benchmarks, the jobs and settings). Started again with
   the same code and settings, the benchmark continues from there; the results say in how
-  many sittings it ran. Changed code starts over. ``tierflow.train`` is not part of the
-  digest: no run imports it (each run checks, and fails if one did). To continue a run on
+  many sittings it ran. Changed code starts over. ``tierflow.train`` and the other
+  benchmarks are not part of the digest: no run imports them (each run checks, and
+  fails if one imported training). To continue a run on
   another machine or checkout, carry the file as ``benchmarks/results/partial/<name>-
   partial.json``; it is read when ``.local`` holds none, and removed when the run ends.
 - ``touch .local/bench-out/PAUSE`` holds the benchmark before its next run (to use the
@@ -64,6 +65,9 @@ NATIVE = {"single": "polars", "dask": "dask", "spark": "pyspark"}
 TIMEOUT_S = 2400
 #: Code no TPC-H run imports (checked in every run), left out of the code digest.
 NOT_MEASURED = "tierflow.train"
+#: The benchmark's own modules (the other benchmarks are not in its digest).
+MEASURING = ("bench_scale.py", "tpch_peers.py", "harness.py", "__init__.py")
+SOURCES = (".py", ".yaml", ".yml", ".sql")
 GiB = 1024**3
 
 
@@ -282,19 +286,19 @@ def same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
 
 
 def code_digest() -> str:
-    """A digest of what the measurements depend on: tierflow's code, the benchmarks, the
-    project's jobs and settings, and the benchmark's environment settings."""
+    """A digest of what the measurements depend on: tierflow's code (but training), this
+    benchmark's modules, the project's jobs and settings, and the environment settings."""
     import hashlib
 
     digest = hashlib.sha256()
     skip = ROOT / "lib" / Path(*NOT_MEASURED.split("."))
-    for folder in ("lib/tierflow", "benchmarks", "jobs", "conf"):
-        for path in sorted((ROOT / folder).rglob("*")):
-            if path.is_relative_to(skip) or "results" in path.relative_to(ROOT).parts:
-                continue
-            if path.suffix in (".py", ".yaml", ".yml", ".sql"):
-                digest.update(str(path.relative_to(ROOT)).encode())
-                digest.update(path.read_bytes())
+    paths = [ROOT / "benchmarks" / name for name in MEASURING]
+    for folder in ("lib/tierflow", "jobs", "conf"):
+        paths += sorted((ROOT / folder).rglob("*"))
+    for path in paths:
+        if path.is_file() and not path.is_relative_to(skip) and path.suffix in SOURCES:
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
     settings = [SCALES, QUERIES, RUNNERS, [rounds(s) for s in SCALES], TIMEOUT_S]
     digest.update(json.dumps(settings).encode())
     return digest.hexdigest()

@@ -86,3 +86,9 @@ def test_a_scale_run_carried_in_the_repository_continues_and_training_is_not_in_
     assert bench_scale.code_digest() == before
     (root / "lib/tierflow/engines/x.py").write_text("a = 2\n")
     assert bench_scale.code_digest() != before
+    before = bench_scale.code_digest()
+    (root / "benchmarks").mkdir()
+    (root / "benchmarks" / "bench_training.py").write_text("b = 1\n")
+    assert bench_scale.code_digest() == before  # another benchmark
+    (root / "benchmarks" / "bench_scale.py").write_text("b = 1\n")
+    assert bench_scale.code_digest() != before
