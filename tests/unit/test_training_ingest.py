@@ -12,7 +12,7 @@ import pytest
 from tierflow.config.training import TrainingConfig
 from tierflow.engines.base import split_hash
 from tierflow.train import ingest
-from tierflow.train.data import training_columns
+from tierflow.train.data import TrainingData, prepare, training_columns
 
 ROWS = 3000
 
@@ -146,8 +146,11 @@ def test_shards_split_each_epoch_and_batches_are_the_same_for_the_same_seed(snap
         assert abs(held[0] - held[1]) <= max(train_rows)  # balanced to within a block
     steps = ingest.steps_in_epoch(train_rows, cfg.seed, 0, 2, 16)
 
+    data = TrainingData(snap, pre, tuple(train_rows),
+                        tuple(summary.codes[i] for i in range(len(snap.blocks))), {}, 0.0)  # fmt: skip
+
     def batches(shard: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return list(ingest.shard_batches(snap, first[shard], cfg, pre, seed=(3, 0, shard),
+        return list(ingest.shard_batches(data, first[shard], cfg, seed=(3, 0, shard),
                                          local_batch=16, buffer_rows=100))  # fmt: skip
 
     zero, one = batches(0), batches(1)
@@ -159,3 +162,56 @@ def test_shards_split_each_epoch_and_batches_are_the_same_for_the_same_seed(snap
     rows = np.concatenate([x for x, _ in zero])
     assert len({r.tobytes() for r in rows}) == len(rows)
     assert sum(train_rows[i] for i in first[0]) - len(rows) < 16
+
+
+def test_row_codes_pack_two_bits_a_row_and_a_one_split_block_is_one_number() -> None:
+    rng = np.random.default_rng(5)
+    for rows in (0, 1, 3, 4, 5, 1001):
+        codes = rng.integers(0, 4, rows).astype(np.int8)
+        packed = ingest.pack(codes)
+        if rows > 1 and len(set(codes.tolist())) > 1:
+            assert isinstance(packed, bytes) and len(packed) == -(-rows // 4)
+        assert np.array_equal(ingest.unpack(packed, rows), codes) or ingest.unpack(
+            packed, rows
+        ) == int(codes[0])
+    assert ingest.pack(np.zeros(5000, np.int8)) == 0
+
+
+def test_readers_take_the_fitting_pass_codes_the_same_rows_as_hashing_again(snapshot_path) -> None:
+    cfg = config(split={"train": 0.6, "valid": 0.3, "test": 0.1})
+    data = prepare(str(snapshot_path), 1, cfg)
+    reader = ingest.Reader(data.snapshot)
+    for split in ingest.SPLITS:
+        for index, block in enumerate(data.snapshot.blocks):
+            again = ingest.labelled_rows(reader.read(block), block.first_row, cfg).get(split)
+            kept = ingest.split_rows(reader, data, index, split)
+            assert (again is None) == (kept is None)
+            if kept is not None:
+                assert kept.equals(again)
+    # The matrix is the same whether a block or the whole split is transformed.
+    chunks = list(ingest.split_chunks(data, range(len(data.snapshot.blocks)), cfg, "valid"))
+    whole = pa.concat_tables(
+        t for i in range(len(data.snapshot.blocks))
+        if (t := ingest.split_rows(reader, data, i, "valid")) is not None
+    )  # fmt: skip
+    matrix = np.concatenate([x for x, _ in chunks])
+    assert matrix.flags.c_contiguous and matrix.dtype == np.float32
+    assert np.array_equal(matrix, data.preprocessor.transform(whole))
+    assert sum(len(y) for _, y in chunks) == data.rows["valid"]
+
+
+def test_the_matrix_is_float64_scaling_rounded_once_to_float32() -> None:
+    from tierflow.train.data import Preprocessor
+
+    rows = table(500)
+    pre = Preprocessor({"a": (3.0, 2.0), "b": (1.5, 0.7)}, ["flag"], {"c": ["x", "z"]})
+    a = (np.asarray(rows["a"].to_pylist(), dtype=np.float64) - 3.0) / 2.0
+    b = np.array([np.nan if v is None else v for v in rows["b"].to_pylist()], dtype=np.float64)
+    b = np.nan_to_num((b - 1.5) / 0.7, nan=0.0)
+    flag = np.asarray(rows["flag"].to_pylist(), dtype=np.float64)
+    c = rows["c"].to_pylist()
+    onehot = [np.array([v == cat for v in c], dtype=np.float64) for cat in ("x", "z")]
+    expected = np.stack([a, b, flag, *onehot], axis=1).astype(np.float32)
+    got = pre.transform(rows)
+    assert got.shape == (500, pre.width) and got.flags.c_contiguous
+    assert np.array_equal(got, expected)

@@ -141,7 +141,7 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
         read = ", ".join(f"shard {s}: blocks {sorted(dealt[s])}" for s in mine)
         print(f"[tierflow] rank {session.rank} epoch {epoch} reads {read}", flush=True)  # noqa: T201
         streams = [
-            shard_batches(data.snapshot, dealt[s], config, pre, seed=(config.seed, epoch, s),
+            shard_batches(data, dealt[s], config, seed=(config.seed, epoch, s),
                           local_batch=local, buffer_rows=config.shuffle_buffer)
             for s in mine
         ]  # fmt: skip
@@ -157,7 +157,7 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
         share, of = strategy.eval_share
         blocks = [i for i in range(len(data.snapshot.blocks)) if i % of == share]
         total, rows = 0.0, 0.0
-        for x, y in split_chunks(data.snapshot, blocks, config, pre, split):
+        for x, y in split_chunks(data, blocks, config, split):
             total += strategy.evaluate(torch.from_numpy(x), torch.from_numpy(y), loss_fn) * len(y)
             rows += float(len(y))
         if of > 1:

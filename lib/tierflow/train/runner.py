@@ -218,7 +218,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     every = range(len(data.snapshot.blocks))
     for split in ("valid", "test"):
         if split in data.rows:
-            chunks = split_chunks(data.snapshot, every, config, data.preprocessor, split)
+            chunks = split_chunks(data, every, config, split)
             metrics[split] = evaluate(model, config, chunks, data.base)
     torch.save({"model": model.state_dict(), "preprocessor": meta["preprocessor"],
                 "config": config.model_dump(mode="json"), "width": width},
