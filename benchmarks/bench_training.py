@@ -282,7 +282,10 @@ def scale_proof(data: Path, env: dict[str, str], ray_pids: list[int]) -> dict[st
     node = MemoryCage(f"tierflow-bench-ray-{os.getpid()}", RAY_LIMIT)
     try:
         for pid in ray_pids:
-            node.add(pid)
+            try:
+                node.add(pid)
+            except ProcessLookupError:
+                pass  # a process of the node that has exited since it was listed
         with ProcessPeaks(driver.pids) as drivers, ProcessPeaks(node.pids) as ray_side:
             began = time.perf_counter()
             run = subprocess.run(

@@ -79,11 +79,11 @@ def check(
         x, y = batches[i % len(batches)]
         x, y = x[part * share : (part + 1) * share], y[part * share : (part + 1) * share]
         optimizer.zero_grad()
-        loss = strategy.reduce_loss(strategy.forward_backward(x.to(device), y.to(device), loss_fn))
+        loss = strategy.forward_backward(x.to(device), y.to(device), loss_fn)
         optimizer.step()
         pending.append(loss)
-        if len(pending) >= 32:  # read in groups, as the training loop does
-            [value() for value in pending]
+        if len(pending) >= 32:  # reduced in groups, as the training loop does
+            strategy.reduce_losses(pending)
             pending.clear()
 
     for i in range(args.warmup):
@@ -98,7 +98,7 @@ def check(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - began)
-    losses = [value() for value in pending]
+    losses = strategy.reduce_losses(pending) if pending else []
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     step = statistics.median(times)
     flops = model_flops_per_sample(total_params, args.features, args.layers, args.d_model)

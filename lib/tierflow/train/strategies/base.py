@@ -3,14 +3,15 @@
 The loop (:mod:`tierflow.train.loop`) calls these hooks and never asks which strategy
 it runs. The base class is training in one process; a strategy overrides only what it
 changes: how the model is wrapped (``prepare``), which share of each global batch the
-worker trains on (``batch_share``), how the optimizer is wrapped, how a step's loss is
-made the global batch's (``reduce_loss``), and how the whole state is gathered and put
-back (``state``, ``load``). Every hook that communicates is called by every worker.
+worker trains on (``batch_share``), how the optimizer is wrapped, how the steps' losses
+are made the global batches' (``reduce_losses``, a group of steps at once), and how the
+whole state is gathered and put back (``state``, ``load``). Every hook that communicates
+is called by every worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,14 +74,14 @@ class Strategy:
         loss.backward()
         return loss.detach()
 
-    def reduce_loss(self, loss: Any) -> Callable[[], float]:
-        """The global batch's mean loss, as a function to call when it is wanted.
+    def reduce_losses(self, losses: list[Any]) -> list[float]:
+        """Each step's global batch mean loss, from this worker's losses of those steps.
 
-        The same value on every worker. A data-parallel strategy starts its all-reduce and
-        returns without waiting: the loop reads the values in groups, long after, so a
-        step does not wait on it.
+        The same values on every worker. The loop calls it for a group of steps at once
+        (long after they ran): a data-parallel strategy reduces them in one collective
+        instead of one per step, and no step waits on it.
         """
-        return lambda: float(loss)
+        return [float(loss) for loss in losses]
 
     def evaluate(self, x: Any, y: Any, loss_fn: Any) -> float:
         """The mean loss of the model on ``x``, ``y`` (no gradients, no wrapper's hooks)."""

@@ -6,7 +6,6 @@ a step equals the single worker's step on the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tierflow.train.strategies.base import Strategy
@@ -46,14 +45,11 @@ class DataParallel(Strategy):
             self.model, device_ids=[self.device.index] if on_gpu else None
         )
 
-    def reduce_loss(self, loss: Any) -> Callable[[], float]:
-        """The mean of the workers' losses (equal slices), all-reduced in the background."""
+    def reduce_losses(self, losses: list[Any]) -> list[float]:
+        """The workers' mean losses (equal slices): one ``all_reduce`` for the group."""
+        import torch
         import torch.distributed as dist
 
-        work = dist.all_reduce(loss, async_op=True)
-
-        def value() -> float:
-            work.wait()
-            return float(loss / self.world)
-
-        return value
+        total = torch.stack(losses)
+        dist.all_reduce(total)
+        return [float(v) for v in (total / self.world).tolist()]

@@ -7,7 +7,6 @@ loss curve as DDP does. Run by ``horovodrun`` (:mod:`tierflow.train.horovod_loop
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tierflow.train.strategies.ddp import DataParallel
@@ -46,10 +45,11 @@ class HorovodDataParallel(DataParallel):
         total = hvd.allreduce(torch.tensor(values, dtype=torch.float64), op=hvd.Sum, name="sums")
         return tuple(float(v) for v in total.tolist())
 
-    def reduce_loss(self, loss: Any) -> Callable[[], float]:
-        """The workers' mean loss (Horovod's ``allreduce`` averages), in the background."""
+    def reduce_losses(self, losses: list[Any]) -> list[float]:
+        """The workers' mean losses (Horovod's ``allreduce`` averages), one for the group."""
         import horovod.torch as hvd  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        import torch
 
         self._losses += 1
-        handle = hvd.allreduce_async(loss, name=f"loss.{self._losses}")
-        return lambda: float(hvd.synchronize(handle))
+        mean = hvd.allreduce(torch.stack(losses), name=f"losses.{self._losses}")
+        return [float(v) for v in mean.tolist()]

@@ -14,7 +14,6 @@ optimizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from tierflow.train.strategies.base import Strategy, StrategyOptions
@@ -103,19 +102,17 @@ class Pipelined(Strategy):
                     param.grad.div_(self.groups)
         return loss
 
-    def reduce_loss(self, loss: Any) -> Callable[[], float]:
-        """The mean over the groups (each over an equal share), all-reduced in the background."""
+    def reduce_losses(self, losses: list[Any]) -> list[float]:
+        """The mean over the groups (each over an equal share): one ``all_reduce``."""
+        import torch
+
         if self.groups == 1:
-            return lambda: float(loss)
+            return [float(loss) for loss in losses]
         import torch.distributed as dist
 
-        work = dist.all_reduce(loss, group=self._stage_peers, async_op=True)
-
-        def value() -> float:
-            work.wait()
-            return float(loss / self.groups)
-
-        return value
+        total = torch.stack(losses)
+        dist.all_reduce(total, group=self._stage_peers)
+        return [float(v) for v in (total / self.groups).tolist()]
 
     def evaluate(self, x: Any, y: Any, loss_fn: Any) -> float:
         """The loss of both stages on ``x``, ``y``, the same on both (no micro-batches)."""
