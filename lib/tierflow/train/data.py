@@ -44,13 +44,17 @@ class Preprocessor:
         # transposed in one cache-friendly copy: 5x faster than stacking float64 columns.
         out = np.empty((self.width, table.num_rows), dtype=np.float32)
         row = 0
+        scaled = np.empty(table.num_rows, dtype=np.float64)
         for name, (mean, std) in self.numeric.items():
-            values = pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False)
-            scaled = np.subtract(values, mean, dtype=np.float64)
+            column = table.column(name)
+            if column.null_count or not pa.types.is_floating(column.type):
+                column = pc.cast(column, pa.float64())  # nulls become NaN below
+            values = column.to_numpy(zero_copy_only=False)  # a float column: no copy
+            np.subtract(values, mean, out=scaled, dtype=np.float64)
             np.divide(scaled, std, out=scaled)
-            # Missing is 0 after scaling; infinities stay infinite in float32 either way.
-            np.copyto(scaled, 0.0, where=np.isnan(scaled))
             out[row] = scaled
+            # Missing is 0 after scaling (NaN in float32 as in float64); infinities stay.
+            np.copyto(out[row], 0.0, where=np.isnan(out[row]))
             row += 1
         for name in self.boolean:
             values = pc.fill_null(pc.cast(table.column(name), pa.float64()), 0.0)
