@@ -102,8 +102,12 @@ def test_blocks_cover_the_snapshot_once_in_file_and_row_group_order(snapshot_pat
     whole = pa.concat_tables(reader.read(b) for b in snap.blocks)
     ids = sorted(whole["id"].to_pylist())
     assert ids == sorted(table()["id"].to_pylist()) and whole.column_names == columns(cfg)
-    # Fewer than 16 row groups per shard: blocks are cut smaller, never across row groups.
-    assert len(snap.blocks) >= 32 and max(b.rows for b in snap.blocks) <= 400
+    # 9 row groups of at most 400 rows: fewer than 4 per shard for 2 shards, so blocks of
+    # at most 3000 / 8 rows are cut from them, never across row groups...
+    assert len(snap.blocks) >= 8 and max(b.rows for b in snap.blocks) <= 375
+    # ...and for one shard, 4 row groups or more: blocks are whole row groups.
+    one = ingest.open_snapshot(str(snapshot_path), 1, columns(cfg), shards=1)
+    assert len(one.blocks) == 9 and all(b.start == 0 for b in one.blocks)
 
 
 def test_the_fitting_pass_equals_fitting_the_whole_training_split(snapshot_path) -> None:

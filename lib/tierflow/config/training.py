@@ -85,7 +85,7 @@ class TrainingConfig(FrozenModel):
     # Streaming: training rows each shard's shuffle buffer holds (more mixes better).
     shuffle_buffer: Annotated[int, Field(ge=0)] = 10_000
     # Rows per block at most (default: whole row groups, cut where there are fewer than
-    # 16 per shard): the unit of shards and of the shuffle.
+    # 4 per shard): the unit of shards and of the shuffle.
     block_rows: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
     strategy: Strategy = "auto"
