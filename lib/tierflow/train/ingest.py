@@ -16,7 +16,7 @@
   deviations, each categorical feature's values and the label's sum; merged with Chan's
   pairwise update into the preprocessing (fitted on the training split only) and the
   training rows per block. On Ray the blocks are summarised by tasks on the cluster.
-  Each row's split (or "no label") is kept too, two bits a row (:class:`Splits`; a
+  Each row's split (or "no label") is kept too, two bits a row (:func:`pack`; a
   block of one split, one number): readers filter by it, they never hash again.
 - **Shards and order** (:func:`deal`). The layout has ``shards`` shards (the config's
   ``workers``). In epoch ``e`` the blocks are permuted with ``seed + e`` and dealt, each
