@@ -34,6 +34,7 @@ from tierflow.stores.base import OnlineStore
 from tierflow.stores.redis_store import RedisOnlineStore
 from tierflow.stores.sqlite_store import SQLiteOnlineStore
 from tierflow.stream.parity import (
+    Expectation,
     compare,
     end_offsets,
     expected_values,
@@ -173,14 +174,15 @@ def committed_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
 
 
 def assert_store_equals(
-    store: OnlineStore,
-    view: FeatureViewConfig,
-    expected: dict[tuple[Any, ...], tuple[int, dict[str, Any]]],
+    store: OnlineStore, view: FeatureViewConfig, expected: Expectation, group: str, topic: str
 ) -> None:
-    assert expected, "nothing to compare"
-    result = compare(store, view, expected)
+    assert expected.values, "nothing to compare"
+    result = compare(store, view, expected, group=group, topic=topic)
     assert not result.mismatches, result.mismatches[:10]
     assert result.extra_in_store == 0, "the store has entities batch does not"
+    assert set(result.watermark_lag_us) == set(expected.watermarks)
+    assert all(lag == 0 for lag in result.watermark_lag_us.values()), result.watermark_lag_us
+    assert result.ok
 
 
 def flights_events(months: tuple[int, ...], view: FeatureViewConfig) -> pa.Table:
@@ -266,15 +268,11 @@ def test_parity_with_batch_on_flights(
     assert len(pairs) == sent
 
     # Batch over the event log, at each partition's watermark, equals the online store.
-    expected = expected_values(
-        logged.select(list(view.source.columns)), view, store, group, topic, 4
-    )
-    assert len(expected) == 16  # every carrier
-    assert_store_equals(store, view, expected)
+    expected = expected_values(logged, view, 4)
+    assert len(expected.values) == 16  # every carrier
+    assert_store_equals(store, view, expected, group, topic)
     # ...and over the source table itself, the same.
-    assert expected == expected_values(
-        source.select(list(view.source.columns)), view, store, group, topic, 4
-    )
+    assert expected == expected_values(source.select(list(view.source.columns)), view, 4)
     store.close()
 
 
@@ -499,11 +497,9 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
     dead.close()
     assert len(seen) == len(set(seen)) == len(poison), (len(seen), len(set(seen)), len(poison))
 
-    expected = expected_values(
-        events.select(list(view.source.columns)), view, store, group, topic, partitions
-    )
-    assert len(expected) > 150
-    assert_store_equals(store, view, expected)
+    expected = expected_values(events.select(list(view.source.columns)), view, partitions)
+    assert len(expected.values) > 150
+    assert_store_equals(store, view, expected, group, topic)
     store.close()
 
 
@@ -550,10 +546,8 @@ def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
     # The restart read only what the first run had not applied.
     assert second["consumed"] == len(messages) - first["consumed"]
     assert second["skipped_replays"] == 0
-    expected = expected_values(
-        events.select(list(view.source.columns)), view, store, group, topic, 3
-    )
-    assert_store_equals(store, view, expected)
+    expected = expected_values(events.select(list(view.source.columns)), view, 3)
+    assert_store_equals(store, view, expected, group, topic)
     store.close()
 
 

@@ -199,7 +199,8 @@ def test_messages_are_judged_like_batch_rows() -> None:
         b'{"k":"a","ts":"2024-01-01T10:00:00Z","x":1,"n":1}',  # keyed to another entity
     ]
     keys = [b'["a"]'] * 9 + [b'["b"]']
-    checked = check_messages(schema, keys, values, list(range(100, 110)), max_bytes=4096)
+    stamps = [1_704_103_200_000] * 10  # 2024-01-01T10:00:00Z, the events' own time
+    checked = check_messages(schema, keys, values, list(range(100, 110)), stamps, max_bytes=4096)
     reasons = dict(checked.poison)
     assert checked.events.column("_tf_offset").to_pylist() == [100]
     assert sorted(reasons) == list(range(1, 10))

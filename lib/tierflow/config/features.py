@@ -8,6 +8,7 @@ in the streaming daemons (from its Kafka topic). Window semantics are in
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -37,6 +38,19 @@ def duration_us(text: str) -> int:
 
 
 Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _epoch_us(moment: datetime) -> int:
+    # Integer arithmetic: a float timestamp loses microseconds far from the epoch.
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 class FeatureSpec(FrozenModel):
@@ -62,6 +76,17 @@ class FeatureSource(FrozenModel):
     version: Annotated[int, Field(ge=0)] | None = None
     topic: str | None = None
     columns: dict[Identifier, ColumnContract] = Field(min_length=1)
+    # A timestamp column of the table holding when each row was ingested (the event
+    # log's ``_kafka_timestamp``): batch then applies ``max_event_time_skew`` as the
+    # stream does against the record's Kafka timestamp. It need not be a payload column.
+    ingestion_time: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _ingestion_time_is_a_timestamp(self) -> FeatureSource:
+        declared = self.columns.get(self.ingestion_time or "")
+        if declared is not None and declared.type != "timestamp":
+            raise ValueError(f"ingestion_time {self.ingestion_time!r} must be a timestamp column")
+        return self
 
 
 class FeatureViewConfig(FrozenModel):
@@ -81,6 +106,11 @@ class FeatureViewConfig(FrozenModel):
     features: tuple[FeatureSpec, ...] = Field(min_length=1)
     ttl: Duration
     allowed_lateness: Duration = "0s"
+    # An event more than this far ahead of its ingestion time (the record's Kafka
+    # timestamp) is poison: a clock or a producer gone wrong, not a future to wait for.
+    max_event_time_skew: Duration = "1h"
+    # Explicit bounds every event time must lie within (either may be left out).
+    event_time_bounds: tuple[datetime | None, datetime | None] = (None, None)
 
     @field_validator("features")
     @classmethod
@@ -104,6 +134,9 @@ class FeatureViewConfig(FrozenModel):
             raise ValueError(f"event_time {self.event_time!r} is not a source column")
         if columns[self.event_time].type != "timestamp":
             raise ValueError(f"event_time {self.event_time!r} must be a timestamp column")
+        low, high = (_utc(b) for b in self.event_time_bounds)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"event_time_bounds: {low.isoformat()} is after {high.isoformat()}")
         clash = set(self.derived) & set(columns)
         if clash:
             raise ValueError(f"derived columns shadow source columns: {', '.join(sorted(clash))}")
@@ -135,6 +168,17 @@ class FeatureViewConfig(FrozenModel):
     def step_us(self) -> int:
         """The window grid in microseconds."""
         return duration_us(self.step)
+
+    @property
+    def max_skew_us(self) -> int:
+        """``max_event_time_skew`` in microseconds."""
+        return duration_us(self.max_event_time_skew)
+
+    @property
+    def event_time_bounds_us(self) -> tuple[int | None, int | None]:
+        """``event_time_bounds`` as epoch microseconds (UTC where no zone is given)."""
+        low, high = (_utc(b) for b in self.event_time_bounds)
+        return (None if low is None else _epoch_us(low), None if high is None else _epoch_us(high))
 
     @property
     def ttl_us(self) -> int:

@@ -37,6 +37,9 @@ class StreamingConfig(FrozenModel):
     # Replicas of the topics tierflow creates (dead letters, replays): 3 on a cluster.
     topic_replication_factor: Annotated[int, Field(ge=1, le=16)] = 1
     late_events: Literal["drop", "dead_letter"] = "drop"
+    # Failed store writes in a row (backing off 0.5 s, 1 s, ... up to 10 s between them)
+    # before the daemon gives up and exits with an error for its supervisor to restart.
+    store_retries: Annotated[int, Field(ge=0, le=1000)] = 8
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 2000
     poll_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     max_event_bytes: Annotated[int, Field(ge=64)] = 1_048_576

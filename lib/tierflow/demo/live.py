@@ -259,10 +259,8 @@ def check_parity(
     results = []
     for feed in feeds:
         for view in feed.views:
-            expected = expected_values(
-                feed.events, view, store, group, prefix + feed.topic, partitions
-            )
-            results.append(compare(store, view, expected))
+            expected = expected_values(feed.events, view, partitions)
+            results.append(compare(store, view, expected, group=group, topic=prefix + feed.topic))
     return results
 
 

@@ -385,6 +385,7 @@ class Demo:
                 rows = [{"view": r.view, "entities": r.entities,
                          "values": r.values_compared, "mismatches": len(r.mismatches),
                          "extra": r.extra_in_store, "ok": r.ok,
+                         "watermark_lag_us": r.as_dict()["watermark_lag_us"],
                          "first": [str(m) for m in r.mismatches[:3]]} for r in results]  # fmt: skip
                 for r in rows:
                     self.say(f"{r['view']}: {r['entities']} entities, {r['values']:,} values, "

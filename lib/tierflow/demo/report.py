@@ -120,11 +120,14 @@ def _tables(demo: Demo) -> list[Table]:
     if parity:
         tables.append(Table(
             "Parity: online store against batch recomputation",
-            ("view", "entities", "values compared", "differences", "extra in store", "result"),
+            ("view", "entities", "values compared", "differences", "extra in store",
+             "partitions off the events' watermark", "result"),
             tuple((p["view"], p["entities"], p["values"], p["mismatches"], p["extra"],
+                   sum(lag != 0 for lag in p.get("watermark_lag_us", {}).values()),
                    "OK" if p["ok"] else "FAIL") for p in parity),
-            "Batch values at each partition's watermark, from the same events; floats "
-            "within a relative 1e-9.",
+            "Batch values at each partition's watermark, derived from the same events (not "
+            "read from the store; the daemon's own must equal it); floats within a "
+            "relative 1e-9.",
         ))  # fmt: skip
     serving = demo.results.get("serving")
     if serving:

@@ -27,11 +27,14 @@ import pyarrow as pa
 
 from tierflow.config.features import FeatureSpec, FeatureViewConfig
 from tierflow.engines.base import Engine
+from tierflow.errors import ConfigError
+from tierflow.features.eventtime import EventTimeRule
 from tierflow.jobs.expressions import to_expr
 
 WINDOW_END = "window_end_us"
 _TS = "_tf_ts_us"
 _TILE = "_tf_tile"
+_ING = "_tf_ingested_us"
 _J = "_tf_j"
 _E = "_tf_e"
 
@@ -49,12 +52,22 @@ def _columns_used(view: FeatureViewConfig) -> list[str]:
 
 
 def prepare_events(
-    frame: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
+    frame: nw.LazyFrame[Any],
+    view: FeatureViewConfig,
+    engine: Engine,
+    *,
+    judge_event_time: bool = True,
 ) -> nw.LazyFrame[Any]:
     """Filter, derive, and keep the entities, the event time (as µs) and the used columns.
 
-    Rows without an entity key or an event time cannot be placed in a window; they are
-    left out (source tables are validated upstream).
+    Rows without an entity key or an event time cannot be placed in a window, and rows
+    the view's event-time rule refuses (:mod:`tierflow.features.eventtime`) are not
+    events of the view; both are left out (source tables are validated upstream). The
+    stream judges event times itself, against the records' Kafka timestamps, and passes
+    ``judge_event_time=False``.
+
+    Raises:
+        ConfigError: the view names an ``ingestion_time`` column the table lacks.
     """
     known = set(view.source.columns)
     if view.derived:
@@ -69,13 +82,32 @@ def prepare_events(
         declared = view.source.columns.get(column)
         if declared is None or declared.type not in ("string", "date", "timestamp"):
             casts.append(nw.col(column).cast(nw.Float64))
-    frame = frame.select(*view.entities, view.event_time, *used)
+    ingestion = view.source.ingestion_time if judge_event_time else None
+    if ingestion is not None and ingestion not in frame.collect_schema().names():
+        raise ConfigError(
+            f"view {view.name}: source.ingestion_time {ingestion!r} is not a column of its "
+            f"table ({view.source.path})"
+        )
+    selected = [*view.entities, view.event_time, *used]
+    extra = [ingestion] if ingestion is not None and ingestion not in selected else []
+    frame = frame.select(*selected, *extra)
     if casts:
         frame = frame.with_columns(*casts)
     frame = frame.filter(
         *[~nw.col(e).is_null() for e in view.entities], ~nw.col(view.event_time).is_null()
     )
     frame = engine.epoch_us(frame, view.event_time, _TS)
+    if judge_event_time:
+        rule = EventTimeRule.of(view)
+        ingested = None
+        if ingestion is not None:
+            frame = engine.epoch_us(frame.filter(~nw.col(ingestion).is_null()), ingestion, _ING)
+            ingested = nw.col(_ING)
+        accepted = rule.accepts(nw.col(_TS), ingested)
+        if accepted is not None:
+            frame = frame.filter(accepted)
+        if ingestion is not None:
+            frame = frame.drop(*extra, _ING)
     return frame.with_columns((nw.col(_TS) // view.step_us).alias(_TILE))
 
 

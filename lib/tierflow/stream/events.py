@@ -4,7 +4,9 @@ A topic's messages are judged once, against the union of the source columns of t
 that read it (the same decoder and contract rules batch uses). A message is *poison* when
 it cannot be decoded, breaks its contract, lacks an entity key or its event time, or its
 Kafka key is not the entity key of its values (a topic must be keyed by the entity its
-views aggregate by: that is what puts all of an entity's events in one partition).
+views aggregate by: that is what puts all of an entity's events in one partition), or
+its event time breaks a view's event-time rule (:mod:`tierflow.features.eventtime`:
+too far ahead of the record's Kafka timestamp, or outside the view's bounds).
 Poison messages are processed by no view.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import narwhals as nw
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,12 +25,17 @@ from tierflow.config.features import FeatureViewConfig
 from tierflow.config.jobs import ColumnContract, SourceConfig
 from tierflow.errors import ConfigError
 from tierflow.features.batch import _TILE, _part, prepare_events, tile_partials
+from tierflow.features.eventtime import EventTimeRule
 from tierflow.io.textdecode import decode_json_messages
 from tierflow.jobs.contracts import REASON, validate
 from tierflow.stores.base import entity_key
 from tierflow.stream.state import ROWS_SLOT, TilePartial, ViewState
 
 OFFSET = "_tf_offset"
+RECORD_US = "_tf_record_us"  # the record's Kafka timestamp, in microseconds
+# Kafka timestamps are milliseconds in a long; past this one they would overflow as
+# microseconds (no real clock gets near it: the year 146,140).
+_MAX_RECORD_MS = 2**62 // 1000
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class TopicSchema:
     columns: dict[str, ColumnContract]
     entities: tuple[str, ...]
     event_times: tuple[str, ...]
+    rules: tuple[EventTimeRule, ...] = ()
 
     @classmethod
     def of(cls, topic: str, views: Sequence[FeatureViewConfig]) -> TopicSchema:
@@ -67,7 +76,7 @@ class TopicSchema:
                 if seen is None or (seen.nullable and not contract.nullable):
                     columns[name] = contract.model_copy(update={"unique": False})
         times = tuple(dict.fromkeys(v.event_time for v in views))
-        return cls(topic, columns, entities, times)
+        return cls(topic, columns, entities, times, tuple(EventTimeRule.of(v) for v in views))
 
     @property
     def types(self) -> dict[str, str]:
@@ -79,7 +88,7 @@ class TopicSchema:
 class CheckedBatch:
     """One partition's messages, judged: the valid events, and the poison with reasons."""
 
-    events: pa.Table  # valid rows in message order, with OFFSET
+    events: pa.Table  # valid rows in message order, with OFFSET and RECORD_US
     poison: list[tuple[int, str]]  # (index in the batch, reason)
     rows: list[int]  # for each event, its index in the batch
 
@@ -89,10 +98,14 @@ def check_messages(
     keys: Sequence[bytes | None],
     values: Sequence[bytes | None],
     offsets: Sequence[int],
+    timestamps: Sequence[int],
     *,
     max_bytes: int,
 ) -> CheckedBatch:
-    """Decode and check one partition's messages (in offset order)."""
+    """Decode and check one partition's messages (in offset order).
+
+    ``timestamps`` are the records' Kafka timestamps in milliseconds (-1: none).
+    """
     import polars as pl
 
     batch = decode_json_messages(values, schema.types, max_bytes=max_bytes)
@@ -105,6 +118,10 @@ def check_messages(
     needed = [*schema.entities, *schema.event_times]
     nulls = {c: checked.column(c).is_null().to_pylist() for c in needed}
     key_values = [checked.column(c).to_pylist() for c in schema.entities]
+    record_ms = np.asarray(timestamps, dtype=np.int64).reshape(-1)
+    stamped = record_ms >= 0
+    record_us = np.minimum(record_ms, _MAX_RECORD_MS) * 1000
+    refused = _refused_times(schema, checked, record_us)
     poison: list[tuple[int, str]] = []
     good: list[int] = []
     for i, decoded in enumerate(reasons):
@@ -118,6 +135,10 @@ def check_messages(
             elif key != expected:
                 got = "no key" if key is None else repr(key[:60])
                 reason = f"key: message key {got} is not the entity key {expected.decode()}"
+            elif schema.rules and not stamped[i]:
+                reason = "event_time: the record has no Kafka timestamp to judge its event time by"
+            elif refused[i]:
+                reason = _time_reason(schema, checked, i, int(record_us[i]))
         if reason:
             poison.append((i, reason))
         else:
@@ -126,7 +147,35 @@ def check_messages(
         pa.array(good, pa.int64())
     )
     events = events.append_column(OFFSET, pa.array([offsets[i] for i in good], pa.int64()))
+    events = events.append_column(RECORD_US, pa.array(record_us[good], pa.int64()))
     return CheckedBatch(events, poison, good)
+
+
+def _times_us(checked: pa.Table, column: str) -> np.ndarray[Any, Any]:
+    # Null times belong to rows that are poison already; 0 keeps the arithmetic defined.
+    times = pc.cast(checked.column(column), pa.int64()).fill_null(0)
+    return times.to_numpy()  # type: ignore[no-any-return]
+
+
+def _refused_times(
+    schema: TopicSchema, checked: pa.Table, record_us: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Rows some view's event-time rule refuses (one vectorised pass per view)."""
+    refused = np.zeros(checked.num_rows, dtype=bool)
+    for rule in schema.rules:
+        accepted = rule.accepts(_times_us(checked, rule.column), record_us)
+        if accepted is not None:
+            refused |= ~accepted
+    return refused
+
+
+def _time_reason(schema: TopicSchema, checked: pa.Table, row: int, record_us: int) -> str:
+    for rule in schema.rules:
+        event_us = int(_times_us(checked.slice(row, 1), rule.column)[0])
+        reason = rule.reason(event_us, record_us)
+        if reason:
+            return reason
+    raise AssertionError("a refused event time has no reason")  # accepts() and reason() agree
 
 
 def event_times_us(events: pa.Table, column: str) -> list[int]:
@@ -144,7 +193,7 @@ def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
 
     view = state.view
     frame = nw.from_native(pl.from_arrow(events).lazy())  # type: ignore[union-attr]
-    prepared = prepare_events(frame, view, PolarsEngine())
+    prepared = prepare_events(frame, view, PolarsEngine(), judge_event_time=False)
     table = tile_partials(prepared, view).to_native().collect().to_arrow()
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     out = []

@@ -1,11 +1,16 @@
 """Online/offline parity: is what the daemons stored what batch computes from the same events?
 
-Each partition of a view's topic has a watermark (the latest event time the daemon saw
-there, kept in the store with the partition's offset). The online value of an entity is
+Each partition of a view's topic has a watermark: the latest event time seen there, each
+event's capped at its record's Kafka timestamp
+(:func:`tierflow.features.eventtime.watermark_time`). The online value of an entity is
 its value at the grid point at or before ``watermark - allowed_lateness`` of its
-partition; batch computes the same point from the events with
-:func:`tierflow.features.batch.values_as_of`. :func:`compare` lists every difference
-(floats within a relative 1e-9: summation order differs).
+partition. Parity derives every partition's watermark **from the events alone**
+(:func:`event_watermarks`; the store's own is only compared with it, never used), has
+batch compute each entity's values at that point with
+:func:`tierflow.features.batch.values_as_of`, and :func:`compare` lists every
+difference: values (floats within a relative 1e-9: summation order differs), and each
+partition's watermark lag, the derived watermark minus the daemon's. A daemon whose
+watermark ran away, or lags behind what it applied, fails.
 """
 
 from __future__ import annotations
@@ -22,6 +27,16 @@ from tierflow.stores.base import OnlineStore, entity_key
 from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 Expected = dict[tuple[Any, ...], tuple[int, dict[str, Any]]]
+PARTITION, RECORD_TIME = "_kafka_partition", "_kafka_timestamp"  # the event log's columns
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the store must hold: the values per entity, and the watermark per partition."""
+
+    values: Expected
+    watermarks: dict[int, int]  # partition -> watermark time (µs, before the lateness)
+    partitions: int
 
 
 def checkpoint_name(group: str, topic: str, partition: int) -> str:
@@ -93,36 +108,61 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def expected_values(
-    events: Any,
-    view: FeatureViewConfig,
-    store: OnlineStore,
-    group: str,
-    topic: str,
-    partitions: int,
-) -> Expected:
+def event_watermarks(events: Any, view: FeatureViewConfig, partitions: int) -> dict[int, int]:
+    """Each partition's watermark time after its events, from the events alone.
+
+    Args:
+        events: The valid events the topic carried (an Arrow table). Where it has the
+            event log's ``_kafka_timestamp`` each event's contribution is capped at it,
+            and checked against the view's skew, as the daemon did; where it has
+            ``_kafka_partition`` that is the partition, else the entity's key decides.
+        view: The view.
+        partitions: The topic's partition count.
+    """
+    import pyarrow.compute as pc
+
+    from tierflow.features.eventtime import EventTimeRule, watermark_time
+
+    names = events.column_names
+    times = pc.cast(events.column(view.event_time), "int64").to_pylist()
+    records = (
+        pc.cast(events.column(RECORD_TIME), "int64").to_pylist()
+        if RECORD_TIME in names
+        else [None] * len(times)
+    )
+    if PARTITION in names:
+        owners = events.column(PARTITION).to_pylist()
+    else:
+        keys = zip(*(events.column(e).to_pylist() for e in view.entities), strict=True)
+        owners = [partition_of(tuple(k), partitions) for k in keys]
+    rule = EventTimeRule.of(view)
+    marks: dict[int, int] = {}
+    for ts, record, p in zip(times, records, owners, strict=True):
+        if ts is None or rule.reason(ts, record) is not None:
+            continue  # poison: the daemon dead-letters it, and it moves nothing
+        mark = watermark_time(ts, record)
+        if p not in marks or mark > marks[p]:
+            marks[p] = mark
+    return marks
+
+
+def expected_values(events: Any, view: FeatureViewConfig, partitions: int) -> Expectation:
     """Batch values of each entity at its partition's watermark grid point.
 
     Args:
-        events: The events the topic carried (an Arrow table).
+        events: The events the topic carried (an Arrow table; see :func:`event_watermarks`).
         view: The view.
-        store: The online store (for each partition's watermark).
-        group: The daemons' consumer group.
-        topic: The topic, as the daemons named it (prefix included).
         partitions: The topic's partition count.
     """
     from tierflow.engines.polars_engine import PolarsEngine
     from tierflow.features.batch import WINDOW_END, feature_rows, values_as_of
 
+    marks = event_watermarks(events, view, partitions)
     engine = PolarsEngine()
     rows = feature_rows(engine.from_arrow(events), view, engine)
     table = rows.to_native().collect().to_arrow()
     out: Expected = {}
-    for p in range(partitions):
-        meta = json.loads(store.load_partition(checkpoint_name(group, topic, p)).meta or "{}")
-        mark = meta.get("max_event_us", {}).get(view.name)
-        if mark is None:
-            continue
+    for p, mark in sorted(marks.items()):
         grid = (mark - duration_us(view.allowed_lateness)) // view.step_us * view.step_us
         picked = values_as_of(engine.from_arrow(table), view, grid)
         for r in picked.to_native().collect().to_arrow().to_pylist():
@@ -131,7 +171,7 @@ def expected_values(
                 continue
             values = {f.name: _clean(r[f.name]) for f in view.features}
             out[entity] = (r[WINDOW_END], values)
-    return out
+    return Expectation(out, marks, partitions)
 
 
 @dataclass(frozen=True)
@@ -143,21 +183,46 @@ class ParityResult:
     values_compared: int
     mismatches: tuple[Any, ...]
     extra_in_store: int
+    # Per partition with a watermark: the one derived from the events minus the daemon's
+    # (µs); None where only one of them exists.
+    watermark_lag_us: dict[int, int | None]
 
     @property
     def ok(self) -> bool:
         """No difference at all (and something was compared)."""
-        return self.entities > 0 and not self.mismatches and self.extra_in_store == 0
+        return (
+            self.entities > 0
+            and not self.mismatches
+            and self.extra_in_store == 0
+            and all(lag == 0 for lag in self.watermark_lag_us.values())
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for reports)."""
+        return {
+            "view": self.view,
+            "ok": self.ok,
+            "entities": self.entities,
+            "values_compared": self.values_compared,
+            "mismatches": len(self.mismatches),
+            "extra_in_store": self.extra_in_store,
+            "watermark_lag_us": {str(p): lag for p, lag in self.watermark_lag_us.items()},
+        }
 
 
-def compare(store: OnlineStore, view: FeatureViewConfig, expected: Expected) -> ParityResult:
-    """Every entity's stored window and values against batch's."""
-    entities = list(expected)
+def compare(
+    store: OnlineStore, view: FeatureViewConfig, expected: Expectation, *, group: str, topic: str
+) -> ParityResult:
+    """Every entity's stored values and every partition's watermark against the events'.
+
+    The watermark lag of a partition is None where only one side has a watermark.
+    """
+    entities = list(expected.values)
     got = store.read(view.name, entities) if entities else []
     mismatches: list[Any] = []
     compared = 0
     for entity, stored in zip(entities, got, strict=True):
-        end, values = expected[entity]
+        end, values = expected.values[entity]
         if stored is None or stored.window_end_us != end:
             mismatches.append((entity, "window_end_us", end, stored and stored.window_end_us))
             continue
@@ -170,5 +235,12 @@ def compare(store: OnlineStore, view: FeatureViewConfig, expected: Expected) -> 
                 ok = value == other
             if not ok:
                 mismatches.append((entity, name, value, other))
-    extra = store.count(view.name) - len(expected)
-    return ParityResult(view.name, len(entities), compared, tuple(mismatches), max(0, extra))
+    lag: dict[int, int | None] = {}
+    for p in range(expected.partitions):
+        derived = expected.watermarks.get(p)
+        meta = json.loads(store.load_partition(checkpoint_name(group, topic, p)).meta or "{}")
+        mark = meta.get("max_event_us", {}).get(view.name)
+        if derived is not None or mark is not None:
+            lag[p] = None if derived is None or mark is None else derived - int(mark)
+    extra = store.count(view.name) - len(expected.values)
+    return ParityResult(view.name, len(entities), compared, tuple(mismatches), max(0, extra), lag)

@@ -4,9 +4,11 @@ The stream computes exactly what :mod:`tierflow.features.batch` computes, with t
 semantics of :mod:`tierflow.features.windows`, one partition at a time:
 
 - **Watermark.** Per view and partition: the largest event time seen in the partition
-  (offset order) minus the view's ``allowed_lateness``. It depends only on the
-  partition's events in offset order, never on batch boundaries or on which process
-  read them, so a replay after a crash makes the same decisions.
+  (offset order), each capped at its record's Kafka timestamp
+  (:func:`tierflow.features.eventtime.watermark_time`), minus the view's
+  ``allowed_lateness``. It depends only on the partition's records in offset order,
+  never on batch boundaries, a clock or which process read them, so a replay after a
+  crash makes the same decisions.
 - **Late events.** An event whose tile ends at or before the watermark at its arrival
   is late: counted, and dropped or dead-lettered. Accepted events therefore only touch
   windows that end after the watermark's grid point, so every window ending at or
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tierflow.config.features import FeatureViewConfig
+from tierflow.features.eventtime import watermark_time
 from tierflow.features.windows import Partial, finish
 from tierflow.stores.base import OnlineRow, encode_values, entity_key
 
@@ -105,7 +108,7 @@ class ViewState:
 
     @property
     def watermark_us(self) -> int | None:
-        """Largest event time seen minus the allowed lateness (None before any event)."""
+        """Largest (capped) event time seen minus the allowed lateness (None before any)."""
         if self.max_event_us is None:
             return None
         return self.max_event_us - _lateness_us(self.view)
@@ -115,17 +118,25 @@ class ViewState:
         mark = self.watermark_us
         return None if mark is None else mark // self.view.step_us
 
-    def late_flags(self, times_us: Sequence[int]) -> list[bool]:
-        """Judge events in offset order, advancing the watermark as they come."""
+    def late_flags(
+        self, times_us: Sequence[int], records_us: Sequence[int | None] | None = None
+    ) -> list[bool]:
+        """Judge events in offset order, advancing the watermark as they come.
+
+        Each event moves the watermark to its time, but never past its record's time
+        (``records_us``, the Kafka timestamps; :func:`watermark_time`).
+        """
         step = self.view.step_us
         lateness = _lateness_us(self.view)
         seen = self.max_event_us
+        records = records_us if records_us is not None else [None] * len(times_us)
         flags = []
-        for ts in times_us:
+        for ts, record in zip(times_us, records, strict=True):
             late = seen is not None and (ts // step + 1) * step <= seen - lateness
             flags.append(late)
-            if seen is None or ts > seen:
-                seen = ts
+            mark = watermark_time(ts, record)
+            if seen is None or mark > seen:
+                seen = mark
         self.max_event_us = seen
         return flags
 
