@@ -386,8 +386,17 @@ KILLS = 10
 RESCALES = 2  # daemons added, and daemons removed
 
 
+# Redis on four months of flights; SQLite, the store a newcomer gets, on eight (200k+).
+@pytest.mark.parametrize(("store_kind", "months"), [("redis", 4), ("sqlite", 8)])
 def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR0915
-    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
+    daemons: Daemons,
+    views,
+    kafka_bootstrap: str,
+    redis_url: str,
+    unique_name,
+    tmp_path: Path,
+    store_kind: str,
+    months: int,
 ) -> None:
     from kafka import KafkaConsumer, KafkaProducer
 
@@ -401,15 +410,21 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
         TIERFLOW_STREAM_GROUP_ID=group,
         TIERFLOW_STREAM_MAX_POLL_RECORDS="500",
     )
-    store = RedisOnlineStore(redis_url)
+    store: OnlineStore
+    if store_kind == "sqlite":
+        db = tmp_path / "online.db"
+        daemons.env.update(TIERFLOW_ONLINE_STORE="sqlite", TIERFLOW_ONLINE_DB=str(db))
+        store = SQLiteOnlineStore(db)
+    else:
+        store = RedisOnlineStore(redis_url)
     store.clear(view.name)
     create_topic(kafka_bootstrap, topic, partitions)
-    events = flights_events((1, 2, 3, 4), view)
+    events = flights_events(tuple(range(1, months + 1)), view)
     rng = random.Random(7)
     messages: list[tuple[bytes | None, bytes | None]] = [
         (k, v) for k, v, _ts in event_messages(events, view.entities, view.event_time)
     ]
-    assert len(messages) >= 100_000
+    assert len(messages) >= months * 25_000
     poison = poison_messages(rng, len(messages) // 1000)
     for item in poison:
         messages.insert(rng.randrange(len(messages)), item)
@@ -549,6 +564,103 @@ def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
     expected = expected_values(events.select(list(view.source.columns)), view, 3)
     assert_store_equals(store, view, expected, group, topic)
     store.close()
+
+
+# --- key formats ----------------------------------------------------------------------------
+
+
+def test_string_and_from_value_keys_work_end_to_end(
+    views, kafka_bootstrap: str, unique_name, tmp_path: Path
+) -> None:
+    """A project of its own with two views of the departures: one on a topic keyed by
+    the plain carrier code, one reading the carrier from the payload of a one-partition
+    topic; the real replay writes each topic's keys, the real daemon keeps both, on the
+    embedded SQLite store, and parity holds. A from-value topic of two partitions is
+    refused at start."""
+    import shutil
+
+    import deltalake
+    import yaml
+
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT / "conf", project / "conf", ignore=shutil.ignore_patterns("features"))
+    (project / "conf" / "features").mkdir()
+    base = views["carrier_delays"].model_dump(mode="json", exclude_defaults=True)
+    formats = {"by_string": ("string", "kf.string", 3), "by_value": ("from-value", "kf.value", 1)}
+    for name, (key_format, topic, _parts) in formats.items():
+        source = {**base["source"], "topic": topic, "key_format": key_format}
+        doc = {**base, "name": name, "source": source}
+        (project / "conf" / "features" / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    data = tmp_path / "data"
+    table = flights_table((1,))
+    deltalake.write_deltalake(str(data / "silver" / "flights"), table)
+    prefix = unique_name("keys") + "."
+    group = unique_name("group")
+    db = tmp_path / "online.db"
+    env = os.environ | {
+        "TIERFLOW_PROJECT_DIR": str(project),
+        "TIERFLOW_ONLINE_STORE": "sqlite",
+        "TIERFLOW_ONLINE_DB": str(db),
+        "TIERFLOW_STREAM_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "TIERFLOW_STREAM_TOPIC_PREFIX": prefix,
+        "TIERFLOW_STREAM_GROUP_ID": group,
+        "TIERFLOW_STREAM_SESSION_TIMEOUT_MS": "6000",
+        "TIERFLOW_STREAM_POLL_TIMEOUT_MS": "100",
+    }
+    sent = {}
+    for name, (_format, topic, parts) in formats.items():
+        replayed = subprocess.run(
+            [TIERFLOW, "replay", "silver/flights", "--topic", topic, "--partitions", str(parts),
+             "--data-dir", str(data)],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert replayed.returncode == 0, replayed.stderr
+        sent[name] = int(replayed.stdout.split()[1].replace(",", ""))
+    # One message keyed the json-list way on the string topic: poison, for its key.
+    value = json.dumps({"carrier": "UA", "dep_at": "2013-01-31T23:00:00Z", "dep_delay": 1.0})
+    produce(kafka_bootstrap, prefix + "kf.string", [(b'["UA"]', value.encode())])
+
+    out = tmp_path / "daemon.out"
+    daemon = subprocess.Popen(
+        [TIERFLOW, "stream", "--metrics-port", str(free_port())], env=env,
+        stdout=out.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    store = SQLiteOnlineStore(db)
+    try:
+        for _name, (_format, topic, _parts) in formats.items():
+            ends = end_offsets(kafka_bootstrap, prefix + topic)
+            wait_caught_up(store, group, prefix + topic, ends, timeout=180,
+                           alive=lambda: _alive(daemon, out))  # fmt: skip
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0, out.read_text()[-3000:]
+    summary = summary_of(out)
+    assert summary["poison"] == 1 and summary["consumed"] == sum(sent.values()) + 1, summary
+    events = flights_events((1,), views["carrier_delays"])
+    for name, (_format, topic, parts) in formats.items():
+        view = FeatureViewConfig.model_validate(
+            yaml.safe_load((project / "conf" / "features" / f"{name}.yaml").read_text())
+        )
+        expected = expected_values(events.select(list(view.source.columns)), view, parts)
+        assert len(expected.values) == 16  # every carrier
+        assert_store_equals(store, view, expected, group, prefix + topic)
+    store.close()
+
+    # A from-value topic with two partitions could split an entity between two daemons.
+    two = unique_name("keys2") + "."
+    create_topic(kafka_bootstrap, two + "kf.value", 2)
+    refused = subprocess.run(
+        [TIERFLOW, "stream", "--view", "by_value", "--metrics-port", str(free_port())],
+        env=env | {"TIERFLOW_STREAM_TOPIC_PREFIX": two}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"topic '{two}kf.value' has 2 partitions" in refused.stderr, refused.stderr[-2000:]
+    assert "key_format: from-value" in refused.stderr
+
+
+def _alive(proc: subprocess.Popen[bytes], out: Path) -> None:
+    assert proc.poll() is None, out.read_text()[-3000:]
 
 
 # --- fuzz ---------------------------------------------------------------------------------

@@ -80,6 +80,11 @@ class FeatureSource(FrozenModel):
     # log's ``_kafka_timestamp``): batch then applies ``max_event_time_skew`` as the
     # stream does against the record's Kafka timestamp. It need not be a payload column.
     ingestion_time: Identifier | None = None
+    # How the topic's messages are keyed: ``json-list`` (the JSON list of the entity's
+    # values, ``["JFK","LAX"]``), ``string`` (the plain value of a one-column entity,
+    # ``JFK``), or ``from-value`` (the key is ignored and the entity read from the
+    # payload; the topic must then have one partition, see the README).
+    key_format: Literal["json-list", "string", "from-value"] = "json-list"
 
     @model_validator(mode="after")
     def _ingestion_time_is_a_timestamp(self) -> FeatureSource:
@@ -130,6 +135,11 @@ class FeatureViewConfig(FrozenModel):
                 raise ValueError(f"entity {entity!r} is not a source column ({', '.join(columns)})")
             if columns[entity].type not in ("string", "int32", "int64"):
                 raise ValueError(f"entity {entity!r} must be a string or integer column")
+        if self.source.key_format == "string" and len(self.entities) != 1:
+            raise ValueError(
+                f"key_format string needs a one-column entity, not {', '.join(self.entities)} "
+                "(use json-list)"
+            )
         if self.event_time not in columns:
             raise ValueError(f"event_time {self.event_time!r} is not a source column")
         if columns[self.event_time].type != "timestamp":

@@ -212,8 +212,10 @@ def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig)
     bootstrap = bootstrap_servers(project, config, args.bootstrap)
     topic = config.topic_prefix + args.topic
     ensure_topic(bootstrap, topic, args.partitions, config.topic_replication_factor)
+    key_format = readers[0].source.key_format if readers else "json-list"
     result = replay(
         read_table(path), topic, bootstrap, keys=keys, time_column=time_column,
+        key_format=key_format,
         rate=args.rate, speedup=args.speedup, limit=args.limit,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )  # fmt: skip

@@ -155,6 +155,7 @@ class FeatureDaemon:
             self.dead_letters.start(list(self.topics))
         except KafkaError as exc:
             raise StreamError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
+        self._check_key_formats()
         # Judge an empty batch once: the first real batch must not pay for imports.
         for schema in self.schemas.values():
             check_messages(schema, [], [], [], [], max_bytes=self.config.max_event_bytes)
@@ -172,6 +173,25 @@ class FeatureDaemon:
                 "metrics_port": self.ops.port,
             },
         )
+
+    def _check_key_formats(self) -> None:
+        """A topic whose key is ignored must have one partition.
+
+        Otherwise an entity's events could arrive on several partitions, each owned by
+        its own daemon with its own window state: both would write the entity's values.
+
+        Raises:
+            StreamError: a ``from-value`` topic has more than one partition.
+        """
+        for topic, schema in self.schemas.items():
+            count = self.dead_letters.source_partitions.get(topic, 1)
+            if schema.key_format == "from-value" and count > 1:
+                raise StreamError(
+                    f"topic {topic!r} has {count} partitions, but its views read the entity "
+                    "from the payload (key_format: from-value), so an entity's events could "
+                    "reach two daemons; key the topic by entity (json-list or string) or "
+                    "give it one partition"
+                )
 
     @property
     def stopping(self) -> bool:

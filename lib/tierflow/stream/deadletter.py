@@ -39,6 +39,7 @@ class DeadLetters:
         self.bootstrap = bootstrap
         self.client_id = client_id
         self.partitions: dict[str, int] = {}  # source topic -> dead-letter partitions
+        self.source_partitions: dict[str, int] = {}  # source topic -> its partitions
         self._producer: Any = None
         self._reader: Any = None
 
@@ -82,6 +83,7 @@ class DeadLetters:
                     f"topic(s) {', '.join(missing)} do not exist (create them, or replay "
                     "into them with `tierflow replay`)"
                 )
+            self.source_partitions = dict(counts)
             for topic, partitions in counts.items():
                 name = topic + self.config.dead_letter_suffix
                 try:

@@ -47,6 +47,7 @@ class TopicSchema:
     entities: tuple[str, ...]
     event_times: tuple[str, ...]
     rules: tuple[EventTimeRule, ...] = ()
+    key_format: str = "json-list"
 
     @classmethod
     def of(cls, topic: str, views: Sequence[FeatureViewConfig]) -> TopicSchema:
@@ -57,7 +58,14 @@ class TopicSchema:
         """
         columns: dict[str, ColumnContract] = {}
         entities = views[0].entities
+        key_format = views[0].source.key_format
         for view in views:
+            if view.source.key_format != key_format:
+                raise ConfigError(
+                    f"views {views[0].name} and {view.name} both read topic {topic!r} but "
+                    f"declare different key formats ({key_format} vs "
+                    f"{view.source.key_format})"
+                )
             if view.entities != entities:
                 raise ConfigError(
                     f"views {views[0].name} and {view.name} both read topic {topic!r} but "
@@ -76,7 +84,8 @@ class TopicSchema:
                 if seen is None or (seen.nullable and not contract.nullable):
                     columns[name] = contract.model_copy(update={"unique": False})
         times = tuple(dict.fromkeys(v.event_time for v in views))
-        return cls(topic, columns, entities, times, tuple(EventTimeRule.of(v) for v in views))
+        rules = tuple(EventTimeRule.of(v) for v in views)
+        return cls(topic, columns, entities, times, rules, key_format)
 
     @property
     def types(self) -> dict[str, str]:
@@ -129,12 +138,15 @@ def check_messages(
         if not reason:
             missing = [c for c in needed if nulls[c][i]]
             key = keys[i]
-            expected = entity_key([v[i] for v in key_values]).encode()
+            expected = message_key([v[i] for v in key_values], schema.key_format)
             if missing:
                 reason = f"not_null: {', '.join(missing)} missing (a stream event needs them)"
-            elif key != expected:
+            elif expected is not None and key != expected:
                 got = "no key" if key is None else repr(key[:60])
-                reason = f"key: message key {got} is not the entity key {expected.decode()}"
+                reason = (
+                    f"key: message key {got} is not the entity key {expected.decode()} "
+                    f"({schema.key_format})"
+                )
             elif schema.rules and not stamped[i]:
                 reason = "event_time: the record has no Kafka timestamp to judge its event time by"
             elif refused[i]:
@@ -149,6 +161,15 @@ def check_messages(
     events = events.append_column(OFFSET, pa.array([offsets[i] for i in good], pa.int64()))
     events = events.append_column(RECORD_US, pa.array(record_us[good], pa.int64()))
     return CheckedBatch(events, poison, good)
+
+
+def message_key(entity: Sequence[Any], key_format: str) -> bytes | None:
+    """The Kafka key of an entity's messages in ``key_format`` (None: any key will do)."""
+    if key_format == "from-value":
+        return None
+    if key_format == "string":
+        return str(entity[0]).encode()
+    return entity_key(entity).encode()
 
 
 def _times_us(checked: pa.Table, column: str) -> np.ndarray[Any, Any]:

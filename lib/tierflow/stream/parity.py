@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierflow.config.features import FeatureViewConfig, duration_us
-from tierflow.stores.base import OnlineStore, entity_key
+from tierflow.stores.base import OnlineStore
 from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 Expected = dict[tuple[Any, ...], tuple[int, dict[str, Any]]]
@@ -44,11 +44,23 @@ def checkpoint_name(group: str, topic: str, partition: int) -> str:
     return f"{group}/{topic}/{partition}"
 
 
-def partition_of(entity: tuple[Any, ...], partitions: int) -> int:
-    """The partition Kafka's default partitioner gives an entity's key."""
+def partition_of(entity: tuple[Any, ...], partitions: int, key_format: str = "json-list") -> int:
+    """The partition Kafka's default partitioner gives an entity's key.
+
+    Raises:
+        ValueError: the key format carries no entity (``from-value``) and there is more
+            than one partition: only the events' own ``_kafka_partition`` can say.
+    """
     from kafka.partitioner.default import murmur2
 
-    return int(murmur2(entity_key(entity).encode()) & 0x7FFFFFFF) % partitions
+    from tierflow.stream.events import message_key
+
+    key = message_key(entity, key_format)
+    if key is None:
+        if partitions == 1:
+            return 0
+        raise ValueError("from-value topics of several partitions need _kafka_partition")
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def end_offsets(bootstrap: KafkaConnection | str, topic: str) -> dict[int, int]:
@@ -134,7 +146,7 @@ def event_watermarks(events: Any, view: FeatureViewConfig, partitions: int) -> d
         owners = events.column(PARTITION).to_pylist()
     else:
         keys = zip(*(events.column(e).to_pylist() for e in view.entities), strict=True)
-        owners = [partition_of(tuple(k), partitions) for k in keys]
+        owners = [partition_of(tuple(k), partitions, view.source.key_format) for k in keys]
     rule = EventTimeRule.of(view)
     marks: dict[int, int] = {}
     for ts, record, p in zip(times, records, owners, strict=True):
@@ -162,12 +174,21 @@ def expected_values(events: Any, view: FeatureViewConfig, partitions: int) -> Ex
     rows = feature_rows(engine.from_arrow(events), view, engine)
     table = rows.to_native().collect().to_arrow()
     out: Expected = {}
+    owner: dict[tuple[Any, ...], int] = {}
+    if PARTITION in events.column_names:
+        keys = zip(*(events.column(e).to_pylist() for e in view.entities), strict=True)
+        owner = {
+            tuple(k): p for k, p in zip(keys, events.column(PARTITION).to_pylist(), strict=True)
+        }
     for p, mark in sorted(marks.items()):
         grid = (mark - duration_us(view.allowed_lateness)) // view.step_us * view.step_us
         picked = values_as_of(engine.from_arrow(table), view, grid)
         for r in picked.to_native().collect().to_arrow().to_pylist():
             entity = tuple(r[e] for e in view.entities)
-            if partition_of(entity, partitions) != p:
+            if PARTITION in events.column_names:
+                if owner.get(entity) != p:
+                    continue
+            elif partition_of(entity, partitions, view.source.key_format) != p:
                 continue
             values = {f.name: _clean(r[f.name]) for f in view.features}
             out[entity] = (r[WINDOW_END], values)

@@ -1,11 +1,12 @@
 """``tierflow replay``: a table's rows to a Kafka topic, in event-time order, keyed by entity.
 
 Each row becomes one JSON object (timestamps ISO 8601 in UTC, NaN as null), keyed by
-the entity key of :func:`tierflow.stores.base.entity_key`, so every event of an entity
-lands in one partition. Rows without an event time cannot be placed in time and are
-left out (and counted). ``rate`` caps messages per second; ``speedup`` paces by event
-time (``3600``: one hour of events per second). Record timestamps are the send time,
-which is what the daemons' freshness is measured from.
+its entity in the key format of the views reading the topic
+(:func:`tierflow.stream.events.message_key`), so every event of an entity lands in
+one partition (``from-value`` topics get no key). Rows without an event time cannot
+be placed in time and are left out (and counted). ``rate`` caps messages per second;
+``speedup`` paces by event time (``3600``: one hour of events per second). Record
+timestamps are the send time, which is what the daemons' freshness is measured from.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tierflow.stores.base import entity_key
 from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 _CHUNK = 10_000
@@ -60,9 +60,14 @@ def ordered(table: pa.Table, time_column: str) -> tuple[pa.Table, int]:
 
 
 def event_messages(
-    table: pa.Table, keys: Sequence[str], time_column: str
-) -> Iterator[tuple[bytes, bytes, int]]:
-    """(key, JSON value, event time in µs) for each row of an ordered table."""
+    table: pa.Table, keys: Sequence[str], time_column: str, key_format: str = "json-list"
+) -> Iterator[tuple[bytes | None, bytes, int]]:
+    """(key, JSON value, event time in µs) for each row of an ordered table.
+
+    Keys are written in ``key_format`` (none for ``from-value``).
+    """
+    from tierflow.stream.events import message_key
+
     names = table.column_names
     for batch in table.to_batches(max_chunksize=_CHUNK):
         columns = [batch.column(n).to_pylist() for n in names]
@@ -70,7 +75,7 @@ def event_messages(
         key_index = [names.index(k) for k in keys]
         for i in range(batch.num_rows):
             row = {n: _json_value(c[i]) for n, c in zip(names, columns, strict=True)}
-            key = entity_key([columns[k][i] for k in key_index]).encode()
+            key = message_key([columns[k][i] for k in key_index], key_format)
             value = json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
             yield key, value, times[i]
 
@@ -106,6 +111,7 @@ def replay(
     *,
     keys: Sequence[str],
     time_column: str,
+    key_format: str = "json-list",
     rate: float | None = None,
     speedup: float | None = None,
     limit: int | None = None,
@@ -132,7 +138,7 @@ def replay(
     first_event: int | None = None
     sent = 0
     try:
-        for key, value, ts in event_messages(rows, keys, time_column):
+        for key, value, ts in event_messages(rows, keys, time_column, key_format):
             if first_event is None:
                 first_event, schedule_start = ts, time.monotonic()
             due = 0.0
