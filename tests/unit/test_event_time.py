@@ -256,7 +256,11 @@ def honest_stream(rng: random.Random, count: int, back_ms: int = 40 * 60_000) ->
 
 
 def nasty(rng: random.Random, offset: int, record_ms: int) -> Rec:
-    """One message of any kind a bad producer could send, stamped when it was sent."""
+    """One message of any kind a bad producer could send, stamped when it was sent.
+
+    The record's timestamp is honest (or missing): a producer that also forges a
+    far-future CreateTime is outside the property, as the README says (LogAppendTime).
+    """
     carrier = rng.choice([*CARRIERS, "ZZ"])
     moment_ms = record_ms + rng.choice([
         -10**12, -HOUR_MS, -1, 0, 1, HOUR_MS // 2, HOUR_MS, HOUR_MS + 1, 365 * 24 * HOUR_MS,
@@ -394,3 +398,29 @@ def test_parity_fails_a_daemon_whose_watermark_is_wrong(
     assert not result.ok and result.watermark_lag_us[0] != 0, result
     assert bool(result.mismatches) is values_differ, result.mismatches[:3]
     assert result.values_compared > 0 or values_differ
+
+
+def test_a_topic_has_one_event_time_rule_and_a_sane_skew() -> None:
+    from pydantic import ValidationError
+
+    from tierflow.errors import ConfigError
+
+    other = view(max_event_time_skew="2h").model_copy(update={"name": "other"})
+    with pytest.raises(ConfigError, match="different event-time rules"):
+        TopicSchema.of("t", [VIEW, other])
+    with pytest.raises(ValidationError, match="over 100 years"):
+        view(max_event_time_skew="40000d")
+    with pytest.raises(ValidationError, match="is after"):
+        view(event_time_bounds=["2014-01-01T00:00:00Z", "2013-01-01T00:00:00Z"])
+
+
+def test_the_store_retry_backs_off_and_gives_up() -> None:
+    from tierflow.stream.runtime import Backoff, StreamError
+
+    backoff = Backoff(limit=6)
+    waits = [backoff.failed("down") for _ in range(6)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    with pytest.raises(StreamError, match=r"failed 7 times in a row.*down"):
+        backoff.failed("down")
+    backoff.succeeded()
+    assert backoff.failures == 0 and backoff.failed("again") == 0.5

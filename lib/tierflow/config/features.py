@@ -39,6 +39,7 @@ def duration_us(text: str) -> int:
 
 Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_SKEW_US = 36_525 * 86_400_000_000  # a hundred years: keeps the arithmetic in int64
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -144,9 +145,6 @@ class FeatureViewConfig(FrozenModel):
             raise ValueError(f"event_time {self.event_time!r} is not a source column")
         if columns[self.event_time].type != "timestamp":
             raise ValueError(f"event_time {self.event_time!r} must be a timestamp column")
-        low, high = (_utc(b) for b in self.event_time_bounds)
-        if low is not None and high is not None and low > high:
-            raise ValueError(f"event_time_bounds: {low.isoformat()} is after {high.isoformat()}")
         clash = set(self.derived) & set(columns)
         if clash:
             raise ValueError(f"derived columns shadow source columns: {', '.join(sorted(clash))}")
@@ -172,6 +170,18 @@ class FeatureViewConfig(FrozenModel):
                     f"feature {feature.name!r}: window {feature.window} must be a whole "
                     f"multiple of step {self.step}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _event_time_rule(self) -> FeatureViewConfig:
+        if duration_us(self.max_event_time_skew) > _MAX_SKEW_US:
+            raise ValueError(
+                f"max_event_time_skew {self.max_event_time_skew} is over 100 years: bound "
+                "event times with event_time_bounds instead"
+            )
+        low, high = (_utc(b) for b in self.event_time_bounds)
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"event_time_bounds: {low.isoformat()} is after {high.isoformat()}")
         return self
 
     @property

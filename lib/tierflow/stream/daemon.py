@@ -255,8 +255,20 @@ class FeatureDaemon:
         for tp, records in poll.batches:
             by_topic[tp.topic].append((tp, self.partitions[tp], records))
         written = Written()
+        failures: list[str] = []
         for topic, parts in by_topic.items():
-            self.process(topic, parts, written)
+            failures += self.process(topic, parts, written)
+        if failures:
+            # One failure of the store per poll, however many partitions it refused.
+            wait = self.backoff.failed(failures[-1])
+            log.error(
+                "store write failed; retrying the partitions from the store",
+                extra={"error": failures[-1], "partitions": len(failures),
+                       "failures": self.backoff.failures, "wait_s": wait},
+            )  # fmt: skip
+            time.sleep(wait)
+        elif written.positions:
+            self.backoff.succeeded()
         return written
 
     def durable(self, *, final: bool) -> dict[Any, int]:
@@ -278,13 +290,12 @@ class FeatureDaemon:
         topic: str,
         parts: Sequence[tuple[Any, PartitionRuntime, list[Any]]],
         written: Written,
-    ) -> None:
-        """Apply one poll's batches of a topic.
+    ) -> list[str]:
+        """Apply one poll's batches of a topic; the store's errors, if it failed.
 
         The decisions are :func:`tierflow.stream.fold.fold`'s; this writes them: dead
         letters, then one store commit per partition. A refused or failed commit leaves
-        the partition to be loaded again from the store, after a bounded backoff when
-        the store failed.
+        the partition to be loaded again from the store.
         """
         self.summary.consumed += sum(len(messages) for _tp, _rt, messages in parts)
         outcomes = fold(
@@ -294,6 +305,7 @@ class FeatureDaemon:
             max_bytes=self.config.max_event_bytes,
             late_policy=self.config.late_events,
         )
+        failures = []
         for (tp, runtime, messages), outcome in zip(parts, outcomes, strict=True):
             self._count(topic, outcome)
             try:
@@ -301,20 +313,15 @@ class FeatureDaemon:
             except StoreError as exc:
                 # Nothing of the batch is applied; the partition starts over from the
                 # store once it answers again.
-                wait = self.backoff.failed(str(exc))
-                log.error(
-                    "store write failed; retrying the partition",
-                    extra={"error": str(exc), "failures": self.backoff.failures, "wait_s": wait},
-                )
-                time.sleep(wait)
+                failures.append(str(exc))
                 written.reload.append(tp)
                 continue
-            self.backoff.succeeded()
             if done:
                 written.positions[tp] = runtime.stored_offset or 0
                 self._durable[tp] = runtime.stored_offset or 0
             else:
                 written.reload.append(tp)
+        return failures
 
     def _count(self, topic: str, outcome: Outcome) -> None:
         self.summary.poison += outcome.poison
@@ -395,11 +402,10 @@ class FeatureDaemon:
                 out[tp] = self._load(tp, tp.topic, tp.partition)
             except StoreError as exc:
                 wait = self.backoff.failed(str(exc))
-                log.error("store read failed; loading the partition later",
+                log.error("store read failed; loading the partitions later",
                           extra={"error": str(exc), "failures": self.backoff.failures})  # fmt: skip
                 time.sleep(wait)
-                continue
-            self.backoff.succeeded()
+                break  # the rest wait for the next poll too
         return out
 
     def revoke(self, partitions: Sequence[Any]) -> None:

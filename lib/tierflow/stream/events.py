@@ -60,6 +60,15 @@ class TopicSchema:
         entities = views[0].entities
         key_format = views[0].source.key_format
         for view in views:
+            if view.max_event_time_skew != views[0].max_event_time_skew or (
+                view.event_time_bounds != views[0].event_time_bounds
+            ):
+                # A message is judged once for the topic; batch judges each view alone.
+                raise ConfigError(
+                    f"views {views[0].name} and {view.name} both read topic {topic!r} but "
+                    "declare different event-time rules (max_event_time_skew, "
+                    "event_time_bounds); a topic has one"
+                )
             if view.source.key_format != key_format:
                 raise ConfigError(
                     f"views {views[0].name} and {view.name} both read topic {topic!r} but "
