@@ -97,3 +97,25 @@ def test_replay_writes_the_topic_s_key_format(
     )
     ((key, _value, _ts),) = event_messages(table, keys, "ts", key_format)
     assert key == expected == message_key(["UA", 42][: len(keys)], key_format)
+
+
+@pytest.mark.parametrize("key_format", ["json-list", "string"])
+def test_the_vectorised_keys_equal_the_keys_one_by_one(key_format: str) -> None:
+    import random
+
+    from tierflow.stream.events import _expected_keys
+
+    rng = random.Random(5)
+    texts = ["UA", "", 'a"b', "back\\slash", "tab\there", "nl\n", "é ü", "\x7f", "\x00", "😀"]
+    entities = ("carrier",) if key_format == "string" else ("carrier", "flight")
+    rows = [(rng.choice(texts), rng.choice([0, -1, 2**40])) for _ in range(300)]
+    table = pa.table(
+        {
+            "carrier": pa.array([r[0] for r in rows], pa.large_string()),
+            "flight": pa.array([r[1] for r in rows], pa.int64()),
+        }
+    )
+    schema = TopicSchema.of("t", [view(key_format, entities)])
+    got = _expected_keys(table, schema)
+    assert got is not None
+    assert got.to_pylist() == [message_key(list(r[: len(entities)]), key_format) for r in rows]

@@ -12,7 +12,7 @@ Poison messages are processed by no view.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,44 +132,102 @@ def check_messages(
     )
     frame = nw.from_native(pl.from_arrow(batch).lazy())  # type: ignore[union-attr]
     checked = validate(frame, schema.topic, source).to_native().collect().to_arrow()
-    reasons = checked.column(REASON).to_pylist()
     needed = [*schema.entities, *schema.event_times]
-    nulls = {c: checked.column(c).is_null().to_pylist() for c in needed}
-    key_values = [checked.column(c).to_pylist() for c in schema.entities]
     record_ms = np.asarray(timestamps, dtype=np.int64).reshape(-1)
     stamped = record_ms >= 0
     record_us = np.minimum(record_ms, _MAX_RECORD_MS) * 1000
+    # Every rule as a vector over the batch; only the rows some rule refuses are looked
+    # at one by one, for their reason (in this order of precedence).
+    decoded = pc.not_equal(checked.column(REASON), "").to_numpy(zero_copy_only=False)
+    missing = np.zeros(checked.num_rows, dtype=bool)
+    for column in needed:
+        missing |= checked.column(column).is_null().to_numpy(zero_copy_only=False)
+    expected = _expected_keys(checked, schema)
+    if expected is None:
+        wrong_key = np.zeros(checked.num_rows, dtype=bool)
+    else:
+        given = pa.array(keys, pa.binary())
+        same = pc.fill_null(pc.equal(given, expected), False)
+        wrong_key = ~same.to_numpy(zero_copy_only=False)
+    unstamped = ~stamped if schema.rules else np.zeros(checked.num_rows, dtype=bool)
     refused = _refused_times(schema, checked, record_us)
+    bad = decoded | missing | wrong_key | unstamped | refused
     poison: list[tuple[int, str]] = []
-    good: list[int] = []
-    for i, decoded in enumerate(reasons):
-        reason = decoded
-        if not reason:
-            missing = [c for c in needed if nulls[c][i]]
-            key = keys[i]
-            expected = message_key([v[i] for v in key_values], schema.key_format)
-            if missing:
-                reason = f"not_null: {', '.join(missing)} missing (a stream event needs them)"
-            elif expected is not None and key != expected:
-                got = "no key" if key is None else repr(key[:60])
-                reason = (
-                    f"key: message key {got} is not the entity key {expected.decode()} "
-                    f"({schema.key_format})"
-                )
-            elif schema.rules and not stamped[i]:
-                reason = "event_time: the record has no Kafka timestamp to judge its event time by"
-            elif refused[i]:
-                reason = _time_reason(schema, checked, i, int(record_us[i]))
-        if reason:
+    if bad.any():
+        reasons = checked.column(REASON)
+        for i in np.flatnonzero(bad).tolist():
+            reason = reasons[i].as_py()
+            if not reason:
+                gone = [c for c in needed if not checked.column(c)[i].is_valid]
+                if gone:
+                    reason = f"not_null: {', '.join(gone)} missing (a stream event needs them)"
+                elif wrong_key[i]:
+                    entity = [checked.column(c)[i].as_py() for c in schema.entities]
+                    want = message_key(entity, schema.key_format) or b""
+                    key = keys[i]
+                    got = "no key" if key is None else repr(key[:60])
+                    reason = (
+                        f"key: message key {got} is not the entity key {want.decode()} "
+                        f"({schema.key_format})"
+                    )
+                elif unstamped[i]:
+                    reason = (
+                        "event_time: the record has no Kafka timestamp to judge its event time by"
+                    )
+                else:
+                    reason = _time_reason(schema, checked, i, int(record_us[i]))
             poison.append((i, reason))
-        else:
-            good.append(i)
+    good = np.flatnonzero(~bad).tolist()
     events = checked.drop_columns([c for c in checked.column_names if c.startswith("_tf_")]).take(
         pa.array(good, pa.int64())
     )
-    events = events.append_column(OFFSET, pa.array([offsets[i] for i in good], pa.int64()))
+    events = events.append_column(OFFSET, pa.array(np.asarray(offsets, np.int64)[good]))
     events = events.append_column(RECORD_US, pa.array(record_us[good], pa.int64()))
     return CheckedBatch(events, poison, good)
+
+
+def _expected_keys(checked: pa.Table, schema: TopicSchema) -> pa.Array | None:
+    """Each row's entity key in the topic's key format, as binary (None: keys are ignored).
+
+    Built with Arrow kernels where the values need no JSON escaping; the rare rows that
+    do (quotes, backslashes, control characters) are encoded one by one.
+    """
+    if schema.key_format == "from-value":
+        return None
+    columns = [checked.column(c).combine_chunks() for c in schema.entities]
+    parts = []
+    plain = pa.array(np.ones(checked.num_rows, dtype=bool))
+    for column in columns:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            text = column.cast(pa.string())
+            if schema.key_format == "json-list":
+                needs_escape = pc.match_substring_regex(text, r'[\x00-\x1f"\\]')
+                plain = pc.and_(plain, pc.invert(pc.fill_null(needs_escape, False)))
+                text = pc.binary_join_element_wise('"', text, '"', "")
+        else:
+            text = pc.cast(column, pa.string())
+        parts.append(text)
+    if schema.key_format == "string":
+        joined = parts[0]
+    else:
+        joined = pc.binary_join_element_wise("[", *_interleave(parts, ","), "]", "")
+    out = pc.cast(joined, pa.binary()).to_pylist() if not pc.all(plain).as_py() else None
+    if out is None:
+        return pc.cast(joined, pa.binary())
+    flags = plain.to_pylist()
+    for i, ok in enumerate(flags):
+        if not ok:
+            out[i] = message_key([c[i].as_py() for c in columns], schema.key_format)
+    return pa.array(out, pa.binary())
+
+
+def _interleave(parts: list[Any], separator: str) -> list[Any]:
+    out: list[Any] = []
+    for i, part in enumerate(parts):
+        if i:
+            out.append(separator)
+        out.append(part)
+    return out
 
 
 def message_key(entity: Sequence[Any], key_format: str) -> bytes | None:
@@ -225,33 +283,38 @@ def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
     frame = nw.from_native(pl.from_arrow(events).lazy())  # type: ignore[union-attr]
     prepared = prepare_events(frame, view, PolarsEngine(), judge_event_time=False)
     table = tile_partials(prepared, view).to_native().collect().to_arrow()
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    out = []
-    for i in range(table.num_rows):
-        partials = []
-        for slot in state.slots:
-            partials.append(_partial(columns, slot, i))
-        entity = tuple(columns[e][i] for e in view.entities)
-        out.append(TilePartial(entity, int(columns[_TILE][i]), partials))
-    return out
-
-
-def _partial(columns: Mapping[str, list[Any]], slot: str, i: int) -> Any:
     from tierflow.features.windows import Partial
 
-    def get(kind: str, default: Any) -> Any:
-        values = columns.get(_part(kind, None if slot == ROWS_SLOT else slot))
-        value = None if values is None else values[i]
-        return default if value is None else value
+    rows = table.num_rows
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    nothing: list[Any] = [None] * rows
 
-    if slot == ROWS_SLOT:
-        return Partial(rows=int(get("rows", 0)))
-    return Partial(
-        count=int(get("count", 0)),
-        total=float(get("sum", 0.0)),
-        squares=float(get("sq", 0.0)),
-        minimum=get("min", None),
-        maximum=get("max", None),
-        last_ts=get("lts", None),
-        last_value=get("lval", None),
-    )
+    def column(kind: str, slot: str | None) -> list[Any]:
+        return columns.get(_part(kind, slot), nothing)
+
+    # Per slot, its columns once; then the partials row by row (kinds a view does not
+    # need are not computed by the batch code and stay at their defaults).
+    makers: list[Any] = []
+    for slot in state.slots:
+        if slot == ROWS_SLOT:
+            counts = column("rows", None)
+            makers.append(lambda i, c=counts: Partial(rows=int(c[i] or 0)))
+            continue
+        parts = [column(k, slot) for k in ("count", "sum", "sq", "min", "max", "lts", "lval")]
+
+        def make(i: int, p: list[list[Any]] = parts) -> Partial:
+            count, total, squares = p[0][i], p[1][i], p[2][i]
+            return Partial(
+                count=int(count or 0),
+                total=float(total or 0.0),
+                squares=float(squares or 0.0),
+                minimum=p[3][i],
+                maximum=p[4][i],
+                last_ts=p[5][i],
+                last_value=p[6][i],
+            )
+
+        makers.append(make)
+    keys = list(zip(*(columns[e] for e in view.entities), strict=True))
+    tiles = columns[_TILE]
+    return [TilePartial(keys[i], int(tiles[i]), [m(i) for m in makers]) for i in range(rows)]
