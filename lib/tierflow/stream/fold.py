@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from tierflow.config.features import FeatureViewConfig
@@ -119,9 +120,10 @@ def _fold_view(
     stamps = events.column(RECORD_US).to_pylist()
     offsets = events.column(OFFSET).to_pylist()
     keep = [True] * events.num_rows
+    owners = np.asarray(event_owner, dtype=np.int64)
     for index, (states, _records) in enumerate(parts):
         state = states[view.name]
-        rows = [r for r, o in enumerate(event_owner) if o == index]
+        rows = np.flatnonzero(owners == index).tolist()
         late = state.late_flags([times[r] for r in rows], [stamps[r] for r in rows])
         late_rows = [r for r, flag in zip(rows, late, strict=True) if flag]
         if not late_rows:
@@ -137,11 +139,11 @@ def _fold_view(
                     f"{state.watermark_us} µs (offset {offsets[r]})"
                 )
     accepted = events.filter(pa.array(keep)) if not all(keep) else events
-    kept_owner = [o for o, k in zip(event_owner, keep, strict=True) if k]
-    entity_owner = {}
+    kept_owner = owners[np.asarray(keep, dtype=bool)] if len(keep) else owners
+    # Entities never span partitions: each one's owner, from its events.
     columns = [accepted.column(e).to_pylist() for e in view.entities]
-    for r, o in enumerate(kept_owner):
-        entity_owner[tuple(c[r] for c in columns)] = o
+    entity_owner = dict(zip(zip(*columns, strict=True), kept_owner.tolist(), strict=True))
+    applied = np.bincount(kept_owner, minlength=len(parts)).tolist()
     partials = batch_partials(accepted, parts[0][0][view.name])
     split: list[list[Any]] = [[] for _ in parts]
     for item in partials:
@@ -151,7 +153,7 @@ def _fold_view(
         state.add(split[index])
         emission = state.advance()
         outcome = outcomes[index]
-        outcome.applied = max(outcome.applied, kept_owner.count(index))
+        outcome.applied = max(outcome.applied, applied[index])
         outcome.rows += [(view.name, row, view.ttl_us) for row in emission.rows]
         outcome.put.update({state.field(e): text for e, text in emission.put.items()})
         outcome.delete += [state.field(e) for e in emission.delete]

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tierflow.config.features import FeatureViewConfig
-from tierflow.features.eventtime import watermark_time
 from tierflow.features.windows import Partial, finish
 from tierflow.stores.base import OnlineRow, encode_values, entity_key
 
@@ -101,6 +100,15 @@ class ViewState:
     def __init__(self, view: FeatureViewConfig) -> None:
         self.view = view
         self.slots = slots(view)
+        self.step_us = view.step_us
+        self.lateness_us = _lateness_us(view)
+        # Per feature: (name, aggregation, slot, window in tiles, counts rows); features
+        # over the same column and window share one merge of their tiles.
+        self._features = [
+            (f.name, f.agg, self.slots.index(f.column or ROWS_SLOT), view.window_tiles(f),
+             f.column is None)
+            for f in view.features
+        ]  # fmt: skip
         self.max_event_us: int | None = None
         self.entities: dict[tuple[Any, ...], EntityState] = {}
         self.dirty: set[tuple[Any, ...]] = set()
@@ -111,12 +119,12 @@ class ViewState:
         """Largest (capped) event time seen minus the allowed lateness (None before any)."""
         if self.max_event_us is None:
             return None
-        return self.max_event_us - _lateness_us(self.view)
+        return self.max_event_us - self.lateness_us
 
     def grid_index(self) -> int | None:
         """``G``: the index of the grid point at or before the watermark."""
         mark = self.watermark_us
-        return None if mark is None else mark // self.view.step_us
+        return None if mark is None else mark // self.step_us
 
     def late_flags(
         self, times_us: Sequence[int], records_us: Sequence[int | None] | None = None
@@ -126,15 +134,15 @@ class ViewState:
         Each event moves the watermark to its time, but never past its record's time
         (``records_us``, the Kafka timestamps; :func:`watermark_time`).
         """
-        step = self.view.step_us
-        lateness = _lateness_us(self.view)
+        step = self.step_us
+        lateness = self.lateness_us
         seen = self.max_event_us
         records = records_us if records_us is not None else [None] * len(times_us)
         flags = []
         for ts, record in zip(times_us, records, strict=True):
-            late = seen is not None and (ts // step + 1) * step <= seen - lateness
-            flags.append(late)
-            mark = watermark_time(ts, record)
+            flags.append(seen is not None and (ts // step + 1) * step <= seen - lateness)
+            # watermark_time(ts, record), inline: this loop runs once per event.
+            mark = ts if record is None or ts < record else record
             if seen is None or mark > seen:
                 seen = mark
         self.max_event_us = seen
@@ -157,15 +165,18 @@ class ViewState:
     def values_at(self, state: EntityState, end: int) -> dict[str, Any]:
         """The features' values for the windows ending at grid index ``end``."""
         out: dict[str, Any] = {}
-        for feature in self.view.features:
-            slot = self.slots.index(feature.column or ROWS_SLOT)
-            size = self.view.window_tiles(feature)
-            total = Partial()
-            for tile in range(end - size, end):
-                parts = state.tiles.get(tile)
-                if parts is not None:
-                    total = total.merge(parts[slot])
-            out[feature.name] = finish(feature.agg, total, counts_rows=feature.column is None)
+        merged: dict[tuple[int, int], Partial] = {}
+        tiles = state.tiles
+        for name, agg, slot, size, counts_rows in self._features:
+            total = merged.get((slot, size))
+            if total is None:
+                total = Partial()
+                for tile in range(end - size, end):
+                    parts = tiles.get(tile)
+                    if parts is not None:
+                        total = total.merge(parts[slot])
+                merged[slot, size] = total
+            out[name] = finish(agg, total, counts_rows=counts_rows)
         return out
 
     def advance(self) -> Emission:
@@ -191,7 +202,7 @@ class ViewState:
                 encoded = encode_values(values)
                 written = (end, encoded)
                 if state.written != written:
-                    emission.rows.append(OnlineRow(entity, values, end * self.view.step_us))
+                    emission.rows.append(OnlineRow(entity, values, end * self.step_us))
                     state.written = written
                 # Tiles before grid - horizon reach no window ending at or after G.
                 stale = [k for k in state.tiles if k < grid - horizon]
