@@ -424,3 +424,21 @@ def test_the_store_retry_backs_off_and_gives_up() -> None:
         backoff.failed("down")
     backoff.succeeded()
     assert backoff.failures == 0 and backoff.failed("again") == 0.5
+
+
+def test_a_poll_is_sized_by_time_as_well_as_count() -> None:
+    from tierflow.config.streaming import StreamingConfig
+    from tierflow.stream.runtime import ConsumerRuntime
+
+    config = StreamingConfig(max_poll_records=5000, poll_budget_ms=50)
+    runtime = ConsumerRuntime(None, [], config, "127.0.0.1:1", group_id="g", client_id="c")  # type: ignore[arg-type]
+    assert runtime.max_records == 5000
+    runtime._size_poll(0.5, 50)  # too small a poll to say anything
+    assert runtime.max_records == 5000
+    runtime._size_poll(0.1, 1000)  # 100 µs a record: 500 fit in 50 ms
+    assert runtime.max_records == 500
+    for _ in range(40):
+        runtime._size_poll(0.001, 1000)  # 1 µs a record: back to the count
+    assert runtime.max_records == 5000
+    runtime._size_poll(100.0, 100)  # never below 100
+    assert runtime.max_records == 100

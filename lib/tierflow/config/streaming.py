@@ -41,6 +41,9 @@ class StreamingConfig(FrozenModel):
     # before the daemon gives up and exits with an error for its supervisor to restart.
     store_retries: Annotated[int, Field(ge=0, le=1000)] = 8
     max_poll_records: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    # A poll is also sized by time: at most about this long to apply (measured per
+    # record as the daemon goes), so a burst is taken in slices that keep freshness low.
+    poll_budget_ms: Annotated[int, Field(ge=1, le=60_000)] = 50
     poll_timeout_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     max_event_bytes: Annotated[int, Field(ge=64)] = 1_048_576
     session_timeout_ms: Annotated[int, Field(ge=6000, le=300_000)] = 10_000

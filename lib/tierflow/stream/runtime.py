@@ -11,7 +11,10 @@ partition's records and where they keep how far they got. Everything else is her
   runtime seeks there. Until then its records are dropped. A revoked partition is
   forgotten at once and the sink told.
 - **the poll.** Records below a partition's position (replays after a crash or a
-  reload) are skipped; the rest go to the sink in one call per poll.
+  reload) are skipped; the rest go to the sink in one call per poll. A poll is sized by
+  count (``max_poll_records``) and by time (``poll_budget_ms`` of the sink's measured
+  cost per record), so that a burst is applied in slices and no record waits long
+  behind the others of its poll.
 - **offsets.** What the sink reports durable is committed to Kafka after the sink's own
   commit, so Kafka's offset is never ahead of the sink's (it only saves a re-read).
 - **stop and drain.** :meth:`ConsumerRuntime.request_stop` (SIGTERM) ends the loop after
@@ -106,6 +109,8 @@ class ConsumerRuntime:
         self.last_poll = time.monotonic()
         self.consumer: Any = None
         self._to_load: list[Any] = []
+        self.max_records = config.max_poll_records  # sized by time, see _size_poll
+        self._per_record_s: float | None = None
 
     def start(self) -> None:
         """Connect and subscribe.
@@ -160,7 +165,7 @@ class ConsumerRuntime:
             How many records the poll returned.
         """
         records = self.consumer.poll(
-            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
+            timeout_ms=self.config.poll_timeout_ms, max_records=self.max_records
         )
         self.last_poll = time.monotonic()
         batches, skipped, polled = [], {}, 0
@@ -177,12 +182,32 @@ class ConsumerRuntime:
             if fresh:
                 batches.append((tp, fresh))
         if polled:
+            began = time.perf_counter()
             written = self.sink.write(Poll(batches, polled, skipped))
+            self._size_poll(time.perf_counter() - began, polled)
             self.positions.update(written.positions)
             self._to_load.extend(tp for tp in written.reload if tp not in self._to_load)
         self._commit(self.sink.durable(final=False), wait=False)
         self._load_assigned()
         return polled
+
+    def _size_poll(self, seconds: float, records: int) -> None:
+        """The next poll's size: as many records as the sink applies in the time budget.
+
+        The cost per record is a moving average of polls large enough to say (a small
+        poll is mostly the fixed cost of its commits); never fewer than 100 records.
+        """
+        if records < 100:
+            return
+        cost = seconds / records
+        self._per_record_s = (
+            cost if self._per_record_s is None else 0.8 * self._per_record_s + 0.2 * cost
+        )
+        budget = self.config.poll_budget_ms / 1000
+        self.max_records = max(
+            min(100, self.config.max_poll_records),
+            min(self.config.max_poll_records, int(budget / self._per_record_s)),
+        )
 
     def lag(self) -> dict[Any, int]:
         """Per loaded partition: records between its position and the partition's end."""
