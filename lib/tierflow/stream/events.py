@@ -286,7 +286,9 @@ def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
     from tierflow.features.windows import Partial
 
     rows = table.num_rows
-    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    columns: dict[str, list[Any]] = {
+        name: table.column(name).to_pylist() for name in table.column_names
+    }
     nothing: list[Any] = [None] * rows
 
     def column(kind: str, slot: str | None) -> list[Any]:
