@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -564,6 +565,135 @@ def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
     expected = expected_values(events.select(list(view.source.columns)), view, 3)
     assert_store_equals(store, view, expected, group, topic)
     store.close()
+
+
+# --- the store going away -------------------------------------------------------------------
+
+
+class CuttableLink:
+    """A TCP relay to a server that the test can cut (connections closed, new ones
+    refused) and restore: the store going away without stopping the session's Redis."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.pairs.append((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            s.close()
+
+    def cut(self) -> None:
+        self.open = False
+        for pair in self.pairs:
+            for s in pair:
+                s.close()
+        self.pairs.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        response = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+        return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_store_outage_is_retried_with_backoff_then_given_up(  # noqa: PLR0915
+    daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
+) -> None:
+    """The real Redis behind a link the test cuts: while it is cut the daemon backs off
+    and /health says 503 with the failures; restored, the daemon catches up exactly; cut
+    for good, it exits with an error after ``store_retries`` failures in a row."""
+    from urllib.parse import urlsplit
+
+    view = views["carrier_delays"]
+    prefix = unique_name("outage") + "."
+    topic = prefix + view.source.topic
+    group = unique_name("group")
+    where = urlsplit(redis_url)
+    link = CuttableLink(where.hostname or "127.0.0.1", where.port or 6379)
+    daemons.env.update(
+        TIERFLOW_STREAM_TOPIC_PREFIX=prefix,
+        TIERFLOW_STREAM_GROUP_ID=group,
+        TIERFLOW_STREAM_STORE_RETRIES="3",
+        TIERFLOW_REDIS_URL=f"redis://127.0.0.1:{link.port}{where.path}",
+    )
+    store = RedisOnlineStore(redis_url)
+    store.clear(view.name)
+    create_topic(kafka_bootstrap, topic, 2)
+    events = flights_events((1,), view)
+    messages = [(k, v) for k, v, _ts in event_messages(events, view.entities, view.event_time)]
+    half = len(messages) // 2
+    try:
+        produce(kafka_bootstrap, topic, messages[:half])
+        proc, port = daemons.start("--view", view.name)
+        deadline = time.monotonic() + 120
+        while sum(stored_offsets(store, group, topic, 2).values()) == 0:
+            daemons.check_alive()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+        link.cut()
+        produce(kafka_bootstrap, topic, messages[half:])
+        deadline = time.monotonic() + 60
+        while True:
+            daemons.check_alive()
+            status, detail = health(port)
+            if status == 503 and detail["store"]["failures_in_a_row"] >= 1:
+                break
+            assert time.monotonic() < deadline, (status, detail)
+            time.sleep(0.2)
+        assert detail["store"]["last_error"] and detail["store"]["retry_limit"] == 3
+
+        link.restore()
+        ends = end_offsets(kafka_bootstrap, topic)
+        wait_caught_up(store, group, topic, ends, timeout=120, alive=daemons.check_alive)
+        status, detail = health(port)
+        assert status == 200 and detail["store"]["failures_in_a_row"] == 0, detail
+        expected = expected_values(events.select(list(view.source.columns)), view, 2)
+        assert_store_equals(store, view, expected, group, topic)
+
+        # Cut for good: the next writes fail 4 times in a row and the daemon gives up.
+        link.cut()
+        produce(kafka_bootstrap, topic, messages[:200])
+        out = daemons.running[0][2]
+        assert proc.wait(timeout=120) == 2, out.read_text()[-3000:]
+        assert "failed 4 times in a row" in out.read_text()
+        daemons.running.pop(0)
+    finally:
+        link.close()
+        store.close()
 
 
 # --- key formats ----------------------------------------------------------------------------

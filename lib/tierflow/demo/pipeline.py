@@ -382,11 +382,7 @@ class Demo:
                 results = live.check_parity(feeds, store, group=group, prefix=prefix,
                                             partitions=partitions)  # fmt: skip
                 parity.tier = "batch (single) vs online store"
-                rows = [{"view": r.view, "entities": r.entities,
-                         "values": r.values_compared, "mismatches": len(r.mismatches),
-                         "extra": r.extra_in_store, "ok": r.ok,
-                         "watermark_lag_us": r.as_dict()["watermark_lag_us"],
-                         "first": [str(m) for m in r.mismatches[:3]]} for r in results]  # fmt: skip
+                rows = [r.as_dict() for r in results]
                 for r in rows:
                     self.say(f"{r['view']}: {r['entities']} entities, {r['values']:,} values, "
                              f"{r['mismatches']} differences -> {'OK' if r['ok'] else 'FAIL'}")  # fmt: skip

@@ -49,10 +49,6 @@ class EventTimeRule:
             view.name, view.event_time, view.max_skew_us, low, high, view.max_event_time_skew
         )
 
-    def ahead(self, event_us: T, ingested_us: T) -> T:
-        """True where the event is further ahead of its ingestion than the skew allows."""
-        return event_us - ingested_us > self.skew_us  # type: ignore[operator,no-any-return]
-
     def accepts(self, event_us: T, ingested_us: T | None) -> T | None:
         """True where the rule accepts the event; None when the rule checks nothing.
 

@@ -24,6 +24,7 @@ from tierflow.config.features import FeatureViewConfig
 from tierflow.config.streaming import StreamingConfig
 from tierflow.stream.connection import KafkaConnection
 from tierflow.stream.events import OFFSET, RECORD_US, TopicSchema, check_messages
+from tierflow.stream.fold import timestamp_ms
 from tierflow.stream.runtime import ConsumerRuntime, Poll, Written
 
 log = logging.getLogger("tierflow.stream.eventlog")
@@ -140,7 +141,7 @@ class EventLogger:
             [m.key for m in fresh],
             [m.value for m in fresh],
             [m.offset for m in fresh],
-            [-1 if m.timestamp is None else m.timestamp for m in fresh],
+            [timestamp_ms(m) for m in fresh],
             max_bytes=self.config.max_event_bytes,
         )
         self.poison += len(checked.poison)

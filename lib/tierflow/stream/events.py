@@ -211,13 +211,12 @@ def _expected_keys(checked: pa.Table, schema: TopicSchema) -> pa.Array | None:
         joined = parts[0]
     else:
         joined = pc.binary_join_element_wise("[", *_interleave(parts, ","), "]", "")
-    out = pc.cast(joined, pa.binary()).to_pylist() if not pc.all(plain).as_py() else None
-    if out is None:
-        return pc.cast(joined, pa.binary())
-    flags = plain.to_pylist()
-    for i, ok in enumerate(flags):
-        if not ok:
-            out[i] = message_key([c[i].as_py() for c in columns], schema.key_format)
+    keys = pc.cast(joined, pa.binary())
+    if pc.all(plain).as_py():
+        return keys
+    out = keys.to_pylist()
+    for i in np.flatnonzero(~plain.to_numpy(zero_copy_only=False)).tolist():
+        out[i] = message_key([c[i].as_py() for c in columns], schema.key_format)
     return pa.array(out, pa.binary())
 
 

@@ -120,6 +120,20 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _entities(events: Any, view: FeatureViewConfig) -> list[tuple[Any, ...]]:
+    return list(zip(*(events.column(e).to_pylist() for e in view.entities), strict=True))
+
+
+def _partitions(
+    events: Any, view: FeatureViewConfig, partitions: int
+) -> dict[tuple[Any, ...], int]:
+    """Each entity's partition: the events' ``_kafka_partition``, else its key's."""
+    entities = _entities(events, view)
+    if PARTITION in events.column_names:
+        return dict(zip(entities, events.column(PARTITION).to_pylist(), strict=True))
+    return {e: partition_of(e, partitions, view.source.key_format) for e in set(entities)}
+
+
 def event_watermarks(events: Any, view: FeatureViewConfig, partitions: int) -> dict[int, int]:
     """Each partition's watermark time after its events, from the events alone.
 
@@ -135,18 +149,14 @@ def event_watermarks(events: Any, view: FeatureViewConfig, partitions: int) -> d
 
     from tierflow.features.eventtime import EventTimeRule, watermark_time
 
-    names = events.column_names
     times = pc.cast(events.column(view.event_time), "int64").to_pylist()
     records = (
         pc.cast(events.column(RECORD_TIME), "int64").to_pylist()
-        if RECORD_TIME in names
+        if RECORD_TIME in events.column_names
         else [None] * len(times)
     )
-    if PARTITION in names:
-        owners = events.column(PARTITION).to_pylist()
-    else:
-        keys = zip(*(events.column(e).to_pylist() for e in view.entities), strict=True)
-        owners = [partition_of(tuple(k), partitions, view.source.key_format) for k in keys]
+    partition = _partitions(events, view, partitions)
+    owners = [partition[e] for e in _entities(events, view)]
     rule = EventTimeRule.of(view)
     marks: dict[int, int] = {}
     for ts, record, p in zip(times, records, owners, strict=True):
@@ -174,21 +184,13 @@ def expected_values(events: Any, view: FeatureViewConfig, partitions: int) -> Ex
     rows = feature_rows(engine.from_arrow(events), view, engine)
     table = rows.to_native().collect().to_arrow()
     out: Expected = {}
-    owner: dict[tuple[Any, ...], int] = {}
-    if PARTITION in events.column_names:
-        keys = zip(*(events.column(e).to_pylist() for e in view.entities), strict=True)
-        owner = {
-            tuple(k): p for k, p in zip(keys, events.column(PARTITION).to_pylist(), strict=True)
-        }
+    owner = _partitions(events, view, partitions)
     for p, mark in sorted(marks.items()):
         grid = (mark - duration_us(view.allowed_lateness)) // view.step_us * view.step_us
         picked = values_as_of(engine.from_arrow(table), view, grid)
         for r in picked.to_native().collect().to_arrow().to_pylist():
             entity = tuple(r[e] for e in view.entities)
-            if PARTITION in events.column_names:
-                if owner.get(entity) != p:
-                    continue
-            elif partition_of(entity, partitions, view.source.key_format) != p:
+            if owner.get(entity) != p:
                 continue
             values = {f.name: _clean(r[f.name]) for f in view.features}
             out[entity] = (r[WINDOW_END], values)
@@ -219,15 +221,16 @@ class ParityResult:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict (for reports)."""
+        """Plain dict (for reports): counts, and the first three differences."""
         return {
             "view": self.view,
             "ok": self.ok,
             "entities": self.entities,
-            "values_compared": self.values_compared,
+            "values": self.values_compared,
             "mismatches": len(self.mismatches),
-            "extra_in_store": self.extra_in_store,
+            "extra": self.extra_in_store,
             "watermark_lag_us": {str(p): lag for p, lag in self.watermark_lag_us.items()},
+            "first": [str(m) for m in self.mismatches[:3]],
         }
 
 
