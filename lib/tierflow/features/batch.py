@@ -111,8 +111,8 @@ def prepare_events(
     return frame.with_columns((nw.col(_TS) // view.step_us).alias(_TILE))
 
 
-def _needs(view: FeatureViewConfig) -> dict[str, set[str]]:
-    """Partial kinds each column needs (``*`` is the row count)."""
+def partial_kinds(view: FeatureViewConfig) -> dict[str, set[str]]:
+    """Partial kinds each column needs (``*`` is the row count); batch and stream share it."""
     needs: dict[str, set[str]] = {"*": {"rows"}}
     for feature in view.features:
         column = feature.column or "*"
@@ -133,7 +133,7 @@ def tile_partials(  # noqa: PLR0912 - one branch per partial kind
     events: nw.LazyFrame[Any], view: FeatureViewConfig
 ) -> nw.LazyFrame[Any]:
     """Partial aggregates per entity and tile (Dask-safe: every aggregation elementary)."""
-    needs = _needs(view)
+    needs = partial_kinds(view)
     keys = [*view.entities, _TILE]
     helpers = []
     for column, kinds in needs.items():

@@ -24,8 +24,10 @@ import pyarrow.compute as pc
 from tierflow.config.features import FeatureViewConfig
 from tierflow.config.jobs import ColumnContract, SourceConfig
 from tierflow.errors import ConfigError
-from tierflow.features.batch import _TILE, _part, prepare_events, tile_partials
+from tierflow.features.batch import _TILE, _part
 from tierflow.features.eventtime import EventTimeRule
+from tierflow.features.tiles import arrow_tile_partials, prepare_arrow_events
+from tierflow.features.windows import Partial
 from tierflow.io.textdecode import decode_json_messages
 from tierflow.jobs.contracts import REASON, validate
 from tierflow.stores.base import entity_key
@@ -124,14 +126,14 @@ def check_messages(
 
     ``timestamps`` are the records' Kafka timestamps in milliseconds (-1: none).
     """
-    import polars as pl
-
     batch = decode_json_messages(values, schema.types, max_bytes=max_bytes)
     source = SourceConfig(
         format="jsonl", path=schema.topic, columns=schema.columns, extra_columns="drop"
     )
-    frame = nw.from_native(pl.from_arrow(batch).lazy())  # type: ignore[union-attr]
-    checked = validate(frame, schema.topic, source).to_native().collect().to_arrow()
+    # The contract's own expressions, evaluated eagerly by Arrow: a poll is small, and a
+    # lazy engine's planning would cost more than the checks.
+    frame = nw.from_native(pa.table(batch), eager_only=True).lazy()
+    checked = validate(frame, schema.topic, source).collect().to_arrow()
     needed = [*schema.entities, *schema.event_times]
     record_ms = np.asarray(timestamps, dtype=np.int64).reshape(-1)
     stamped = record_ms >= 0
@@ -271,19 +273,11 @@ def event_times_us(events: pa.Table, column: str) -> list[int]:
 
 
 def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
-    """The tile partials of accepted events, computed by the batch code itself."""
+    """The tile partials of accepted events (the batch table, by the Arrow kernel)."""
     if events.num_rows == 0:
         return []
-    import polars as pl
-
-    from tierflow.engines.polars_engine import PolarsEngine
-
     view = state.view
-    frame = nw.from_native(pl.from_arrow(events).lazy())  # type: ignore[union-attr]
-    prepared = prepare_events(frame, view, PolarsEngine(), judge_event_time=False)
-    table = tile_partials(prepared, view).to_native().collect().to_arrow()
-    from tierflow.features.windows import Partial
-
+    table = arrow_tile_partials(prepare_arrow_events(events, view), view)
     rows = table.num_rows
     columns: dict[str, list[Any]] = {
         name: table.column(name).to_pylist() for name in table.column_names
