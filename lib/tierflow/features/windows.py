@@ -33,6 +33,7 @@ for a tumbling window, larger for a hopping/sliding one).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 EMPTY_COUNT = 0
@@ -82,23 +83,31 @@ class Partial:
 
     def merge(self, other: Partial) -> Partial:
         """The partial of both sets of events."""
-        out = Partial(
-            rows=self.rows + other.rows,
-            count=self.count + other.count,
-            total=self.total + other.total,
-            squares=self.squares + other.squares,
-            minimum=_pick(min, self.minimum, other.minimum),
-            maximum=_pick(max, self.maximum, other.maximum),
-            last_ts=self.last_ts,
-            last_value=self.last_value,
-        )
-        if other.last_ts is not None and (
-            out.last_ts is None
-            or other.last_ts > out.last_ts
-            or (other.last_ts == out.last_ts and _greater(other.last_value, out.last_value))
-        ):
-            out.last_ts, out.last_value = other.last_ts, other.last_value
-        return out
+        return Partial.combine((self, other))
+
+    @staticmethod
+    def combine(parts: Iterable[Partial]) -> Partial:
+        """The partial of every set of events, in one pass (a window's tiles)."""
+        rows = count = 0
+        total = squares = 0.0
+        minimum = maximum = last_value = None
+        last_ts: int | None = None
+        for p in parts:
+            rows += p.rows
+            count += p.count
+            total += p.total
+            squares += p.squares
+            if p.minimum is not None and (minimum is None or p.minimum < minimum):
+                minimum = p.minimum
+            if p.maximum is not None and (maximum is None or p.maximum > maximum):
+                maximum = p.maximum
+            if p.last_ts is not None and (
+                last_ts is None
+                or p.last_ts > last_ts
+                or (p.last_ts == last_ts and _greater(p.last_value, last_value))
+            ):
+                last_ts, last_value = p.last_ts, p.last_value
+        return Partial(rows, count, total, squares, minimum, maximum, last_ts, last_value)
 
 
 def _greater(a: float | str | None, b: float | str | None) -> bool:
@@ -107,14 +116,6 @@ def _greater(a: float | str | None, b: float | str | None) -> bool:
     if b is None:
         return True
     return bool(a > b)  # type: ignore[operator]
-
-
-def _pick(fn: object, a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return fn(a, b)  # type: ignore[operator, no-any-return]
 
 
 def finish(agg: str, partial: Partial, *, counts_rows: bool) -> float | int | str | None:

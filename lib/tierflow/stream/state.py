@@ -170,11 +170,8 @@ class ViewState:
         for name, agg, slot, size, counts_rows in self._features:
             total = merged.get((slot, size))
             if total is None:
-                total = Partial()
-                for tile in range(end - size, end):
-                    parts = tiles.get(tile)
-                    if parts is not None:
-                        total = total.merge(parts[slot])
+                window = (tiles.get(tile) for tile in range(end - size, end))
+                total = Partial.combine(parts[slot] for parts in window if parts is not None)
                 merged[slot, size] = total
             out[name] = finish(agg, total, counts_rows=counts_rows)
         return out
