@@ -1,7 +1,7 @@
 """The stream's incremental windows equal the batch computation, whatever the batching.
 
 Pure logic, no Kafka: random events go through the daemon's own steps (late judgement,
-tile partials by the batch code, window state, emission) in random batch sizes, with
+tile partials by the Arrow kernel, window state, emission) in random batch sizes, with
 state saved and restored in between; the emitted rows, applied the way the online store
 applies them, must equal batch values at the stream's grid point.
 """

@@ -288,7 +288,7 @@ def batch_partials(events: pa.Table, state: ViewState) -> list[TilePartial]:
         return columns.get(_part(kind, slot), nothing)
 
     # Per slot, its columns once; then the partials row by row (kinds a view does not
-    # need are not computed by the batch code and stay at their defaults).
+    # need are not computed and stay at their defaults).
     makers: list[Any] = []
     for slot in state.slots:
         if slot == ROWS_SLOT:
