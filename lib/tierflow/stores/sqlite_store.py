@@ -10,7 +10,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tierflow.stores.base import (
     PartitionState,
     StaleCommitError,
     StoredValue,
+    StoreError,
     encode_values,
     entity_key,
 )
@@ -54,6 +56,15 @@ WHERE excluded.window_end >= online_features.window_end
 _MAX_VARS = 900  # below SQLite's default limit on host parameters
 
 
+@contextmanager
+def _as_store_error(what: str) -> Iterator[None]:
+    """SQLite's own errors (a lock held too long, a full disk) as :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what} failed: {exc}") from exc
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -63,11 +74,15 @@ class SQLiteOnlineStore(OnlineStore):
 
     kind = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Another process writing the same file makes a write wait up to busy_timeout_s,
+        # then fail as a StoreError (the daemon retries those with backoff).
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -86,7 +101,7 @@ class SQLiteOnlineStore(OnlineStore):
             (view, entity_key(r.entity), r.window_end_us, expires, encode_values(r.values))
             for r in rows
         ]
-        with self._lock:
+        with self._lock, _as_store_error(f"sqlite write of {len(rows)} rows for {view}"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 before = self._db.total_changes
@@ -100,7 +115,8 @@ class SQLiteOnlineStore(OnlineStore):
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it already
+                    self._db.execute("ROLLBACK")
                 raise
         return applied
 
@@ -109,7 +125,7 @@ class SQLiteOnlineStore(OnlineStore):
         keys = [entity_key(e) for e in entities]
         found: dict[str, StoredValue] = {}
         now = _now_us()
-        with self._lock:
+        with self._lock, _as_store_error("sqlite read"):
             for start in range(0, len(keys), _MAX_VARS):
                 chunk = keys[start : start + _MAX_VARS]
                 marks = ",".join("?" * len(chunk))
@@ -129,7 +145,7 @@ class SQLiteOnlineStore(OnlineStore):
             (view, entity_key(r.entity), r.window_end_us, now + ttl, encode_values(r.values))
             for view, r, ttl in commit.rows
         ]
-        with self._lock:
+        with self._lock, _as_store_error(f"sqlite commit of {commit.state}"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
@@ -160,13 +176,14 @@ class SQLiteOnlineStore(OnlineStore):
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it already
+                    self._db.execute("ROLLBACK")
                 raise
         return applied
 
     def load_partition(self, state: str) -> PartitionState:
         """The partition's offset, metadata and state fields."""
-        with self._lock:
+        with self._lock, _as_store_error(f"sqlite read of {state}"):
             row = self._db.execute(
                 "SELECT next_offset, meta FROM stream_partitions WHERE state = ?", (state,)
             ).fetchone()
