@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,6 +62,28 @@ class WriteResult:
     rows: int
     version: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+EntityFunction = Callable[["nw.LazyFrame[Any]", "Engine"], "nw.LazyFrame[Any]"]
+
+
+def run_on_polars(fn: EntityFunction, table: Any) -> Any:
+    """``fn`` on an Arrow table with the single-node engine; the result as Arrow.
+
+    Strings come back as ``string`` (Polars hands out ``large_string``), as the
+    distributed engines' Arrow exchanges expect.
+    """
+    import pyarrow as pa
+
+    from tierflow.engines.polars_engine import PolarsEngine
+
+    engine = PolarsEngine()
+    result = fn(engine.from_arrow(table), engine).to_native().collect().to_arrow()
+    fields = [
+        pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) else f.type)
+        for f in result.schema
+    ]
+    return result.cast(pa.schema(fields))
 
 
 class Engine(ABC):
@@ -159,6 +181,43 @@ class Engine(ABC):
     def from_epoch_us(self, frame: nw.LazyFrame[Any], column: str) -> nw.LazyFrame[Any]:
         """Replace int64 ``column`` (microseconds since the epoch) by a UTC timestamp."""
         return frame.with_columns(nw.col(column).cast(nw.Datetime("us", "UTC")))
+
+    def by_entity(
+        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+    ) -> nw.LazyFrame[Any]:
+        """``fn`` applied to groups of whole entities: every row of a key in one call.
+
+        ``fn(frame, engine)`` is written with Narwhals expressions. Default: one call on
+        the whole frame with this engine, after computing the frame once (``fn`` may read
+        it several times). Distributed engines move each key's rows into one partition
+        and run ``fn`` per partition on Polars (:func:`run_on_polars`).
+        """
+        del keys  # one call holds every key
+        return fn(self.persist(frame), self)
+
+    def cumulative(
+        self,
+        frame: nw.LazyFrame[Any],
+        partition_by: Sequence[str],
+        order_by: Sequence[str],
+        ops: Mapping[str, tuple[str, str]],
+    ) -> nw.LazyFrame[Any]:
+        """Add running aggregates within groups, in order: ``{name: (op, column)}``.
+
+        ``op`` is ``sum``, ``min`` or ``max`` (running, nulls skipped: a null row stays
+        null) or ``ffill`` (a null takes the previous non-null value of its group). The
+        order must be total within a group, or ties must not matter to the result.
+        Default: Narwhals window expressions (Polars, Spark).
+        """
+        exprs = []
+        for name, (op, column) in ops.items():
+            expr = nw.col(column)
+            if op == "ffill":
+                expr = expr.fill_null(strategy="forward")
+            else:
+                expr = {"sum": expr.cum_sum, "min": expr.cum_min, "max": expr.cum_max}[op]()
+            exprs.append(expr.over(*partition_by, order_by=list(order_by)).alias(name))
+        return frame.with_columns(*exprs)
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""

@@ -25,7 +25,14 @@ from typing import Any
 import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
-from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
+from tierflow.engines.base import (
+    HASH_SEPARATOR,
+    Engine,
+    EngineOptions,
+    EntityFunction,
+    WriteResult,
+    run_on_polars,
+)
 from tierflow.engines.dask_plan import optimized
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
 from tierflow.io.textdecode import (
@@ -158,6 +165,57 @@ def _bucket_partition(frame: Any, columns: list[str], buckets: int, name: str) -
         hashed.astype("int64"), index=frame.index, dtype=pd.ArrowDtype(pa.int64())
     )
     return out
+
+
+def _by_entity_partition(frame: Any, fn: EntityFunction) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return run_on_polars(fn, table).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _cumulative_partition(
+    frame: Any,
+    partition_by: list[str],
+    order_by: list[str],
+    ops: dict[str, tuple[str, str]],
+) -> Any:
+    """:meth:`Engine.cumulative` on one partition holding whole groups."""
+    out = frame.sort_values([*partition_by, *order_by], kind="stable")
+    for name, (op, column) in ops.items():
+        grouped = out.groupby(partition_by, sort=False, dropna=False, observed=True)[column]
+        if op == "ffill":
+            result = grouped.ffill()
+        elif op == "sum":
+            result = grouped.cumsum()
+        else:
+            try:
+                result = grouped.cummin() if op == "min" else grouped.cummax()
+            except (TypeError, NotImplementedError):
+                # Pandas has no running min/max of strings: a loop over the sorted rows.
+                result = _running_extreme(out, partition_by, column, op)
+        out[name] = result.astype(frame[column].dtype)
+    return out
+
+
+def _running_extreme(frame: Any, partition_by: list[str], column: str, op: str) -> Any:
+    import pandas as pd
+
+    keys = frame[partition_by].itertuples(index=False, name=None)
+    running: list[Any] = []
+    group: Any = object()
+    best: Any = None
+    for key, value in zip(keys, frame[column].tolist(), strict=True):
+        if key != group:
+            group, best = key, None
+        if value is None or pd.isna(value):
+            running.append(None)  # a null row stays null, as in the other engines
+            continue
+        if best is None or (value < best if op == "min" else value > best):
+            best = value
+        running.append(best)
+    return pd.Series(running, index=frame.index, dtype=frame[column].dtype)
 
 
 class DaskEngine(Engine):
@@ -359,6 +417,41 @@ class DaskEngine(Engine):
         meta[name] = pd.Series([], dtype=pd.ArrowDtype(pa.int64()))
         return nw.from_native(
             native.map_partitions(_bucket_partition, list(columns), buckets, name, meta=meta)
+        )
+
+    def by_entity(
+        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+    ) -> nw.LazyFrame[Any]:
+        """Shuffle so each key's rows share a partition; ``fn`` per partition on Polars."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = frame.to_native()
+        empty = pa.Table.from_pandas(native._meta, preserve_index=False)
+        meta = run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
+        shuffled = native.shuffle(on=list(keys))
+        return nw.from_native(shuffled.map_partitions(_by_entity_partition, fn, meta=meta))
+
+    def cumulative(
+        self,
+        frame: nw.LazyFrame[Any],
+        partition_by: Sequence[str],
+        order_by: Sequence[str],
+        ops: Mapping[str, tuple[str, str]],
+    ) -> nw.LazyFrame[Any]:
+        """Per entity-partition: shuffle so each group is in one partition, then pandas.
+
+        Narwhals has no ordered window functions on Dask.
+        """
+        native = frame.to_native()
+        meta = native._meta.copy()
+        for name, (_op, column) in ops.items():
+            meta[name] = meta[column]
+        shuffled = native.shuffle(on=list(partition_by), method="tasks")
+        return nw.from_native(
+            shuffled.map_partitions(
+                _cumulative_partition, list(partition_by), list(order_by), dict(ops), meta=meta
+            )
         )
 
     def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:

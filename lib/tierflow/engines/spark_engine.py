@@ -19,7 +19,14 @@ from typing import Any
 import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
-from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
+from tierflow.engines.base import (
+    HASH_SEPARATOR,
+    Engine,
+    EngineOptions,
+    EntityFunction,
+    WriteResult,
+    run_on_polars,
+)
 from tierflow.io.arrow_sinks import unified_parquet_schema
 from tierflow.io.textdecode import (
     META_FILE,
@@ -245,6 +252,25 @@ class SparkEngine(Engine):
         for name, frame in tables.items():
             frame.to_native().createOrReplaceTempView(name)
         return nw.from_native(self.spark.sql(query))
+
+    def by_entity(
+        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+    ) -> nw.LazyFrame[Any]:
+        """Repartition by key; ``fn`` per partition on Polars, in the executors' Python."""
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+        native = frame.to_native()
+        schema = to_arrow_schema(native.schema)
+        out = run_on_polars(fn, schema.empty_table()).schema
+
+        def apply(batches: Iterator[Any]) -> Iterator[Any]:
+            table = pa.Table.from_batches(list(batches), schema=schema)
+            if table.num_rows:
+                yield from run_on_polars(fn, table).cast(out).to_batches()
+
+        partitioned = native.repartition(*keys)
+        return nw.from_native(partitioned.mapInArrow(apply, from_arrow_schema(out)))
 
     def persist(
         self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None

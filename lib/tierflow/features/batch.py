@@ -20,10 +20,10 @@ how online stores and the point-in-time join read it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import narwhals as nw
-import pyarrow as pa
 
 from tierflow.config.features import FeatureSpec, FeatureViewConfig
 from tierflow.engines.base import Engine
@@ -190,34 +190,198 @@ def _attach_last_value(
 def window_rows(
     partials: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
 ) -> nw.LazyFrame[Any]:
-    """Feature values at every window end where the view has (or just lost) events."""
-    offsets = engine.from_arrow(pa.table({_J: pa.array(range(view.max_tiles + 1), pa.int64())}))
-    spread = partials.join(offsets, how="cross").with_columns(
-        (nw.col(_TILE) + 1 + nw.col(_J)).alias(_E)
-    )
-    keys = [*view.entities, _E]
-    masked = []
-    aggs = []
-    for i, feature in enumerate(view.features):
-        inside = nw.col(_J) < view.window_tiles(feature)
-        for kind in _kinds(feature):
-            source = _part(kind, None if kind == "rows" else feature.column)
-            name = f"_tf_f{i}_{kind}"
-            if kind in ("rows", "count", "sum", "sq"):
-                masked.append(nw.when(inside).then(nw.col(source)).otherwise(nw.lit(0)).alias(name))
-                aggs.append(nw.col(name).sum().alias(name))
+    """Feature values at every window end where some value of the view changes.
+
+    An entity's values depend on its own tiles only: the engine runs
+    :func:`entity_windows` on groups of whole entities (:meth:`Engine.by_entity`).
+    """
+    return engine.by_entity(partials, view.entities, partial(entity_windows, view=view))
+
+
+def entity_windows(
+    partials: nw.LazyFrame[Any], engine: Engine, *, view: FeatureViewConfig
+) -> nw.LazyFrame[Any]:
+    """:func:`window_rows` of the tile partials of some whole entities.
+
+    A window of ``w`` steps ending at ``E`` holds the tiles ``E - w .. E - 1``, so values
+    change only where a tile enters (``E = tile + 1``) or leaves (``E = tile + 1 + w``)
+    some window; between two such ends they are constant, and consumers read the latest
+    row at or before a time. The cost is that of the tiles times the number of distinct
+    window lengths, not times the longest window:
+
+    - ``count``, ``sum``, ``mean``, ``stddev``: running sums in time order of what enters
+      and leaves each window length (a window's sums are what entered minus what left);
+    - ``last``: the latest non-null event before ``E`` (a running maximum of its time),
+      if it is inside the window;
+    - ``min``, ``max``: per window length ``w``, time cut into blocks of ``w`` steps;
+      a window spans at most two blocks, so it is the running extreme from its block's
+      start up to ``E - 1`` combined with the one from ``E - w`` to the end of its block
+      (van Herk / Gil-Werman).
+
+    The row at the end of an entity's last window has every window empty, and
+    ``_tf_holds`` (events in the longest window) is 0 there: :func:`values_as_of` needs
+    it to tell "empty since" from "unchanged since".
+    """
+    keys = list(view.entities)
+    sizes = sorted({view.window_tiles(f) for f in view.features})
+    measures = _measures(view)
+    lasts = sorted({f.column for f in view.features if f.agg == "last" and f.column})
+    # What enters at E = tile + 1 and what leaves at E = tile + 1 + w, per window length.
+    moves = []
+    for j in [0, *sizes]:
+        columns = [nw.col(_TILE) + 1 + j]
+        for name, (kind, column, size) in measures.items():
+            source = nw.col(_part(kind, column)).fill_null(0)
+            if j == 0:
+                columns.append(source.alias(name))
+            elif j == size:
+                columns.append((-source).alias(name))
             else:
-                masked.append(nw.when(inside).then(nw.col(source)).alias(name))
-                aggs.append(
-                    (nw.col(name).min() if kind == "min" else nw.col(name).max()).alias(name)
-                )
-    spread = spread.with_columns(*masked)
-    combined = spread.group_by(*keys).agg(*aggs)
-    for i, feature in enumerate(view.features):
-        if feature.agg == "last":
-            combined = _window_last_value(combined, spread, view, i, feature)
-    values = [_finish(i, feature).alias(feature.name) for i, feature in enumerate(view.features)]
-    return combined.select(*view.entities, (nw.col(_E) * view.step_us).alias(WINDOW_END), *values)
+                columns.append((source * 0).alias(name))
+        for column in lasts:
+            lts = nw.col(_part("lts", column))
+            moves_lts = lts if j == 0 else nw.lit(_NO_TIME, nw.Int64)
+            columns.append(moves_lts.alias(_lts(column)))
+        moves.append(partials.select(*keys, columns[0].alias(_E), *columns[1:]))
+    stacked = nw.concat(moves, how="vertical")
+    aggs = [nw.col(name).sum().alias(name) for name in measures]
+    aggs += [nw.col(_lts(c)).max().alias(_lts(c)) for c in lasts]
+    ends = stacked.group_by(*keys, _E).agg(*aggs)
+    if lasts:
+        ends = ends.with_columns(*[nw.col(_lts(c)).fill_null(_NO_TIME) for c in lasts])
+    ops: dict[str, tuple[str, str]] = {name: ("sum", name) for name in measures}
+    ops.update({_lts(c): ("max", _lts(c)) for c in lasts})
+    ends = engine.cumulative(ends, keys, [_E], ops)
+    for column in lasts:
+        latest = partials.filter(~nw.col(_part("lts", column)).is_null()).select(
+            *keys,
+            nw.col(_part("lts", column)).alias(_lts(column)),
+            nw.col(_part("lval", column)).alias(_lval(column)),
+        )
+        ends = ends.join(latest, on=[*keys, _lts(column)], how="left")
+    # Each extreme is computed from the window ends alone and joined on, so the plans
+    # of the extremes do not nest in one another.
+    points = ends.select(*keys, _E)
+    for kind, column, size in _extremes(view):
+        extreme = _window_extreme(points, partials, view, engine, kind, column, size)
+        ends = ends.join(extreme, on=[*keys, _E], how="left")
+    values = [_finish(view, f).alias(f.name) for f in view.features]
+    holds = nw.col(_measure_name("rows", None, sizes[-1])) > 0
+    return ends.select(
+        *keys, (nw.col(_E) * view.step_us).alias(WINDOW_END), *values, holds.alias(HOLDS)
+    )
+
+
+HOLDS = "_tf_holds"
+_NO_TIME = -(2**62)  # before every event time: "no value yet" in a running maximum
+
+
+def _lts(column: str) -> str:
+    return f"_tf_wlts__{column}"
+
+
+def _lval(column: str) -> str:
+    return f"_tf_wlval__{column}"
+
+
+def _measure_name(kind: str, column: str | None, size: int) -> str:
+    return f"_tf_m_{kind}__{column or '*'}__{size}"
+
+
+def _measures(view: FeatureViewConfig) -> dict[str, tuple[str, str | None, int]]:
+    """The running sums a view needs: (kind, column, window length), by column name.
+
+    Row counts over the longest window are always kept: they say whether an entity's
+    windows are all empty.
+    """
+    out: dict[str, tuple[str, str | None, int]] = {}
+    longest = view.max_tiles
+    out[_measure_name("rows", None, longest)] = ("rows", None, longest)
+    for feature in view.features:
+        size = view.window_tiles(feature)
+        for kind in _kinds(feature):
+            if kind in ("rows", "count", "sum", "sq"):
+                column = None if kind == "rows" else feature.column
+                out[_measure_name(kind, column, size)] = (kind, column, size)
+    return out
+
+
+def _extremes(view: FeatureViewConfig) -> list[tuple[str, str, int]]:
+    seen: list[tuple[str, str, int]] = []
+    for feature in view.features:
+        if feature.agg in ("min", "max") and feature.column is not None:
+            item = (feature.agg, feature.column, view.window_tiles(feature))
+            if item not in seen:
+                seen.append(item)
+    return seen
+
+
+def _extreme_name(kind: str, column: str, size: int) -> str:
+    return f"_tf_x_{kind}__{column}__{size}"
+
+
+def _window_extreme(
+    ends: nw.LazyFrame[Any],
+    partials: nw.LazyFrame[Any],
+    view: FeatureViewConfig,
+    engine: Engine,
+    kind: str,
+    column: str,
+    size: int,
+) -> nw.LazyFrame[Any]:
+    """The smallest or largest value in each window of ``size`` steps ending at ``E``.
+
+    Blocks of ``size`` steps: the window ``[E - size, E - 1]`` is the part of block
+    ``(E - 1) // size`` up to ``E - 1`` (a running extreme in time order), plus, unless
+    it starts a block, the part of the block before from ``E - size`` on (a running
+    extreme in reverse time order). Probe rows, one per window end, read both.
+    """
+    keys = list(view.entities)
+    value = _part(kind, column)
+    pos, probe, block, order, v = "_tf_pos", "_tf_probe", "_tf_block", "_tf_order", "_tf_v"
+    dtype = partials.collect_schema()[value]
+    numeric = dtype.is_numeric()
+    # Probes carry no value. For numbers, one that changes no running extreme (+-inf), so
+    # one pass in each direction reads them; other types need a fill after each pass.
+    blank = nw.lit(float("inf") if kind == "min" else float("-inf"), dtype) if numeric else None
+    tiles = partials.select(
+        *keys,
+        nw.col(_TILE).alias(pos),
+        nw.lit(0, nw.Int64).alias(_E),
+        nw.lit(0, nw.Int64).alias(probe),
+        nw.col(value).alias(v),
+    )
+    # Probe 1 reads the part up to E - 1; probe 2 the part from E - size.
+    probes = [
+        ends.select(
+            *keys,
+            (nw.col(_E) - offset).alias(pos),
+            nw.col(_E),
+            nw.lit(number, nw.Int64).alias(probe),
+            (blank if blank is not None else nw.lit(None, dtype)).alias(v),
+        )
+        for number, offset in ((1, 1), (2, size))
+    ]
+    union = nw.concat([tiles, *probes], how="vertical").with_columns(
+        (nw.col(pos) // size).alias(block), (-nw.col(pos)).alias(order)
+    )
+    running = "min" if kind == "min" else "max"
+    group = [*keys, block]
+    union = engine.cumulative(union, group, [pos, probe], {"_tf_up": (running, v)})
+    union = engine.cumulative(union, group, [order, probe], {"_tf_down": (running, v)})
+    if blank is None:
+        union = engine.cumulative(union, group, [pos, probe], {"_tf_up": ("ffill", "_tf_up")})
+        union = engine.cumulative(union, group, [order, probe], {"_tf_down": ("ffill", "_tf_down")})
+    up = union.filter(nw.col(probe) == 1).select(*keys, _E, "_tf_up")
+    # A window that starts a block lies in that one block: it has no part before.
+    aligned = (nw.col(pos) // size) * size == nw.col(pos)
+    down = union.filter((nw.col(probe) == 2) & ~aligned).select(*keys, _E, "_tf_down")
+    u, d = nw.col("_tf_up"), nw.col("_tf_down")
+    better = ((d < u) if kind == "min" else (d > u)).fill_null(False)
+    both = nw.when(u.is_null()).then(d).otherwise(nw.when(better).then(d).otherwise(u))
+    return up.join(down, on=[*keys, _E], how="left").select(
+        *keys, _E, both.alias(_extreme_name(kind, column, size))
+    )
 
 
 def _kinds(feature: FeatureSpec) -> list[str]:
@@ -232,29 +396,11 @@ def _kinds(feature: FeatureSpec) -> list[str]:
     }[feature.agg]
 
 
-def _window_last_value(
-    combined: nw.LazyFrame[Any],
-    spread: nw.LazyFrame[Any],
-    view: FeatureViewConfig,
-    i: int,
-    feature: FeatureSpec,
-) -> nw.LazyFrame[Any]:
-    keys = [*view.entities, _E]
-    lts = f"_tf_f{i}_lts"
-    value = _part("lval", feature.column)
-    picked = (
-        spread.filter(~nw.col(lts).is_null())
-        .select(*keys, nw.col(lts), nw.col(value))
-        .join(combined.select(*keys, lts), on=[*keys, lts], how="inner")
-        .group_by(*keys)
-        .agg(nw.col(value).max().alias(f"_tf_f{i}_lval"))
-    )
-    return combined.join(picked, on=keys, how="left")
+def _finish(view: FeatureViewConfig, feature: FeatureSpec) -> Any:
+    size = view.window_tiles(feature)
 
-
-def _finish(i: int, feature: FeatureSpec) -> Any:
     def c(kind: str) -> Any:
-        return nw.col(f"_tf_f{i}_{kind}")
+        return nw.col(_measure_name(kind, None if kind == "rows" else feature.column, size))
 
     if feature.agg == "count":
         return (c("count") if feature.column else c("rows")).cast(nw.Int64)
@@ -264,9 +410,13 @@ def _finish(i: int, feature: FeatureSpec) -> Any:
     if feature.agg == "mean":
         return nw.when(has).then(c("sum") / c("count"))
     if feature.agg in ("min", "max"):
-        return c(feature.agg)
+        assert feature.column is not None
+        return nw.when(has).then(nw.col(_extreme_name(feature.agg, feature.column, size)))
     if feature.agg == "last":
-        return c("lval")
+        assert feature.column is not None
+        start = (nw.col(_E) - size) * view.step_us
+        inside = nw.col(_lts(feature.column)) >= start
+        return nw.when(has & inside).then(nw.col(_lval(feature.column)))
     variance = (c("sq") - c("sum") * c("sum") / c("count")) / (c("count") - 1)
     return nw.when(c("count") > 1).then(variance.clip(lower_bound=0) ** 0.5)
 
@@ -282,12 +432,18 @@ def feature_rows(
 def values_as_of(
     rows: nw.LazyFrame[Any], view: FeatureViewConfig, as_of_us: int
 ) -> nw.LazyFrame[Any]:
-    """Each entity's values at the latest grid point at or before ``as_of_us``."""
+    """Each entity's values at the latest grid point at or before ``as_of_us``.
+
+    ``window_end_us`` is that grid point, or the end of the entity's last window where
+    every window has been empty since (what the stream writes too).
+    """
     limit = (as_of_us // view.step_us) * view.step_us
     eligible = rows.filter(nw.col(WINDOW_END) <= limit)
     latest = eligible.group_by(*view.entities).agg(nw.col(WINDOW_END).max().alias("_tf_latest"))
     joined = eligible.join(latest, on=list(view.entities), how="inner")
-    return joined.filter(nw.col(WINDOW_END) == nw.col("_tf_latest")).drop("_tf_latest")
+    picked = joined.filter(nw.col(WINDOW_END) == nw.col("_tf_latest")).drop("_tf_latest")
+    end = nw.when(nw.col(HOLDS)).then(nw.lit(limit, nw.Int64)).otherwise(nw.col(WINDOW_END))
+    return picked.with_columns(end.alias(WINDOW_END)).drop(HOLDS)
 
 
 def point_in_time(
@@ -304,25 +460,83 @@ def point_in_time(
         views: (view, {view entity: label column}, window rows of the view).
         engine: The engine (for its epoch conversion).
     """
-    out = engine.epoch_us(labels, timestamp, _TS)
+    base = engine.epoch_us(labels, timestamp, _TS)
+    base = base.with_columns(
+        *[
+            ((nw.col(_TS) // view.step_us) * view.step_us).alias(f"_tf_end__{view.name}")
+            for view, _keys, _rows in views
+        ]
+    )
+    # Each view's lookup reads the labels themselves, not the result of the joins
+    # before it: the plan grows with the number of views, not exponentially.
+    out = base
     for view, keys, rows in views:
         end = f"_tf_end__{view.name}"
-        out = out.with_columns(((nw.col(_TS) // view.step_us) * view.step_us).alias(end))
+        found = f"_tf_found__{view.name}"
+        named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
+        picked = _as_of(base, view, keys, end, rows, engine, found)
         renamed = rows.select(
-            *[nw.col(e).alias(f"_tf_key__{view.name}__{e}") for e in view.entities],
-            nw.col(WINDOW_END).alias(end),
+            *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
+            nw.col(WINDOW_END).alias(found),
             *[nw.col(f.name).alias(view.column_name(f)) for f in view.features],
         )
+        values = picked.join(renamed, on=[*named, found], how="inner").drop(found)
         left_on = [keys.get(e, e) for e in view.entities] + [end]
-        right_on = [f"_tf_key__{view.name}__{e}" for e in view.entities] + [end]
-        out = out.join(renamed, left_on=left_on, right_on=right_on, how="left")
+        out = out.join(values, left_on=left_on, right_on=[*named, end], how="left")
         defaults = [
             nw.col(view.column_name(f)).fill_null(0).cast(nw.Int64)
             for f in view.features
             if f.agg == "count"
         ]
-        drop = [end] + [c for c in right_on if c != end and c in out.collect_schema().names()]
-        out = out.drop(*drop)
+        names = out.collect_schema().names()
+        out = out.drop(end, *[c for c in named if c in names])
         if defaults:
             out = out.with_columns(*defaults)
     return out.drop(_TS)
+
+
+def _as_of(
+    labels: nw.LazyFrame[Any],
+    view: FeatureViewConfig,
+    keys: dict[str, str],
+    end: str,
+    rows: nw.LazyFrame[Any],
+    engine: Engine,
+    found: str,
+) -> nw.LazyFrame[Any]:
+    """Per distinct entity and grid point ``end`` of the labels: the latest row end.
+
+    ``found`` is the latest row end at or before ``end``, where the entity has one. Row
+    ends and label points go into one frame in time order; a running maximum of the row
+    ends (rows before labels at the same time) reads the latest at each label.
+    """
+    schema = rows.collect_schema()
+    named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
+    at = "_tf_at"
+    given = labels.collect_schema()
+
+    def key(entity: str, name: str) -> Any:
+        column = nw.col(keys.get(entity, entity))
+        # Cast only where the types differ: a cast to the same type is not free on
+        # every engine (Dask's "string" is not its Arrow-backed string).
+        same = given[keys.get(entity, entity)] == schema[entity]
+        return (column if same else column.cast(schema[entity])).alias(name)
+
+    wanted = labels.select(
+        *[key(e, n) for e, n in zip(view.entities, named, strict=True)],
+        nw.col(end).alias(at),
+    ).unique()
+    points = wanted.with_columns(
+        nw.lit(1, nw.Int64).alias("_tf_probe"), nw.lit(_NO_TIME, nw.Int64).alias(found)
+    )
+    ends = rows.select(
+        *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
+        nw.col(WINDOW_END).alias(at),
+        nw.lit(0, nw.Int64).alias("_tf_probe"),
+        nw.col(WINDOW_END).alias(found),
+    )
+    union = nw.concat([points, ends], how="vertical")
+    union = engine.cumulative(union, named, [at, "_tf_probe"], {found: ("max", found)})
+    return union.filter((nw.col("_tf_probe") == 1) & (nw.col(found) > _NO_TIME)).select(
+        *named, nw.col(at).alias(end), found
+    )
