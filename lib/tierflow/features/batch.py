@@ -6,15 +6,14 @@ The computation follows :mod:`tierflow.features.windows` with Narwhals expressio
    ``floor(ts / step)``;
 2. tile partials per entity and tile: rows, non-null counts, sums, sums of squares, min,
    max, and the time and value of the last event (per column);
-3. window rows: every tile contributes to the windows ending at the next ``max_tiles + 1``
-   grid points (the last of them has every window empty, so a value "goes empty"
-   exactly when the stream would say so); a feature takes the tiles within its own
-   window; partials combine into values.
+3. window rows: values where some value of an entity changes, from running sums,
+   running maxima and block-wise running extremes of the partials in time order
+   (:func:`entity_windows`), never a tile times every window end it reaches.
 
-The result has one row per entity and window end (``window_end_us``, epoch
-microseconds) at which some window of the view holds an event, plus the one "empty"
-row after; any other grid point has the value of the latest row before it, which is
-how online stores and the point-in-time join read it.
+The result has a row per entity and window end (``window_end_us``, epoch microseconds)
+where a tile enters or leaves one of the view's windows, including the row where every
+window has just emptied; any other grid point has the value of the latest row before
+it, which is how online stores (:func:`values_as_of`) and the point-in-time join read it.
 """
 
 from __future__ import annotations
