@@ -29,13 +29,22 @@ from typing import Any
 import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
-from tierflow.engines.base import HASH_SEPARATOR, Engine, EngineOptions, WriteResult
+from tierflow.engines.base import (
+    HASH_SEPARATOR,
+    Engine,
+    EngineOptions,
+    EntityFunction,
+    WriteResult,
+)
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions, decode_to_table
 from tierflow.storage import polars_options
 
 #: Without a memory budget from the planner, frames above this are spilled, not kept.
 _DEFAULT_SPILL_BYTES = 2 * 1024**3
+# Rows of a by_entity bucket: feature windows hold about 4x their tile rows, ~20 columns
+# wide, in memory at once (~1.3 GB for 2 M tiles).
+_ENTITY_BUCKET_ROWS = 2_000_000
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -187,6 +196,34 @@ class PolarsEngine(Engine):
         path = self._scratch_file(".parquet")
         native.sink_parquet(path, engine="streaming")
         return nw.from_native(pl.scan_parquet(path))
+
+    def by_entity(
+        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+    ) -> nw.LazyFrame[Any]:
+        """``fn`` over the frame spilled once to a scratch file, in buckets of entities.
+
+        ``fn`` reads its input several times and its ordered window steps run in memory,
+        so a large input is cut into buckets of whole entities (a hash of the key), each
+        computed and spilled in turn: memory follows one bucket, not the whole frame.
+        """
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        spilled = self._scratch_file(".parquet")
+        frame.to_native().sink_parquet(spilled, engine="streaming")
+        rows = pq.read_metadata(spilled).num_rows
+        source = nw.from_native(pl.scan_parquet(spilled))
+        buckets = max(1, -(-rows // _ENTITY_BUCKET_ROWS))
+        if buckets == 1:
+            return fn(source, self)
+        outputs = []
+        for bucket in range(buckets):
+            part = self.add_bucket(source, keys, buckets, "_tf_entity_bucket")
+            part = part.filter(nw.col("_tf_entity_bucket") == bucket).drop("_tf_entity_bucket")
+            out = self._scratch_file(".parquet")
+            fn(part, self).to_native().sink_parquet(out, engine="streaming")
+            outputs.append(out)
+        return nw.from_native(pl.scan_parquet(outputs))
 
     def add_split_hash(
         self, frame: nw.LazyFrame[Any], columns: Sequence[str], seed: int, name: str
