@@ -217,9 +217,10 @@ def test_point_in_time_never_leaks_and_pins_window_edges(engine_name, engine_for
         "id": pa.array([label[0] for label in LABELS], pa.int64()), "k": [label[1] for label in LABELS],
         "at": pa.array([label[2] for label in LABELS], ts),
     })  # fmt: skip
-    rows = feature_rows(engine.from_arrow(events), PIT_VIEW, engine)
     joined = engine.collect_arrow(
-        point_in_time(engine.from_arrow(labels), "at", [(PIT_VIEW, {}, rows)], engine)
+        point_in_time(
+            engine.from_arrow(labels), "at", [(PIT_VIEW, {}, engine.from_arrow(events))], engine
+        )
     )
     got = {r["id"]: (r["pit__n"], r["pit__total"]) for r in joined.to_pylist()}
     assert got == {label[0]: label[3] for label in LABELS}

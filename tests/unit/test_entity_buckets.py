@@ -6,12 +6,15 @@ hold whole entities, so the result cannot depend on how many there are.
 
 from __future__ import annotations
 
-import pytest
+from typing import TYPE_CHECKING
 
-import tierflow.engines.polars_engine as polars_engine
 from tests.unit.test_stream_state import VIEW, events
+from tierflow.engines import polars_engine
 from tierflow.engines.polars_engine import PolarsEngine
 from tierflow.features.batch import WINDOW_END, feature_rows
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def rows(table: object) -> list[tuple[object, ...]]:

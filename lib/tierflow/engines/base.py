@@ -195,30 +195,6 @@ class Engine(ABC):
         del keys  # one call holds every key
         return fn(self.persist(frame), self)
 
-    def cumulative(
-        self,
-        frame: nw.LazyFrame[Any],
-        partition_by: Sequence[str],
-        order_by: Sequence[str],
-        ops: Mapping[str, tuple[str, str]],
-    ) -> nw.LazyFrame[Any]:
-        """Add running aggregates within groups, in order: ``{name: (op, column)}``.
-
-        ``op`` is ``sum``, ``min`` or ``max`` (running, nulls skipped: a null row stays
-        null) or ``ffill`` (a null takes the previous non-null value of its group). The
-        order must be total within a group, or ties must not matter to the result.
-        Default: Narwhals window expressions (Polars, Spark).
-        """
-        exprs = []
-        for name, (op, column) in ops.items():
-            expr = nw.col(column)
-            if op == "ffill":
-                expr = expr.fill_null(strategy="forward")
-            else:
-                expr = {"sum": expr.cum_sum, "min": expr.cum_min, "max": expr.cum_max}[op]()
-            exprs.append(expr.over(*partition_by, order_by=list(order_by)).alias(name))
-        return frame.with_columns(*exprs)
-
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""
         return int(frame.select(nw.len()).collect().item())

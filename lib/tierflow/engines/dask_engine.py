@@ -175,49 +175,6 @@ def _by_entity_partition(frame: Any, fn: EntityFunction) -> Any:
     return run_on_polars(fn, table).to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def _cumulative_partition(
-    frame: Any,
-    partition_by: list[str],
-    order_by: list[str],
-    ops: dict[str, tuple[str, str]],
-) -> Any:
-    """:meth:`Engine.cumulative` on one partition holding whole groups."""
-    out = frame.sort_values([*partition_by, *order_by], kind="stable")
-    for name, (op, column) in ops.items():
-        grouped = out.groupby(partition_by, sort=False, dropna=False, observed=True)[column]
-        if op == "ffill":
-            result = grouped.ffill()
-        elif op == "sum":
-            result = grouped.cumsum()
-        else:
-            try:
-                result = grouped.cummin() if op == "min" else grouped.cummax()
-            except (TypeError, NotImplementedError):
-                # Pandas has no running min/max of strings: a loop over the sorted rows.
-                result = _running_extreme(out, partition_by, column, op)
-        out[name] = result.astype(frame[column].dtype)
-    return out
-
-
-def _running_extreme(frame: Any, partition_by: list[str], column: str, op: str) -> Any:
-    import pandas as pd
-
-    keys = frame[partition_by].itertuples(index=False, name=None)
-    running: list[Any] = []
-    group: Any = object()
-    best: Any = None
-    for key, value in zip(keys, frame[column].tolist(), strict=True):
-        if key != group:
-            group, best = key, None
-        if value is None or pd.isna(value):
-            running.append(None)  # a null row stays null, as in the other engines
-            continue
-        if best is None or (value < best if op == "min" else value > best):
-            best = value
-        running.append(best)
-    return pd.Series(running, index=frame.index, dtype=frame[column].dtype)
-
-
 class DaskEngine(Engine):
     """Runs a job on a Dask distributed cluster."""
 
@@ -431,28 +388,6 @@ class DaskEngine(Engine):
         meta = run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
         shuffled = native.shuffle(on=list(keys))
         return nw.from_native(shuffled.map_partitions(_by_entity_partition, fn, meta=meta))
-
-    def cumulative(
-        self,
-        frame: nw.LazyFrame[Any],
-        partition_by: Sequence[str],
-        order_by: Sequence[str],
-        ops: Mapping[str, tuple[str, str]],
-    ) -> nw.LazyFrame[Any]:
-        """Per entity-partition: shuffle so each group is in one partition, then pandas.
-
-        Narwhals has no ordered window functions on Dask.
-        """
-        native = frame.to_native()
-        meta = native._meta.copy()
-        for name, (_op, column) in ops.items():
-            meta[name] = meta[column]
-        shuffled = native.shuffle(on=list(partition_by), method="tasks")
-        return nw.from_native(
-            shuffled.map_partitions(
-                _cumulative_partition, list(partition_by), list(order_by), dict(ops), meta=meta
-            )
-        )
 
     def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
         """Microseconds since the epoch as an Arrow-backed int64 (like every other column)."""

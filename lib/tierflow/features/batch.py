@@ -220,11 +220,26 @@ def entity_windows(
     The row at the end of an entity's last window has every window empty, and
     ``_tf_holds`` (events in the longest window) is 0 there: :func:`values_as_of` needs
     it to tell "empty since" from "unchanged since".
+
+    Where column ``_tf_probe_e`` is there, rows with a window end in it are *probes*
+    (their partials are not read) and the others, with ``_NO_TIME``, tiles: then the
+    result has the values at the probes' window ends only (a point-in-time lookup needs
+    no other).
     """
+    del engine  # Narwhals expressions only: it runs on whatever frame it is given
     keys = list(view.entities)
     sizes = sorted({view.window_tiles(f) for f in view.features})
     measures = _measures(view)
     lasts = sorted({f.column for f in view.features if f.agg == "last" and f.column})
+    probes = None
+    if PROBE in partials.collect_schema().names():
+        probes = (
+            partials.filter(nw.col(PROBE) != _NO_TIME)
+            .select(*keys, nw.col(PROBE).alias(_E))
+            .unique()
+        )
+        partials = partials.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
+    schema = partials.collect_schema()
     # What enters at E = tile + 1 and what leaves at E = tile + 1 + w, per window length.
     moves = []
     for j in [0, *sizes]:
@@ -242,6 +257,14 @@ def entity_windows(
             moves_lts = lts if j == 0 else nw.lit(_NO_TIME, nw.Int64)
             columns.append(moves_lts.alias(_lts(column)))
         moves.append(partials.select(*keys, columns[0].alias(_E), *columns[1:]))
+    if probes is not None:
+        # Probes move nothing; they make the running values exist at their ends.
+        zeros = [
+            nw.lit(0, schema[_part(kind, column)]).alias(name)
+            for name, (kind, column, _size) in measures.items()
+        ]
+        blank = [nw.lit(_NO_TIME, nw.Int64).alias(_lts(c)) for c in lasts]
+        moves.append(probes.select(*keys, _E, *zeros, *blank))
     stacked = nw.concat(moves, how="vertical")
     aggs = [nw.col(name).sum().alias(name) for name in measures]
     aggs += [nw.col(_lts(c)).max().alias(_lts(c)) for c in lasts]
@@ -250,7 +273,9 @@ def entity_windows(
         ends = ends.with_columns(*[nw.col(_lts(c)).fill_null(_NO_TIME) for c in lasts])
     ops: dict[str, tuple[str, str]] = {name: ("sum", name) for name in measures}
     ops.update({_lts(c): ("max", _lts(c)) for c in lasts})
-    ends = engine.cumulative(ends, keys, [_E], ops)
+    ends = _running(ends, keys, [_E], ops)
+    if probes is not None:
+        ends = ends.join(probes, on=[*keys, _E], how="inner")
     for column in lasts:
         latest = partials.filter(~nw.col(_part("lts", column)).is_null()).select(
             *keys,
@@ -262,7 +287,7 @@ def entity_windows(
     # of the extremes do not nest in one another.
     points = ends.select(*keys, _E)
     for kind, column, size in _extremes(view):
-        extreme = _window_extreme(points, partials, view, engine, kind, column, size)
+        extreme = _window_extreme(points, partials, view, kind, column, size)
         ends = ends.join(extreme, on=[*keys, _E], how="left")
     values = [_finish(view, f).alias(f.name) for f in view.features]
     holds = nw.col(_measure_name("rows", None, sizes[-1])) > 0
@@ -272,6 +297,33 @@ def entity_windows(
 
 
 HOLDS = "_tf_holds"
+PROBE = "_tf_probe_e"
+
+
+def _running(
+    frame: nw.LazyFrame[Any],
+    partition_by: Sequence[str],
+    order_by: Sequence[str],
+    ops: dict[str, tuple[str, str]],
+) -> nw.LazyFrame[Any]:
+    """Add running aggregates within groups, in order: ``{name: (op, column)}``.
+
+    ``op`` is ``sum``, ``min`` or ``max`` (running, nulls skipped: a null row stays null)
+    or ``ffill`` (a null takes the previous non-null value of its group). The order must
+    be total within a group, or ties must not matter. Narwhals' ordered window functions
+    (Polars: :meth:`Engine.by_entity` runs the window code on Polars on every tier).
+    """
+    exprs = []
+    for name, (op, column) in ops.items():
+        expr = nw.col(column)
+        if op == "ffill":
+            expr = expr.fill_null(strategy="forward")
+        else:
+            expr = {"sum": expr.cum_sum, "min": expr.cum_min, "max": expr.cum_max}[op]()
+        exprs.append(expr.over(*partition_by, order_by=list(order_by)).alias(name))
+    return frame.with_columns(*exprs)
+
+
 _NO_TIME = -(2**62)  # before every event time: "no value yet" in a running maximum
 
 
@@ -323,7 +375,6 @@ def _window_extreme(
     ends: nw.LazyFrame[Any],
     partials: nw.LazyFrame[Any],
     view: FeatureViewConfig,
-    engine: Engine,
     kind: str,
     column: str,
     size: int,
@@ -366,11 +417,11 @@ def _window_extreme(
     )
     running = "min" if kind == "min" else "max"
     group = [*keys, block]
-    union = engine.cumulative(union, group, [pos, probe], {"_tf_up": (running, v)})
-    union = engine.cumulative(union, group, [order, probe], {"_tf_down": (running, v)})
+    union = _running(union, group, [pos, probe], {"_tf_up": (running, v)})
+    union = _running(union, group, [order, probe], {"_tf_down": (running, v)})
     if blank is None:
-        union = engine.cumulative(union, group, [pos, probe], {"_tf_up": ("ffill", "_tf_up")})
-        union = engine.cumulative(union, group, [order, probe], {"_tf_down": ("ffill", "_tf_down")})
+        union = _running(union, group, [pos, probe], {"_tf_up": ("ffill", "_tf_up")})
+        union = _running(union, group, [order, probe], {"_tf_down": ("ffill", "_tf_down")})
     up = union.filter(nw.col(probe) == 1).select(*keys, _E, "_tf_up")
     # A window that starts a block lies in that one block: it has no part before.
     aligned = (nw.col(pos) // size) * size == nw.col(pos)
@@ -453,33 +504,36 @@ def point_in_time(
 ) -> nw.LazyFrame[Any]:
     """Join each label row with every view's values at the label's time, never later.
 
+    Per view, each distinct (entity, grid point at or before a label's time) is a probe
+    among the view's tile partials, and the window values are computed at the probes
+    only, per group of whole entities (:meth:`Engine.by_entity`): the cost follows the
+    tiles and the labels, never every window end of every entity.
+
     Args:
         labels: Rows with entity keys, a timestamp and whatever else (labels, ids).
         timestamp: The labels' time column.
-        views: (view, {view entity: label column}, window rows of the view).
-        engine: The engine (for its epoch conversion).
+        views: (view, {view entity: label column}, the view's source rows).
+        engine: The engine.
     """
     base = engine.epoch_us(labels, timestamp, _TS)
     base = base.with_columns(
         *[
             ((nw.col(_TS) // view.step_us) * view.step_us).alias(f"_tf_end__{view.name}")
-            for view, _keys, _rows in views
+            for view, _keys, _events in views
         ]
     )
-    # Each view's lookup reads the labels themselves, not the result of the joins
-    # before it: the plan grows with the number of views, not exponentially.
     out = base
-    for view, keys, rows in views:
+    for view, keys, events in views:
         end = f"_tf_end__{view.name}"
-        found = f"_tf_found__{view.name}"
         named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
-        picked = _as_of(base, view, keys, end, rows, engine, found)
-        renamed = rows.select(
+        partials = tile_partials(prepare_events(events, view, engine), view)
+        probed = _with_probes(partials, base, view, keys, end)
+        values = engine.by_entity(probed, view.entities, partial(entity_windows, view=view))
+        values = values.select(
             *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
-            nw.col(WINDOW_END).alias(found),
+            nw.col(WINDOW_END).alias(end),
             *[nw.col(f.name).alias(view.column_name(f)) for f in view.features],
         )
-        values = picked.join(renamed, on=[*named, found], how="inner").drop(found)
         left_on = [keys.get(e, e) for e in view.entities] + [end]
         out = out.join(values, left_on=left_on, right_on=[*named, end], how="left")
         defaults = [
@@ -494,48 +548,35 @@ def point_in_time(
     return out.drop(_TS)
 
 
-def _as_of(
+def _with_probes(
+    partials: nw.LazyFrame[Any],
     labels: nw.LazyFrame[Any],
     view: FeatureViewConfig,
     keys: dict[str, str],
     end: str,
-    rows: nw.LazyFrame[Any],
-    engine: Engine,
-    found: str,
 ) -> nw.LazyFrame[Any]:
-    """Per distinct entity and grid point ``end`` of the labels: the latest row end.
-
-    ``found`` is the latest row end at or before ``end``, where the entity has one. Row
-    ends and label points go into one frame in time order; a running maximum of the row
-    ends (rows before labels at the same time) reads the latest at each label.
-    """
-    schema = rows.collect_schema()
-    named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
-    at = "_tf_at"
+    """The partials and, below them, one probe row per distinct entity and grid point."""
+    schema = partials.collect_schema()
     given = labels.collect_schema()
 
-    def key(entity: str, name: str) -> Any:
+    def key(entity: str) -> Any:
         column = nw.col(keys.get(entity, entity))
         # Cast only where the types differ: a cast to the same type is not free on
         # every engine (Dask's "string" is not its Arrow-backed string).
         same = given[keys.get(entity, entity)] == schema[entity]
-        return (column if same else column.cast(schema[entity])).alias(name)
+        return (column if same else column.cast(schema[entity])).alias(entity)
 
-    wanted = labels.select(
-        *[key(e, n) for e, n in zip(view.entities, named, strict=True)],
-        nw.col(end).alias(at),
+    names = schema.names()
+    probes = labels.select(
+        *[key(e) for e in view.entities], (nw.col(end) // view.step_us).alias(PROBE)
     ).unique()
-    points = wanted.with_columns(
-        nw.lit(1, nw.Int64).alias("_tf_probe"), nw.lit(_NO_TIME, nw.Int64).alias(found)
-    )
-    ends = rows.select(
-        *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
-        nw.col(WINDOW_END).alias(at),
-        nw.lit(0, nw.Int64).alias("_tf_probe"),
-        nw.col(WINDOW_END).alias(found),
-    )
-    union = nw.concat([points, ends], how="vertical")
-    union = engine.cumulative(union, named, [at, "_tf_probe"], {found: ("max", found)})
-    return union.filter((nw.col("_tf_probe") == 1) & (nw.col(found) > _NO_TIME)).select(
-        *named, nw.col(at).alias(end), found
-    )
+    # A probe's partials are never read; zeros where a null would not fit the type
+    # (Dask's integer columns hold no null).
+    blanks = [
+        nw.lit(0 if schema[c].is_integer() else None, schema[c]).alias(c)
+        for c in names
+        if c not in view.entities
+    ]
+    probes = probes.select(*view.entities, *blanks, PROBE)
+    tagged = partials.with_columns(nw.lit(_NO_TIME, nw.Int64).alias(PROBE))
+    return nw.concat([tagged, probes.select(*names, PROBE)], how="vertical")

@@ -18,7 +18,7 @@ from typing import Any
 from tierflow.config.features import FeatureSource, FeatureViewConfig, TrainingSetConfig
 from tierflow.config.jobs import SinkConfig, SourceConfig
 from tierflow.engines.base import Engine
-from tierflow.features.batch import feature_rows, point_in_time
+from tierflow.features.batch import point_in_time
 from tierflow.io.textdecode import META_FILE, META_RECORD
 from tierflow.jobs.runner import read_source
 from tierflow.jobs.sources import ResolvedSource, resolve_source
@@ -82,7 +82,7 @@ def build(
     for join in config.views:
         view = views[join.view]
         frame = read_source(engine, sources[join.view])
-        joins.append((view, dict(join.keys), feature_rows(frame, view, engine)))
+        joins.append((view, dict(join.keys), frame))
     output = point_in_time(label_frame, config.timestamp, joins, engine)
     recipe = {
         RECIPE_KEY: config.model_dump(mode="json"),
