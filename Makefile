@@ -14,7 +14,7 @@ MYPY_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tierflow/mypy
 
 .DEFAULT_GOAL := help
 
-.PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-streaming bench-training gpu-check horovod
+.PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-features-scale bench-streaming bench-training gpu-check horovod
 .PHONY: calibrate
 .PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
@@ -70,6 +70,9 @@ bench-delta: setup ## tierflow's Delta sink against pyarrow's Parquet writer; ME
 
 bench-features: setup ## benchmark online-store loading and reads against raw redis-py
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
+
+bench-features-scale: setup ## a point-in-time training set from a skewed clickstream per tier vs DuckDB (EVENTS, LABELS, ENTITIES)
+	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features_scale
 
 gpu-check: ## training strategies on this machine's GPUs (CPU and gloo without one): samples/s, MFU
 	@scripts/gpu_check.sh

@@ -1,0 +1,401 @@
+"""Feature views at scale: a point-in-time training set from a skewed clickstream.
+
+``make bench-features-scale`` (``EVENTS``, ``LABELS``, ``ENTITIES`` override the sizes;
+defaults 100 M events, 10 M labels, 10 M users) generates, under
+``.local/bench-data/features-scale/``:
+
+- ``events``: a clickstream of ``EVENTS`` rows over 30 days (``uid``, ``ts``,
+  ``amount`` in whole currency units, ``purchase`` 0/1); 5% of the events belong to 20
+  hot users, the rest are spread evenly over ``ENTITIES`` users;
+- ``labels``: ``LABELS`` rows (``uid``, ``ts``), users drawn like the events';
+
+as Delta tables, and builds the training set of four views (one with a 7-day window at a
+1-hour step) with ``tierflow.features.training.build`` on each tier, next to the same
+result written by hand in DuckDB (window SQL: each label's window read by a range
+frame over the user's tiles). Every output is compared with DuckDB's, value by value;
+each run is a process of its own, timed, with the peak memory of its process tree (and
+the Dask workers').
+
+Results: ``benchmarks/results/<date>/features-scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import ROOT, Results
+
+EVENTS = int(float(os.environ.get("EVENTS", "100e6")))
+LABELS = int(float(os.environ.get("LABELS", "10e6")))
+ENTITIES = int(float(os.environ.get("ENTITIES", "10e6")))
+HOT_USERS, HOT_SHARE = 20, 0.05
+DAYS = 30
+START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+HOUR_US = 3_600_000_000
+CHUNK = 5_000_000
+TIMEOUT_S = 3 * 3600
+RUNNERS = ("tierflow-single", "tierflow-dask", "tierflow-spark", "duckdb")
+
+_SOURCE = {
+    "format": "delta",
+    "path": "events",
+    "columns": {
+        "uid": {"type": "int64", "nullable": False},
+        "ts": {"type": "timestamp"},
+        "amount": {"type": "float64"},
+        "purchase": {"type": "int64"},
+    },
+}
+VIEWS: dict[str, dict[str, Any]] = {
+    "activity": {
+        "step": "1h",
+        "features": [
+            {"name": "events_1h", "agg": "count"},
+            {"name": "amount_sum_24h", "agg": "sum", "column": "amount", "window": "24h"},
+            {"name": "amount_mean_24h", "agg": "mean", "column": "amount", "window": "24h"},
+        ],
+    },
+    "weekly": {
+        "step": "1h",
+        "features": [
+            {"name": "events_7d", "agg": "count", "window": "7d"},
+            {"name": "amount_max_7d", "agg": "max", "column": "amount", "window": "7d"},
+            {"name": "amount_mean_7d", "agg": "mean", "column": "amount", "window": "7d"},
+        ],
+    },
+    "recent": {
+        "step": "1h",
+        "features": [
+            {"name": "last_amount", "agg": "last", "column": "amount", "window": "24h"},
+            {"name": "amount_min_6h", "agg": "min", "column": "amount", "window": "6h"},
+            {"name": "amount_std_24h", "agg": "stddev", "column": "amount", "window": "24h"},
+        ],
+    },
+    "daily": {
+        "step": "1d",
+        "features": [
+            {"name": "events_1d", "agg": "count", "window": "1d"},
+            {"name": "purchases_7d", "agg": "sum", "column": "purchase", "window": "7d"},
+        ],
+    },
+}
+
+
+def view_configs() -> dict[str, Any]:
+    from tierflow.config.features import FeatureViewConfig
+
+    return {
+        name: FeatureViewConfig.model_validate(
+            {
+                "name": name,
+                "entities": ["uid"],
+                "event_time": "ts",
+                "ttl": "30d",
+                "source": _SOURCE,
+                **spec,
+            }
+        )
+        for name, spec in VIEWS.items()
+    }
+
+
+def training_config() -> Any:
+    from tierflow.config.features import TrainingSetConfig
+
+    return TrainingSetConfig.model_validate({
+        "name": "clicks", "timestamp": "ts", "path": "unused",
+        "labels": {"format": "delta", "path": "labels", "columns": {
+            "label_id": {"type": "int64"}, "uid": {"type": "int64"}, "ts": {"type": "timestamp"}}},
+        "views": [{"view": name} for name in VIEWS],
+    })  # fmt: skip
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def data_root() -> Path:
+    return ROOT / ".local" / "bench-data" / f"features-scale-{EVENTS}-{LABELS}-{ENTITIES}"
+
+
+def _users(rng: Any, count: int) -> Any:
+    import numpy as np
+
+    hot = rng.random(count) < HOT_SHARE
+    users = rng.integers(HOT_USERS, HOT_USERS + ENTITIES, count, dtype=np.int64)
+    users[hot] = rng.integers(0, HOT_USERS, int(hot.sum()), dtype=np.int64)
+    return users
+
+
+def generate(root: Path) -> None:
+    """The events and labels as Delta tables, chunk by chunk (memory: one chunk)."""
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    done = root / "_complete"
+    if done.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(17)
+    span = DAYS * 24 * HOUR_US
+    ts_type = pa.timestamp("us", tz="UTC")
+    for table, total in (("events", EVENTS), ("labels", LABELS)):
+        written = 0
+        while written < total:
+            n = min(CHUNK, total - written)
+            ts = pa.array(START_US + rng.integers(0, span, n, dtype=np.int64)).cast(ts_type)
+            columns: dict[str, Any] = {"uid": _users(rng, n), "ts": ts}
+            if table == "events":
+                columns["amount"] = rng.integers(1, 500, n).astype(np.float64)
+                columns["purchase"] = (rng.random(n) < 0.1).astype(np.int64)
+            else:
+                columns = {"label_id": np.arange(written, written + n, dtype=np.int64), **columns}
+            write_deltalake(str(root / table), pa.table(columns), mode="append")
+            written += n
+            print(f"  {table}: {written:,} of {total:,}", flush=True)
+    done.write_text("ok")
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+def run_one(runner: str, root: Path, out: Path, scheduler: str | None) -> float:
+    """Build the training set with ``runner`` in this process; its seconds."""
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    if runner == "duckdb":
+        by_hand_duckdb(root, out)
+        return time.perf_counter() - began
+    from tierflow.engines import create_engine
+    from tierflow.engines.base import EngineOptions
+    from tierflow.features import training
+
+    tier = runner.removeprefix("tierflow-")
+    options = EngineOptions(dask_scheduler=scheduler) if tier == "dask" else EngineOptions()
+    engine = create_engine(tier, options)  # type: ignore[arg-type]
+    try:
+        began = time.perf_counter()
+        training.build(training_config(), view_configs(), engine, root, out_path=str(out))
+        return time.perf_counter() - began
+    finally:
+        engine.close()
+
+
+def by_hand_duckdb(root: Path, out: Path) -> None:
+    """The same training set in DuckDB SQL, written as a user would without tierflow.
+
+    Per view: tile aggregates per user and step; each label probes the window ending at
+    its grid point with a RANGE frame over the user's tiles (probes carry no values).
+    """
+    import duckdb
+    from deltalake import DeltaTable
+
+    con = duckdb.connect(str(out.parent / f"{out.name}.duckdb"))
+    con.execute(f"SET temp_directory = '{out.parent}'")
+    con.execute("SET preserve_insertion_order = false")
+    con.register("events_src", DeltaTable(str(root / "events")).to_pyarrow_dataset())
+    con.register("labels_src", DeltaTable(str(root / "labels")).to_pyarrow_dataset())
+    con.execute(
+        "CREATE TABLE labels AS SELECT label_id, uid, ts, epoch_us(ts) AS t FROM labels_src"
+    )
+    selected = ["l.label_id", "l.uid", "l.ts"]
+    joins = []
+    for name, spec in VIEWS.items():
+        step = HOUR_US * (24 if spec["step"] == "1d" else 1)
+        con.execute(f"""
+            CREATE TABLE tiles_{name} AS
+            SELECT uid, epoch_us(ts) // {step} AS k, count(*) AS n, count(amount) AS c,
+                   sum(amount) AS s, sum(amount * amount) AS q, min(amount) AS lo,
+                   max(amount) AS hi, arg_max(amount, epoch_us(ts)) AS last_v,
+                   max(epoch_us(ts)) AS last_t, sum(purchase) AS p
+            FROM events_src GROUP BY ALL""")
+        columns = []
+        for f in spec["features"]:
+            w = _tiles(f.get("window", spec["step"]), step)
+            frame = f"(PARTITION BY uid ORDER BY k RANGE BETWEEN {w - 1} PRECEDING AND CURRENT ROW)"
+            agg = f["agg"]
+            if agg == "count":
+                expr = f"coalesce(sum(n) OVER {frame}, 0)"
+            elif agg == "sum":
+                src = "p" if f["column"] == "purchase" else "s"
+                expr = f"CASE WHEN sum(c) OVER {frame} > 0 THEN sum({src}) OVER {frame} END"
+            elif agg == "mean":
+                expr = f"sum(s) OVER {frame} / nullif(sum(c) OVER {frame}, 0)"
+            elif agg == "min":
+                expr = f"min(lo) OVER {frame}"
+            elif agg == "max":
+                expr = f"max(hi) OVER {frame}"
+            elif agg == "last":
+                expr = f"arg_max(last_v, last_t) OVER {frame}"
+            else:  # stddev from the sums, as tierflow defines it
+                expr = (f"CASE WHEN sum(c) OVER {frame} > 1 THEN sqrt(greatest(0, "
+                        f"(sum(q) OVER {frame} - sum(s) OVER {frame} * sum(s) OVER {frame} "
+                        f"/ sum(c) OVER {frame}) / (sum(c) OVER {frame} - 1))) END")  # fmt: skip
+            columns.append(f"{expr} AS {name}__{f['name']}")
+        con.execute(f"""
+            CREATE TABLE values_{name} AS
+            WITH probes AS (SELECT DISTINCT uid, t // {step} - 1 AS k FROM labels),
+            rows AS (
+                SELECT uid, k, n, c, s, q, lo, hi, last_v, last_t, p, false AS probe
+                FROM tiles_{name}
+                UNION ALL
+                SELECT uid, k, 0, 0, 0, 0, NULL, NULL, NULL, NULL, 0, true FROM probes
+            )
+            SELECT uid, k, {", ".join(columns)} FROM rows QUALIFY probe""")
+        joins.append(
+            f"LEFT JOIN values_{name} v_{name} ON v_{name}.uid = l.uid "
+            f"AND v_{name}.k = l.t // {step} - 1"
+        )
+        for f in spec["features"]:
+            column = f"v_{name}.{name}__{f['name']}"
+            selected.append(
+                f"coalesce({column}, 0) AS {name}__{f['name']}" if f["agg"] == "count"
+                else f"{column} AS {name}__{f['name']}"
+            )  # fmt: skip
+    con.execute(f"COPY (SELECT {', '.join(selected)} FROM labels l {' '.join(joins)}) "
+                f"TO '{out}' (FORMAT parquet)")  # fmt: skip
+    con.close()
+    (out.parent / f"{out.name}.duckdb").unlink(missing_ok=True)
+
+
+def _tiles(window: str, step_us: int) -> int:
+    from tierflow.config.features import duration_us
+
+    return duration_us(window) // step_us
+
+
+def child_main(argv: list[str]) -> int:
+    """``python -m benchmarks.bench_features_scale one RUNNER ROOT OUT [SCHEDULER]``."""
+    runner, root, out = argv[:3]
+    scheduler = argv[3] if len(argv) > 3 else None
+    seconds = run_one(runner, Path(root), Path(out), scheduler)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "peak_bytes": peak}), flush=True)
+    return 0
+
+
+# --- comparison ---------------------------------------------------------------------------
+
+
+def read_output(path: Path) -> Any:
+    """The output as one Arrow table sorted by label, whatever wrote it."""
+    import pyarrow.dataset as ds
+
+    if (path / "_delta_log").exists():
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(path)).to_pyarrow_table()
+    else:
+        table = ds.dataset(str(path), format="parquet").to_table()
+    return table.sort_by("label_id")
+
+
+def compare(a: Any, b: Any) -> str | None:
+    """None when equal (floats within 1e-9 relative); else the first difference."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if a.num_rows != b.num_rows:
+        return f"{a.num_rows} rows vs {b.num_rows}"
+    names = [n for n in b.column_names if n not in ("ts",)]
+    for name in names:
+        if name not in a.column_names:
+            return f"no column {name}"
+        x, y = a.column(name), b.column(name)
+        if pc.any(pc.not_equal(pc.is_null(x), pc.is_null(y))).as_py():
+            return f"{name}: nulls differ"
+        xv = pc.fill_null(pc.cast(x, "float64"), 0).to_numpy()
+        yv = pc.fill_null(pc.cast(y, "float64"), 0).to_numpy()
+        close = np.isclose(xv, yv, rtol=1e-9, atol=1e-9)
+        if not close.all():
+            i = int(np.flatnonzero(~close)[0])
+            return f"{name}: row {i} {xv[i]} vs {yv[i]}"
+    return None
+
+
+def main() -> int:
+    from tierflow.jobs.calibration import PeakMemory
+
+    root = data_root()
+    print(f"[features-scale] {EVENTS:,} events, {LABELS:,} labels, {ENTITIES:,} users -> {root}",
+          flush=True)  # fmt: skip
+    began = time.perf_counter()
+    generate(root)
+    print(f"  data ready ({time.perf_counter() - began:.0f} s)", flush=True)
+    results = Results("features-scale")
+    results.raw["setup"] = {"events": EVENTS, "labels": LABELS, "users": ENTITIES,
+                            "hot_users": HOT_USERS, "hot_share": HOT_SHARE, "days": DAYS,
+                            "views": VIEWS}  # fmt: skip
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address=None, processes=True)  # fmt: skip
+    client = Client(cluster)
+    workers = list(client.run(os.getpid).values())
+    runs: dict[str, dict[str, Any]] = {}
+    outputs = root.parent / "features-scale-out"
+    try:
+        for runner in RUNNERS:
+            out = outputs / runner
+            argv = [sys.executable, "-m", "benchmarks.bench_features_scale", "one", runner,
+                    str(root), str(out)]  # fmt: skip
+            dask = runner == "tierflow-dask"
+            if dask:
+                argv.append(cluster.scheduler_address)
+            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, cwd=ROOT)  # fmt: skip
+            with (
+                PeakMemory(lambda c=child: [c.pid], every=0.2) as tree,
+                PeakMemory(lambda d=dask: workers if d else [], every=0.2) as pool,
+            ):
+                try:
+                    stdout, stderr = child.communicate(timeout=TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.communicate()
+                    runs[runner] = {"error": f"stopped after {TIMEOUT_S} s"}
+                    continue
+            if child.returncode != 0:
+                runs[runner] = {"error": f"exit {child.returncode}: {stderr.strip()[-600:]}"}
+                print(f"  {runner}: {runs[runner]['error']}", flush=True)
+                continue
+            run = json.loads(stdout.strip().splitlines()[-1])
+            run["peak_bytes"] = max(run["peak_bytes"], tree.peak) + (pool.peak if dask else 0)
+            runs[runner] = run
+            print(f"  {runner}: {run['seconds']:.1f} s, peak {run['peak_bytes'] / 2**30:.2f} GiB",
+                  flush=True)  # fmt: skip
+    finally:
+        client.close()
+        cluster.close()
+    reference = (
+        read_output(outputs / "duckdb") if "error" not in runs.get("duckdb", {"error": 1}) else None
+    )
+    fastest = min((r["seconds"] for r in runs.values() if "seconds" in r), default=math.nan)
+    for runner, run in runs.items():
+        if "seconds" in run and reference is not None and runner != "duckdb":
+            run["difference"] = compare(read_output(outputs / runner), reference)
+        results.add(
+            benchmark=f"training set, {EVENTS:,} events x 4 views, {LABELS:,} labels",
+            metric="s", tierflow=run.get("seconds"), tierflow_runner=runner,
+            peer=fastest, peer_name="fastest of all", ratio=(run["seconds"] / fastest)
+            if "seconds" in run else None,
+        )  # fmt: skip
+    results.raw["runs"] = runs
+    results.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "one":
+        sys.exit(child_main(sys.argv[2:]))
+    sys.exit(main())
