@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from tests.unit.test_stream_state import HOUR, VIEW, events
+from tierflow.config.features import FeatureViewConfig
 from tierflow.engines.polars_engine import PolarsEngine
 from tierflow.features.batch import WINDOW_END, feature_rows, point_in_time
 
@@ -61,3 +62,88 @@ def test_probed_values_equal_the_window_rows_as_of_each_label() -> None:
     assert compared == 300 * len(VIEW.features)
     # Most labels see events: the comparison is not one of empty windows.
     assert sum(1 for label in joined.to_pylist() if label["v__x_count_3h"]) > 60
+
+
+STRINGS = FeatureViewConfig.model_validate(
+    {
+        "name": "s",
+        "entities": ["k"],
+        "event_time": "ts",
+        "step": "1h",
+        "ttl": "1d",
+        "source": {
+            "format": "delta",
+            "path": "t",
+            "columns": {
+                "k": {"type": "string", "nullable": False},
+                "ts": {"type": "timestamp"},
+                "page": {"type": "string"},
+                "x": {"type": "float64"},
+            },
+        },
+        "features": [
+            {"name": "page_min_3h", "agg": "min", "column": "page", "window": "3h"},
+            {"name": "page_max_2h", "agg": "max", "column": "page", "window": "2h"},
+            {"name": "page_last_4h", "agg": "last", "column": "page", "window": "4h"},
+            {"name": "x_min_5h", "agg": "min", "column": "x", "window": "5h"},
+            {"name": "x_max_1h", "agg": "max", "column": "x"},
+        ],
+    }
+)
+
+
+def test_windows_of_strings_and_numbers_equal_a_direct_computation() -> None:
+    """Against the definition itself: each label's window events, picked one by one."""
+    rng = random.Random(5)
+    t0 = 1_700_000_000_000_000 // HOUR * HOUR
+    rows = [
+        {
+            "k": rng.choice("ab"),
+            "ts": t0 + rng.randrange(-3 * HOUR, 40 * HOUR),
+            "page": rng.choice([None, "a", "b", "zz", ""]),
+            "x": rng.choice([None, 1.5, -4.0, float(rng.randrange(100))]),
+        }
+        for _ in range(400)
+    ]
+    ts = pa.timestamp("us", tz="UTC")
+    table = pa.table(
+        {
+            "k": [r["k"] for r in rows],
+            "ts": pa.array([r["ts"] for r in rows], pa.int64()).cast(ts),
+            "page": pa.array([r["page"] for r in rows], pa.string()),
+            "x": pa.array([r["x"] for r in rows], pa.float64()),
+        }
+    )
+    moments = [t0 + rng.randrange(-5 * HOUR, 48 * HOUR) for _ in range(200)]
+    labels = pa.table(
+        {
+            "id": pa.array(range(200), pa.int64()),
+            "k": [rng.choice("abc") for _ in range(200)],
+            "at": pa.array(moments, pa.int64()).cast(ts),
+        }
+    )
+    engine = PolarsEngine()
+    got = engine.collect_arrow(
+        point_in_time(
+            engine.from_arrow(labels), "at", [(STRINGS, {}, engine.from_arrow(table))], engine
+        )
+    ).to_pylist()
+    assert len(got) == 200
+    filled = 0
+    for label in got:
+        grid = int(label["at"].timestamp() * 1_000_000) // HOUR * HOUR
+        for f in STRINGS.features:
+            w = STRINGS.window_tiles(f) * HOUR
+            inside = [r for r in rows if r["k"] == label["k"] and grid - w <= r["ts"] < grid]
+            present = [r for r in inside if r[f.column] is not None]
+            if not present:
+                want = None
+            elif f.agg == "min":
+                want = min(r[f.column] for r in present)
+            elif f.agg == "max":
+                want = max(r[f.column] for r in present)
+            else:
+                want = max(present, key=lambda r: (r["ts"], r[f.column]))[f.column]
+            assert label[STRINGS.column_name(f)] == want, (label, f.name, want)
+            filled += want is not None
+    assert filled > 300

@@ -308,18 +308,21 @@ def _running(
 ) -> nw.LazyFrame[Any]:
     """Add running aggregates within groups, in order: ``{name: (op, column)}``.
 
-    ``op`` is ``sum``, ``min`` or ``max`` (running, nulls skipped: a null row stays null)
-    or ``ffill`` (a null takes the previous non-null value of its group). The order must
+    ``op`` is ``sum``, ``min`` or ``max`` (running, nulls skipped: a null row stays null;
+    ``min_rev``, ``max_rev`` run from the end) or ``ffill``/``bfill`` (a null takes the
+    previous/next non-null value of its group). The order must
     be total within a group, or ties must not matter. Narwhals' ordered window functions
     (Polars: :meth:`Engine.by_entity` runs the window code on Polars on every tier).
     """
     exprs = []
     for name, (op, column) in ops.items():
         expr = nw.col(column)
-        if op == "ffill":
-            expr = expr.fill_null(strategy="forward")
+        if op in ("ffill", "bfill"):
+            expr = expr.fill_null(strategy="forward" if op == "ffill" else "backward")
         else:
-            expr = {"sum": expr.cum_sum, "min": expr.cum_min, "max": expr.cum_max}[op]()
+            reverse = op.endswith("_rev")
+            running = {"sum": expr.cum_sum, "min": expr.cum_min, "max": expr.cum_max}
+            expr = running[op.removesuffix("_rev")](reverse=reverse)
         exprs.append(expr.over(*partition_by, order_by=list(order_by)).alias(name))
     return frame.with_columns(*exprs)
 
@@ -388,11 +391,11 @@ def _window_extreme(
     """
     keys = list(view.entities)
     value = _part(kind, column)
-    pos, probe, block, order, v = "_tf_pos", "_tf_probe", "_tf_block", "_tf_order", "_tf_v"
+    pos, probe, block, v = "_tf_pos", "_tf_probe", "_tf_block", "_tf_v"
     dtype = partials.collect_schema()[value]
     numeric = dtype.is_numeric()
     # Probes carry no value. For numbers, one that changes no running extreme (+-inf), so
-    # one pass in each direction reads them; other types need a fill after each pass.
+    # the running passes read them; other types need a fill after them.
     blank = nw.lit(float("inf") if kind == "min" else float("-inf"), dtype) if numeric else None
     tiles = partials.select(
         *keys,
@@ -401,7 +404,8 @@ def _window_extreme(
         nw.lit(0, nw.Int64).alias(probe),
         nw.col(value).alias(v),
     )
-    # Probe 1 reads the part up to E - 1; probe 2 the part from E - size.
+    # Probe 1 reads the part up to E - 1 (after the tile there, in the order below);
+    # probe -1 the part from E - size (before the tile there, read from the end).
     probes = [
         ends.select(
             *keys,
@@ -410,22 +414,24 @@ def _window_extreme(
             nw.lit(number, nw.Int64).alias(probe),
             (blank if blank is not None else nw.lit(None, dtype)).alias(v),
         )
-        for number, offset in ((1, 1), (2, size))
+        for number, offset in ((1, 1), (-1, size))
     ]
     union = nw.concat([tiles, *probes], how="vertical").with_columns(
-        (nw.col(pos) // size).alias(block), (-nw.col(pos)).alias(order)
+        (nw.col(pos) // size).alias(block)
     )
     running = "min" if kind == "min" else "max"
-    group = [*keys, block]
-    union = _running(union, group, [pos, probe], {"_tf_up": (running, v)})
-    union = _running(union, group, [order, probe], {"_tf_down": (running, v)})
+    group, order = [*keys, block], [pos, probe]
+    union = _running(
+        union, group, order, {"_tf_up": (running, v), "_tf_down": (f"{running}_rev", v)}
+    )
     if blank is None:
-        union = _running(union, group, [pos, probe], {"_tf_up": ("ffill", "_tf_up")})
-        union = _running(union, group, [order, probe], {"_tf_down": ("ffill", "_tf_down")})
+        union = _running(
+            union, group, order, {"_tf_up": ("ffill", "_tf_up"), "_tf_down": ("bfill", "_tf_down")}
+        )
     up = union.filter(nw.col(probe) == 1).select(*keys, _E, "_tf_up")
     # A window that starts a block lies in that one block: it has no part before.
     aligned = (nw.col(pos) // size) * size == nw.col(pos)
-    down = union.filter((nw.col(probe) == 2) & ~aligned).select(*keys, _E, "_tf_down")
+    down = union.filter((nw.col(probe) == -1) & ~aligned).select(*keys, _E, "_tf_down")
     u, d = nw.col("_tf_up"), nw.col("_tf_down")
     better = ((d < u) if kind == "min" else (d > u)).fill_null(False)
     both = nw.when(u.is_null()).then(d).otherwise(nw.when(better).then(d).otherwise(u))
