@@ -182,18 +182,17 @@ class Engine(ABC):
         """Replace int64 ``column`` (microseconds since the epoch) by a UTC timestamp."""
         return frame.with_columns(nw.col(column).cast(nw.Datetime("us", "UTC")))
 
+    @abstractmethod
     def by_entity(
         self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
     ) -> nw.LazyFrame[Any]:
         """``fn`` applied to groups of whole entities: every row of a key in one call.
 
-        ``fn(frame, engine)`` is written with Narwhals expressions. Default: one call on
-        the whole frame with this engine, after computing the frame once (``fn`` may read
-        it several times). Distributed engines move each key's rows into one partition
-        and run ``fn`` per partition on Polars (:func:`run_on_polars`).
+        ``fn(frame, engine)`` is written with Narwhals expressions and may read its input
+        several times. The single-node engine runs it in buckets of entities; distributed
+        engines move each key's rows into one partition and run ``fn`` per partition on
+        Polars (:func:`run_on_polars`).
         """
-        del keys  # one call holds every key
-        return fn(self.persist(frame), self)
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:
         """Number of rows."""

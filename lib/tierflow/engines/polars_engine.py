@@ -216,10 +216,11 @@ class PolarsEngine(Engine):
         buckets = max(1, -(-rows // _ENTITY_BUCKET_ROWS))
         if buckets == 1:
             return fn(source, self)
+        bucketed = self.add_bucket(source, keys, buckets, "_tf_entity_bucket")
         outputs = []
         for bucket in range(buckets):
-            part = self.add_bucket(source, keys, buckets, "_tf_entity_bucket")
-            part = part.filter(nw.col("_tf_entity_bucket") == bucket).drop("_tf_entity_bucket")
+            part = bucketed.filter(nw.col("_tf_entity_bucket") == bucket)
+            part = part.drop("_tf_entity_bucket")
             out = self._scratch_file(".parquet")
             fn(part, self).to_native().sink_parquet(out, engine="streaming")
             outputs.append(out)

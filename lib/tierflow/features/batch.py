@@ -34,7 +34,6 @@ WINDOW_END = "window_end_us"
 _TS = "_tf_ts_us"
 _TILE = "_tf_tile"
 _ING = "_tf_ingested_us"
-_J = "_tf_j"
 _E = "_tf_e"
 
 
@@ -361,13 +360,14 @@ def _measures(view: FeatureViewConfig) -> dict[str, tuple[str, str | None, int]]
 
 
 def _extremes(view: FeatureViewConfig) -> list[tuple[str, str, int]]:
-    seen: list[tuple[str, str, int]] = []
-    for feature in view.features:
-        if feature.agg in ("min", "max") and feature.column is not None:
-            item = (feature.agg, feature.column, view.window_tiles(feature))
-            if item not in seen:
-                seen.append(item)
-    return seen
+    """Each distinct (min or max, column, window length) of the view."""
+    return list(
+        dict.fromkeys(
+            (f.agg, f.column, view.window_tiles(f))
+            for f in view.features
+            if f.agg in ("min", "max") and f.column is not None
+        )
+    )
 
 
 def _extreme_name(kind: str, column: str, size: int) -> str:
@@ -469,10 +469,9 @@ def _finish(view: FeatureViewConfig, feature: FeatureSpec) -> Any:
         assert feature.column is not None
         return nw.when(has).then(nw.col(_extreme_name(feature.agg, feature.column, size)))
     if feature.agg == "last":
+        # A non-null value in the window makes the latest one before E lie inside it.
         assert feature.column is not None
-        start = (nw.col(_E) - size) * view.step_us
-        inside = nw.col(_lts(feature.column)) >= start
-        return nw.when(has & inside).then(nw.col(_lval(feature.column)))
+        return nw.when(has).then(nw.col(_lval(feature.column)))
     variance = (c("sq") - c("sum") * c("sum") / c("count")) / (c("count") - 1)
     return nw.when(c("count") > 1).then(variance.clip(lower_bound=0) ** 0.5)
 
@@ -572,17 +571,17 @@ def _with_probes(
         same = given[keys.get(entity, entity)] == schema[entity]
         return (column if same else column.cast(schema[entity])).alias(entity)
 
-    names = schema.names()
     probes = labels.select(
         *[key(e) for e in view.entities], (nw.col(end) // view.step_us).alias(PROBE)
     ).unique()
     # A probe's partials are never read; zeros where a null would not fit the type
     # (Dask's integer columns hold no null).
-    blanks = [
-        nw.lit(0 if schema[c].is_integer() else None, schema[c]).alias(c)
-        for c in names
-        if c not in view.entities
-    ]
-    probes = probes.select(*view.entities, *blanks, PROBE)
+    probes = probes.select(
+        *[
+            nw.col(c) if c in view.entities else nw.lit(0 if t.is_integer() else None, t).alias(c)
+            for c, t in schema.items()
+        ],
+        PROBE,
+    )
     tagged = partials.with_columns(nw.lit(_NO_TIME, nw.Int64).alias(PROBE))
-    return nw.concat([tagged, probes.select(*names, PROBE)], how="vertical")
+    return nw.concat([tagged, probes], how="vertical")
