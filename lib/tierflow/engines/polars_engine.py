@@ -200,11 +200,14 @@ class PolarsEngine(Engine):
     def by_entity(
         self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
     ) -> nw.LazyFrame[Any]:
-        """``fn`` over the frame spilled once to a scratch file, in buckets of entities.
+        """``fn`` over the frame spilled to scratch files, in buckets of entities.
 
         ``fn`` reads its input several times and its ordered window steps run in memory,
         so a large input is cut into buckets of whole entities (a hash of the key), each
         computed and spilled in turn: memory follows one bucket, not the whole frame.
+        The input is written twice at most: once to count it, and, when it needs more
+        than one bucket, once more split into a file per bucket (each bucket then reads
+        its own file, not the whole input again).
         """
         import polars as pl
         import pyarrow.parquet as pq
@@ -216,13 +219,23 @@ class PolarsEngine(Engine):
         buckets = max(1, -(-rows // _ENTITY_BUCKET_ROWS))
         if buckets == 1:
             return fn(source, self)
-        bucketed = self.add_bucket(source, keys, buckets, "_tf_entity_bucket")
+        split = self._scratch_file("")
+        bucketed = self.add_bucket(source, keys, buckets, "_tf_entity_bucket").to_native()
+        bucketed.sink_parquet(
+            pl.PartitionBy(split, key="_tf_entity_bucket", include_key=False),
+            mkdir=True,
+            engine="streaming",
+        )
+        Path(spilled).unlink()
         outputs = []
         for bucket in range(buckets):
-            part = bucketed.filter(nw.col("_tf_entity_bucket") == bucket)
-            part = part.drop("_tf_entity_bucket")
+            files = sorted(str(f) for f in split.glob(f"_tf_entity_bucket={bucket}/*.parquet"))
+            if not files:  # no entity hashed here
+                continue
             out = self._scratch_file(".parquet")
-            fn(part, self).to_native().sink_parquet(out, engine="streaming")
+            fn(nw.from_native(pl.scan_parquet(files)), self).to_native().sink_parquet(
+                out, engine="streaming"
+            )
             outputs.append(out)
         return nw.from_native(pl.scan_parquet(outputs))
 

@@ -286,7 +286,10 @@ def entity_windows(
     # of the extremes do not nest in one another.
     points = ends.select(*keys, _E)
     for kind, column, size in _extremes(view):
-        extreme = _window_extreme(points, partials, view, kind, column, size)
+        numeric = partials.collect_schema()[_part(kind, column)].is_numeric()
+        polars = partials.implementation.is_polars()
+        window_extreme = _rolling_extreme if numeric and polars else _window_extreme
+        extreme = window_extreme(points, partials, view, kind, column, size)
         ends = ends.join(extreme, on=[*keys, _E], how="left")
     values = [_finish(view, f).alias(f.name) for f in view.features]
     holds = nw.col(_measure_name("rows", None, sizes[-1])) > 0
@@ -372,6 +375,58 @@ def _extremes(view: FeatureViewConfig) -> list[tuple[str, str, int]]:
 
 def _extreme_name(kind: str, column: str, size: int) -> str:
     return f"_tf_x_{kind}__{column}__{size}"
+
+
+def _rolling_extreme(
+    ends: nw.LazyFrame[Any],
+    partials: nw.LazyFrame[Any],
+    view: FeatureViewConfig,
+    kind: str,
+    column: str,
+    size: int,
+) -> nw.LazyFrame[Any]:
+    """:func:`_window_extreme` of a numeric column, by Polars' rolling window kernel.
+
+    Tiles and probes (a probe at ``E - 1`` reads ``E - size .. E - 1``) sorted by entity
+    and position; the position is offset by the entity's rank times a stride wider than
+    every window, so one rolling pass over the whole frame never reaches across two
+    entities. A group-wise pass (``over``) costs a group per entity, and most entities
+    hold a handful of tiles; this costs one sort.
+    """
+    import polars as pl
+
+    keys = list(view.entities)
+    value = _part(kind, column)
+    pos, probe, key = "_tf_pos", "_tf_probe", "_tf_rkey"
+    tiles = partials.to_native().select(
+        *keys,
+        pl.col(_TILE).alias(pos),
+        pl.lit(0, pl.Int64).alias(_E),
+        pl.lit(0, pl.Int8).alias(probe),
+        pl.col(value),
+    )
+    probes = ends.to_native().select(
+        *keys,
+        (pl.col(_E) - 1).alias(pos),
+        pl.col(_E),
+        pl.lit(1, pl.Int8).alias(probe),
+        pl.lit(None, tiles.collect_schema()[value]).alias(value),
+    )
+    union = pl.concat([tiles, probes], how="vertical").sort([*keys, pos, probe])
+    bounds = union.select(pl.col(pos).min().alias("lo"), pl.col(pos).max().alias("hi"))
+    lo, hi = bounds.collect().row(0)
+    lo, hi = (lo, hi) if lo is not None else (0, 0)  # nothing to read: no rows either
+    stride = hi - lo + size + 1
+    entity = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+    rank = entity.fill_null(True).cum_sum().cast(pl.Int64)
+    union = union.with_columns((rank * stride + pl.col(pos) - lo).alias(key))
+    rolling = pl.col(value).rolling_min_by if kind == "min" else pl.col(value).rolling_max_by
+    out = union.with_columns(rolling(key, window_size=f"{size}i").alias(value))
+    out = out.filter(pl.col(probe) == 1).select(
+        *keys, _E, pl.col(value).alias(_extreme_name(kind, column, size))
+    )
+    result: nw.LazyFrame[Any] = nw.from_native(out)
+    return result
 
 
 def _window_extreme(
