@@ -43,7 +43,7 @@ START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 HOUR_US = 3_600_000_000
 CHUNK = 5_000_000
 TIMEOUT_S = 3 * 3600
-RUNNERS = ("tierflow-single", "tierflow-dask", "tierflow-spark", "duckdb")
+RUNNERS = ("tierflow-single", "tierflow-dask", "tierflow-spark", "duckdb", "polars")
 
 _SOURCE = {
     "format": "delta",
@@ -173,8 +173,8 @@ def run_one(runner: str, root: Path, out: Path, scheduler: str | None) -> float:
     """Build the training set with ``runner`` in this process; its seconds."""
     shutil.rmtree(out, ignore_errors=True)
     began = time.perf_counter()
-    if runner == "duckdb":
-        by_hand_duckdb(root, out)
+    if runner in ("duckdb", "polars"):
+        (by_hand_duckdb if runner == "duckdb" else by_hand_polars)(root, out)
         return time.perf_counter() - began
     from tierflow.engines import create_engine
     from tierflow.engines.base import EngineOptions
@@ -266,6 +266,75 @@ def by_hand_duckdb(root: Path, out: Path) -> None:
                 f"TO '{out}' (FORMAT parquet)")  # fmt: skip
     con.close()
     (out.parent / f"{out.name}.duckdb").unlink(missing_ok=True)
+
+
+def by_hand_polars(root: Path, out: Path) -> None:
+    """The same training set in Polars, written as a user would without tierflow.
+
+    Per view: tile aggregates per user and step; each label's (user, tile before its grid
+    point) is a probe row among the tiles, and rolling aggregates over the tile index
+    (per user) are read at the probes, then joined back onto the labels.
+    """
+    import polars as pl
+
+    events = pl.scan_delta(str(root / "events"))
+    labels = pl.scan_delta(str(root / "labels")).with_columns(
+        pl.col("ts").dt.epoch("us").alias("t")
+    )
+    result = labels.select("label_id", "uid", "ts", "t")
+    for name, spec in VIEWS.items():
+        step = HOUR_US * (24 if spec["step"] == "1d" else 1)
+        t = pl.col("ts").dt.epoch("us")
+        tiles = events.group_by("uid", (t // step).alias("k")).agg(
+            pl.len().alias("n"), pl.col("amount").count().alias("c"),
+            pl.col("amount").sum().alias("s"), (pl.col("amount") ** 2).sum().alias("q"),
+            pl.col("amount").min().alias("lo"), pl.col("amount").max().alias("hi"),
+            pl.col("amount").sort_by(t).last().alias("last_v"), t.max().alias("last_t"),
+            pl.col("purchase").sum().alias("p"), pl.lit(False).alias("probe"),
+        )  # fmt: skip
+        probes = labels.select("uid", (pl.col("t") // step - 1).alias("k")).unique()
+        probes = probes.with_columns(pl.lit(True).alias("probe"))
+        rows = pl.concat([tiles, probes], how="diagonal_relaxed").sort("uid", "k", "probe")
+        columns = []
+        for f in spec["features"]:
+            w = f"{_tiles(f.get('window', spec['step']), step)}i"
+
+            def roll(column: str, op: str, w: str = w) -> pl.Expr:
+                return getattr(pl.col(column), f"rolling_{op}_by")("k", window_size=w).over("uid")
+
+            out_name = f"{name}__{f['name']}"
+            agg = f["agg"]
+            if agg == "count":
+                expr = roll("n", "sum").fill_null(0)
+            elif agg == "sum":
+                src = "p" if f["column"] == "purchase" else "s"
+                expr = pl.when(roll("c", "sum") > 0).then(roll(src, "sum"))
+            elif agg == "mean":
+                expr = roll("s", "sum") / pl.when(roll("c", "sum") > 0).then(roll("c", "sum"))
+            elif agg in ("min", "max"):
+                expr = roll("lo" if agg == "min" else "hi", agg)
+            elif agg == "last":
+                expr = roll("last_t", "max")
+                out_name = f"_last_t_{name}"
+            else:
+                c, s_, q = roll("c", "sum"), roll("s", "sum"), roll("q", "sum")
+                variance = ((q - s_ * s_ / c) / (c - 1)).clip(lower_bound=0)
+                expr = pl.when(c > 1).then(variance.sqrt())
+            columns.append(expr.alias(out_name))
+        values = rows.with_columns(columns).filter(pl.col("probe"))
+        values = values.select("uid", "k", *[c.meta.output_name() for c in columns])
+        for f in spec["features"]:
+            if f["agg"] == "last":  # the value of the latest event in the window
+                latest = tiles.select("uid", pl.col("last_t").alias(f"_last_t_{name}"),
+                                      pl.col("last_v").alias(f"{name}__{f['name']}"))  # fmt: skip
+                values = values.join(latest, on=["uid", f"_last_t_{name}"], how="left")
+                values = values.drop(f"_last_t_{name}")
+        values = values.with_columns(((pl.col("k") + 1) * step).alias("_end")).drop("k")
+        result = result.with_columns(((pl.col("t") // step) * step).alias("_end"))
+        result = result.join(values, on=["uid", "_end"], how="left").drop("_end")
+        counts = [f"{name}__{f['name']}" for f in spec["features"] if f["agg"] == "count"]
+        result = result.with_columns(pl.col(counts).fill_null(0))
+    result.drop("t").sink_parquet(out, engine="streaming")
 
 
 def _tiles(window: str, step_us: int) -> int:
