@@ -71,7 +71,7 @@ bench-delta: setup ## tierflow's Delta sink against pyarrow's Parquet writer; ME
 bench-features: setup ## benchmark online-store loading and reads against raw redis-py
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features
 
-bench-features-scale: setup ## a point-in-time training set from a skewed clickstream per tier vs DuckDB (EVENTS, LABELS, ENTITIES)
+bench-features-scale: setup ## training set per tier vs DuckDB/Polars; materialize + online reads at 10 M entities (EVENTS, LABELS, ENTITIES, STAGES)
 	@scripts/isolated.sh $(BIN)/python -m benchmarks.bench_features_scale
 
 gpu-check: ## training strategies on this machine's GPUs (CPU and gloo without one): samples/s, MFU

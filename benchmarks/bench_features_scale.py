@@ -1,20 +1,31 @@
-"""Feature views at scale: a point-in-time training set from a skewed clickstream.
+"""Feature views at scale: training sets, materialization and online reads.
 
 ``make bench-features-scale`` (``EVENTS``, ``LABELS``, ``ENTITIES`` override the sizes;
-defaults 100 M events, 10 M labels, 10 M users) generates, under
-``.local/bench-data/features-scale/``:
+defaults 100 M events, 10 M labels, 10 M users; ``STAGES`` picks among ``training``,
+``materialize``, ``online``) generates, under ``.local/bench-data/``:
 
 - ``events``: a clickstream of ``EVENTS`` rows over 30 days (``uid``, ``ts``,
   ``amount`` in whole currency units, ``purchase`` 0/1); 5% of the events belong to 20
   hot users, the rest are spread evenly over ``ENTITIES`` users;
 - ``labels``: ``LABELS`` rows (``uid``, ``ts``), users drawn like the events';
 
-as Delta tables, and builds the training set of four views (one with a 7-day window at a
-1-hour step) with ``tierflow.features.training.build`` on each tier, next to the same
-result written by hand in DuckDB (window SQL: each label's window read by a range
-frame over the user's tiles). Every output is compared with DuckDB's, value by value;
-each run is a process of its own, timed, with the peak memory of its process tree (and
-the Dask workers').
+as Delta tables, and
+
+- **training**: builds the training set of four views (one with a 7-day window at a
+  1-hour step) with ``tierflow.features.training.build`` on each tier, next to the same
+  result written by hand in DuckDB (window SQL: each label's window read by a range
+  frame over the user's tiles) and in Polars (rolling aggregates over the tile index).
+  Every output is compared with DuckDB's, value by value; each run is a process of its
+  own, timed, with the peak memory of its process tree (and the Dask workers');
+- **materialize**: loads the ``weekly`` view's values as of the end into Redis and into
+  SQLite from a tenth of the events and from all of them (the same users), each run a
+  process of its own with its peak memory; a hand-written pipelined redis-py loader
+  writes the same rows (only its loading timed, against tierflow's loading); a run
+  into SQLite is SIGKILLed halfway, started again and compared with the uninterrupted
+  one row by row;
+- **online**: reads of 1 and 100 random users from the loaded Redis with
+  ``get_online_features`` beside raw redis-py reading the same keys (pipelined HMGET),
+  p50 and p99 per round, medians of rounds.
 
 Results: ``benchmarks/results/<date>/features-scale.{json,md}``.
 """
@@ -29,10 +40,11 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, Results
+from benchmarks.harness import ROOT, Results, local_services
 
 EVENTS = int(float(os.environ.get("EVENTS", "100e6")))
 LABELS = int(float(os.environ.get("LABELS", "10e6")))
@@ -44,6 +56,13 @@ HOUR_US = 3_600_000_000
 CHUNK = 5_000_000
 TIMEOUT_S = 3 * 3600
 RUNNERS = ("tierflow-single", "tierflow-dask", "tierflow-spark", "duckdb", "polars")
+#: What runs: the training set on every runner; materialization of one view into Redis and
+#: SQLite at a tenth of the events and at all of them, beside a pipelined redis-py loader,
+#: and a SIGKILLed run resumed; online reads of the loaded store beside raw redis-py.
+STAGES = tuple(os.environ.get("STAGES", "training,materialize,online").split(","))
+MATERIALIZED = "weekly"
+AS_OF = datetime(2026, 1, 31, tzinfo=timezone.utc)  # the day after the last events
+READ_ROUNDS, READS = 5, 2000
 
 _SOURCE = {
     "format": "delta",
@@ -122,8 +141,8 @@ def training_config() -> Any:
 # --- data ---------------------------------------------------------------------------------
 
 
-def data_root() -> Path:
-    return ROOT / ".local" / "bench-data" / f"features-scale-{EVENTS}-{LABELS}-{ENTITIES}"
+def data_root(events: int = EVENTS, labels: int = LABELS) -> Path:
+    return ROOT / ".local" / "bench-data" / f"features-scale-{events}-{labels}-{ENTITIES}"
 
 
 def _users(rng: Any, count: int) -> Any:
@@ -135,7 +154,7 @@ def _users(rng: Any, count: int) -> Any:
     return users
 
 
-def generate(root: Path) -> None:
+def generate(root: Path, events: int = EVENTS, labels: int = LABELS) -> None:
     """The events and labels as Delta tables, chunk by chunk (memory: one chunk)."""
     import numpy as np
     import pyarrow as pa
@@ -149,7 +168,7 @@ def generate(root: Path) -> None:
     rng = np.random.default_rng(17)
     span = DAYS * 24 * HOUR_US
     ts_type = pa.timestamp("us", tz="UTC")
-    for table, total in (("events", EVENTS), ("labels", LABELS)):
+    for table, total in (("events", events), ("labels", labels)):
         written = 0
         while written < total:
             n = min(CHUNK, total - written)
@@ -353,6 +372,227 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
+# --- materialization and online reads --------------------------------------------------
+
+
+def source_of(root: Path) -> Any:
+    from tierflow.config.jobs import SourceConfig
+    from tierflow.jobs.sources import resolve_source
+
+    return resolve_source("events", SourceConfig(format="delta", path=str(root / "events")), root)
+
+
+def open_store(kind: str, target: str) -> Any:
+    if kind == "redis":
+        from tierflow.stores.redis_store import RedisOnlineStore
+
+        return RedisOnlineStore(target)
+    from tierflow.stores.sqlite_store import SQLiteOnlineStore
+
+    return SQLiteOnlineStore(Path(target))
+
+
+def materialize_main(kind: str, root: Path, target: str) -> int:
+    """``... materialize redis|sqlite ROOT URL|DB``: the planner's (single-node) tier."""
+    from tierflow.engines import create_engine
+    from tierflow.features.materialize import materialize
+
+    view = view_configs()[MATERIALIZED]
+    engine = create_engine("single")
+    with open_store(kind, target) as store:
+        result = materialize(
+            view, source_of(root), engine, store, end=AS_OF, work_dir=root.parent / "mat-work",
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )  # fmt: skip
+    engine.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"seconds": result.seconds, "load_seconds": result.load_seconds,
+                      "rows": result.rows_written, "buckets": result.buckets,
+                      "resumed_from": result.resumed_from, "peak_bytes": peak}), flush=True)  # fmt: skip
+    return 0
+
+
+def raw_load_main(root: Path, url: str) -> int:
+    """``... rawload ROOT URL``: the same rows loaded by a hand-written pipelined redis-py
+    loader (HSET + PEXPIRE per key); only the loading is timed."""
+    import pyarrow.dataset as ds
+    import redis
+
+    from tierflow.engines import create_engine
+    from tierflow.features.batch import WINDOW_END, latest_values
+    from tierflow.jobs.runner import read_source
+
+    view = view_configs()[MATERIALIZED]
+    engine = create_engine("single")
+    values = root.parent / "mat-raw-values.parquet"
+    as_of = int(AS_OF.timestamp() * 1_000_000)
+    frame = read_source(engine, source_of(root), lineage=False)
+    latest_values(frame, view, engine, as_of).to_native().sink_parquet(values)
+    engine.close()
+    client = redis.Redis.from_url(url)
+    names = [f.name for f in view.features]
+    ttl_ms = view.ttl_us // 1000
+    rows = 0
+    began = time.perf_counter()
+    for batch in ds.dataset(str(values)).to_batches(batch_size=2_000):
+        pipe = client.pipeline(transaction=False)
+        for row in batch.to_pylist():
+            key = f"raw:{view.name}:[{row['uid']}]"
+            payload = json.dumps({n: row[n] for n in names})
+            pipe.hset(key, mapping={"we": row[WINDOW_END], "v": payload})
+            pipe.pexpire(key, ttl_ms)
+        pipe.execute()
+        rows += batch.num_rows
+    seconds = time.perf_counter() - began
+    values.unlink()
+    print(json.dumps({"load_seconds": seconds, "rows": rows}), flush=True)
+    return 0
+
+
+def child(argv: list[str], roots: list[int] | None = None,
+          kill_at: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run ``python -m benchmarks.bench_features_scale ARGV`` timed with its memory;
+    with ``kill_at``, SIGKILL it when a progress line holds that text."""
+    from tierflow.jobs.calibration import PeakMemory
+
+    argv = [sys.executable, "-m", "benchmarks.bench_features_scale", *argv]
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # fmt: skip
+    with PeakMemory(lambda: [proc.pid, *(roots or [])], every=0.2) as tree:
+        if kill_at is not None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if kill_at in line:
+                    proc.kill()
+                    break
+            proc.wait()
+            return {"killed": proc.returncode == -9}
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[3:]} exit {proc.returncode}: {stderr.strip()[-1500:]}")
+    run: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    run["wall_seconds"] = time.perf_counter() - began
+    run["peak_bytes"] = max(run.get("peak_bytes", 0), tree.peak)
+    return run
+
+
+def sqlite_difference(a: Path, b: Path) -> int:
+    """Rows of one store that the other lacks, both ways (entity, window end, values)."""
+    import sqlite3
+
+    with sqlite3.connect(a) as db:
+        db.execute(f"ATTACH '{b}' AS other")
+        columns = "view, entity, window_end, payload"
+        return int(
+            db.execute(f"""SELECT
+            (SELECT count(*) FROM (SELECT {columns} FROM online_features
+                                   EXCEPT SELECT {columns} FROM other.online_features))
+          + (SELECT count(*) FROM (SELECT {columns} FROM other.online_features
+                                   EXCEPT SELECT {columns} FROM online_features))""").fetchone()[0]
+        )
+
+
+def materialize_stage(results: Results, url: str) -> None:
+    """10x the events, the same entities: time, load rate and peak memory per store."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out = ROOT / ".local" / "bench-data" / "features-scale-stores"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    runs: dict[str, Any] = {}
+    for events in (EVENTS // 10, EVENTS):
+        root = data_root(events, 1000)
+        generate(root, events, 1000)
+        for kind in ("sqlite", "redis"):
+            client.flushdb()
+            target = url if kind == "redis" else str(out / f"{events}.db")
+            run = child(["materialize", kind, str(root), target])
+            runs[f"{kind}-{events}"] = run
+            print(f"  materialize {events:,} events -> {kind}: {run['rows']:,} entities, "
+                  f"{run['seconds']:.0f} s (loading {run['load_seconds']:.0f} s), "
+                  f"peak {run['peak_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
+    root = data_root(EVENTS, 1000)
+    client.flushdb()
+    peer = child(["rawload", str(root), url])
+    runs["redis-py"] = peer
+    print(f"  redis-py loader: {peer['rows']:,} rows in {peer['load_seconds']:.0f} s", flush=True)
+    # Killed halfway into SQLite, started again: equal to the uninterrupted run.
+    killed = out / "killed.db"
+    big = runs[f"sqlite-{EVENTS}"]
+    halfway = f"bucket {big['buckets'] // 2}/{big['buckets']}:"
+    runs["killed"] = child(["materialize", "sqlite", str(root), str(killed)], kill_at=halfway)
+    runs["resumed"] = child(["materialize", "sqlite", str(root), str(killed)])
+    runs["resumed"]["difference"] = sqlite_difference(killed, out / f"{EVENTS}.db")
+    print(f"  killed at {halfway} resumed from bucket {runs['resumed']['resumed_from']}: "
+          f"{runs['resumed']['difference']} rows differ", flush=True)  # fmt: skip
+    results.raw["materialize"] = runs
+    for kind in ("redis", "sqlite"):
+        small, large = runs[f"{kind}-{EVENTS // 10}"], runs[f"{kind}-{EVENTS}"]
+        results.add(benchmark=f"materialize {MATERIALIZED} into {kind}, {EVENTS // 10:,} events",
+                    metric="peak GiB", tierflow=small["peak_bytes"] / 2**30, peer=None,
+                    peer_name="-", ratio=None)  # fmt: skip
+        results.add(benchmark=f"materialize {MATERIALIZED} into {kind}, {EVENTS:,} events",
+                    metric="peak GiB", tierflow=large["peak_bytes"] / 2**30,
+                    peer=small["peak_bytes"] / 2**30, peer_name=f"{EVENTS // 10:,} events",
+                    ratio=large["peak_bytes"] / small["peak_bytes"])  # fmt: skip
+        results.add(benchmark=f"materialize {MATERIALIZED} into {kind}, {EVENTS:,} events",
+                    metric="s", tierflow=large["seconds"], peer=None, peer_name="-", ratio=None)  # fmt: skip
+    ours = runs[f"redis-{EVENTS}"]["rows"] / runs[f"redis-{EVENTS}"]["load_seconds"]
+    theirs = peer["rows"] / peer["load_seconds"]
+    results.add(benchmark=f"load {peer['rows']:,} entities into Redis", metric="rows/s",
+                tierflow=ours, peer=theirs, peer_name="pipelined redis-py", ratio=ours / theirs)  # fmt: skip
+    results.add(benchmark="SIGKILL halfway, resumed: rows differing from one run", metric="rows",
+                tierflow=runs["resumed"]["difference"], peer=0, peer_name="exact", ratio=None)  # fmt: skip
+
+
+def raw_read(client: Any, view: str, ids: list[int]) -> list[Any]:
+    """The same keys read by hand: pipelined HMGET, JSON decoded."""
+    pipe = client.pipeline(transaction=False)
+    for i in ids:
+        pipe.hmget(f"tf:{view}:[{i}]", "we", "v")
+    return [None if v is None else (int(we), json.loads(v)) for we, v in pipe.execute()]
+
+
+def online_stage(results: Results, url: str) -> None:
+    """Reads of 1 and 100 random entities of the loaded store, beside raw redis-py."""
+    import random
+
+    from benchmarks.harness import median, percentile
+    from tierflow.features.online import get_online_features
+    from tierflow.stores.redis_store import RedisOnlineStore
+
+    store = RedisOnlineStore(url)
+    view = view_configs()[MATERIALIZED]
+    held = int(store.client.dbsize()) - 1  # the view's keys and one checkpoint
+    views = {view.name: view}
+    rng = random.Random(3)
+    users = HOT_USERS + ENTITIES
+    for size in (1, 100):
+        rounds: dict[str, list[float]] = {"ours_p50": [], "ours_p99": [], "peer_p50": [],
+                                          "peer_p99": []}  # fmt: skip
+        for _ in range(READ_ROUNDS):
+            ours, peer = [], []
+            for _ in range(READS):
+                ids = [rng.randrange(users) for _ in range(size)]
+                began = time.perf_counter()
+                get_online_features(store, views, [view.name], [{"uid": i} for i in ids])
+                ours.append((time.perf_counter() - began) * 1000)
+                began = time.perf_counter()
+                raw_read(store.client, view.name, ids)
+                peer.append((time.perf_counter() - began) * 1000)
+            for name, values in (("ours", ours), ("peer", peer)):
+                rounds[f"{name}_p50"].append(percentile(values, 50))
+                rounds[f"{name}_p99"].append(percentile(values, 99))
+        results.raw[f"online_read_{size}"] = rounds | {"entities_held": held}
+        for q in ("p50", "p99"):
+            a, b = median(rounds[f"ours_{q}"]), median(rounds[f"peer_{q}"])
+            results.add(benchmark=f"online read, {size} entities of {held:,}", metric=f"{q} ms",
+                        tierflow=a, peer=b, peer_name="redis-py HMGET", ratio=a / b)  # fmt: skip
+    store.close()
+
+
 # --- comparison ---------------------------------------------------------------------------
 
 
@@ -393,6 +633,61 @@ def compare(a: Any, b: Any) -> str | None:
 
 
 def main() -> int:
+    results = Results("features-scale")
+    results.raw["setup"] = {"events": EVENTS, "labels": LABELS, "users": ENTITIES,
+                            "hot_users": HOT_USERS, "hot_share": HOT_SHARE, "days": DAYS,
+                            "views": VIEWS, "stages": STAGES, "materialized": MATERIALIZED,
+                            "as_of": AS_OF.isoformat()}  # fmt: skip
+    if "training" in STAGES:
+        training_stage(results)
+    if "materialize" in STAGES or "online" in STAGES:
+        from tierflow.config.services import SERVICES_CONF_ENV
+
+        # 10 M entities need more than the default Redis memory limit (1 GB).
+        services = ROOT / ".local" / "bench-features-scale-services.yaml"
+        conf = (ROOT / "conf" / "services.yaml").read_text()
+        services.write_text(conf.replace("redis:\n", "redis:\n  maxmemory: 12gb\n", 1))
+        os.environ[SERVICES_CONF_ENV] = str(services)
+        with local_services("redis") as running:
+            url = running.service("redis").endpoints()["url"]
+            if "materialize" in STAGES:
+                materialize_stage(results, url)
+            else:  # reads need the store loaded
+                child(["materialize", "redis", str(data_root(EVENTS, 1000)), url])
+            if "online" in STAGES:
+                online_stage(results, url)
+    return results.finish()
+
+
+def task_sizes(root: Path, tasks: int = 200) -> dict[str, Any]:
+    """Rows per task of the window step if users are hashed into ``tasks`` tasks (Spark's
+    default shuffle partitions): what reaches that step per user is its tiles and its
+    labels' probes, at most one row per step of the 30 days each, not its events."""
+    import polars as pl
+
+    events = pl.scan_delta(str(root / "events"))
+    labels = pl.scan_delta(str(root / "labels"))
+    out: dict[str, Any] = {}
+    for name in sorted({spec["step"] for spec in VIEWS.values()}):
+        step = HOUR_US * (24 if name == "1d" else 1)
+        tiles = events.select("uid", (pl.col("ts").dt.epoch("us") // step).alias("k")).unique()
+        probes = labels.select("uid", (pl.col("ts").dt.epoch("us") // step).alias("k")).unique()
+        per_user = pl.concat([tiles, probes]).group_by("uid").agg(pl.len().alias("rows"))
+        per_task = (
+            per_user.group_by((pl.col("uid").hash(seed=0) % tasks).alias("task"))
+            .agg(pl.col("rows").sum())
+            .collect(engine="streaming")["rows"]
+        )
+        hottest = events.group_by("uid").agg(pl.len().alias("events")).sort("events").last()
+        hot = hottest.join(per_user, on="uid").collect(engine="streaming").row(0, named=True)
+        out[name] = {"tasks": tasks, "task_rows_max": int(per_task.max()),  # type: ignore[arg-type]
+                     "task_rows_median": float(per_task.median()),  # type: ignore[arg-type]
+                     "hottest_user_events": hot["events"], "hottest_user_rows": hot["rows"]}  # fmt: skip
+    return out
+
+
+def training_stage(results: Results) -> None:
+    """The training set on every runner, each checked equal to DuckDB's."""
     from tierflow.jobs.calibration import PeakMemory
 
     root = data_root()
@@ -401,10 +696,6 @@ def main() -> int:
     began = time.perf_counter()
     generate(root)
     print(f"  data ready ({time.perf_counter() - began:.0f} s)", flush=True)
-    results = Results("features-scale")
-    results.raw["setup"] = {"events": EVENTS, "labels": LABELS, "users": ENTITIES,
-                            "hot_users": HOT_USERS, "hot_share": HOT_SHARE, "days": DAYS,
-                            "views": VIEWS}  # fmt: skip
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
@@ -460,11 +751,24 @@ def main() -> int:
             if "seconds" in run else None,
         )  # fmt: skip
     results.raw["runs"] = runs
-    results.finish()
-    return 0
+    sizes = task_sizes(root)
+    results.raw["task_sizes"] = sizes
+    for name, size in sizes.items():
+        results.add(benchmark=f"{name} steps: rows per window task ({size['tasks']} tasks)",
+                    metric="rows", tierflow=size["task_rows_max"], tierflow_runner="largest task",
+                    peer=size["task_rows_median"], peer_name="median task",
+                    ratio=size["task_rows_max"] / size["task_rows_median"])  # fmt: skip
+        results.add(benchmark=f"{name} steps: the hottest user", metric="rows",
+                    tierflow=size["hottest_user_rows"], tierflow_runner="its rows at the window step",
+                    peer=size["hottest_user_events"], peer_name="its events", ratio=None)  # fmt: skip
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "one":
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "one":
         sys.exit(child_main(sys.argv[2:]))
+    if command == "materialize":
+        sys.exit(materialize_main(sys.argv[2], Path(sys.argv[3]), sys.argv[4]))
+    if command == "rawload":
+        sys.exit(raw_load_main(Path(sys.argv[2]), sys.argv[3]))
     sys.exit(main())

@@ -469,21 +469,23 @@ def _features(args: argparse.Namespace, project: Any) -> int:
                     view, source, engine, store, start=args.start, end=args.end,
                     chunk_rows=args.chunk_rows or project.config.materialize_chunk_rows,
                     buckets=args.buckets, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                    work_dir=project.data_dir / "_materialize",
                 )  # fmt: skip
             print(
                 f"{view.name}: {result.rows_written:,} rows in {result.seconds:.1f}s "
-                f"({result.rows_per_second:,.0f} rows/s), buckets {result.buckets_done_now}/{result.buckets}"
+                f"({result.rows_per_second:,.0f} rows/s; the store loaded "
+                f"{result.load_rows_per_second:,.0f} rows/s), buckets {result.buckets_done_now}/{result.buckets}"
                 + (" (already done)" if result.already_done else "")
             )
             return 0
         from datetime import datetime, timezone
 
-        from tierflow.features.batch import feature_rows, values_as_of
+        from tierflow.features.batch import latest_values
         from tierflow.jobs.runner import read_source
 
         moment = args.as_of or datetime.now(timezone.utc)
         as_of_us = int(moment.timestamp() * 1_000_000)
-        rows = values_as_of(feature_rows(read_source(engine, source), view, engine), view, as_of_us)
+        rows = latest_values(read_source(engine, source, lineage=False), view, engine, as_of_us)
         table = engine.collect_arrow(rows)
         print(table.slice(0, args.limit).to_pandas().to_string(index=False))
         print(f"({table.num_rows:,} entities as of {moment.isoformat()}, engine {engine.name})")

@@ -12,7 +12,13 @@ import pyarrow as pa
 from tests.unit.test_stream_state import HOUR, VIEW, events
 from tierflow.config.features import FeatureViewConfig
 from tierflow.engines.polars_engine import PolarsEngine
-from tierflow.features.batch import WINDOW_END, feature_rows, point_in_time
+from tierflow.features.batch import (
+    WINDOW_END,
+    feature_rows,
+    latest_values,
+    point_in_time,
+    values_as_of,
+)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -147,3 +153,35 @@ def test_windows_of_strings_and_numbers_equal_a_direct_computation() -> None:
             assert label[STRINGS.column_name(f)] == want, (label, f.name, want)
             filled += want is not None
     assert filled > 300
+
+
+def test_latest_values_equal_the_window_rows_read_as_of() -> None:
+    """What materialization writes: each entity's values at one time, computed at one
+    probe per entity, equal the latest window row at or before that time."""
+    engine = PolarsEngine()
+    table = events(13, 400)
+    times = table.column("ts").cast(pa.int64()).to_pylist()
+    rows = feature_rows(engine.from_arrow(table), VIEW, engine)
+    names = ["k", WINDOW_END, *[f.name for f in VIEW.features]]
+
+    def keyed(frame: Any) -> dict[str, tuple[Any, ...]]:
+        return {r["k"]: tuple(r[n] for n in names) for r in engine.collect_arrow(frame).to_pylist()}
+
+    # Before the first event, inside the events (also mid-step), at the edge where some
+    # entities' windows have all emptied, and long after every event.
+    moments = [min(times) - HOUR, *sorted(random.Random(7).sample(times, 6)), max(times)]
+    moments += [max(times) + 2 * HOUR + 1, max(times) + 40 * HOUR]
+    checked = 0
+    for as_of in moments:
+        want = keyed(values_as_of(rows, VIEW, as_of))
+        got = keyed(latest_values(engine.from_arrow(table), VIEW, engine, as_of))
+        assert got.keys() == want.keys(), as_of
+        for key, row in want.items():
+            assert all(
+                (a is None or (isinstance(a, float) and math.isnan(a)))
+                and (b is None or (isinstance(b, float) and math.isnan(b)))
+                or same(a, b)
+                for a, b in zip(got[key], row, strict=True)
+            ), (as_of, key, got[key], row)
+            checked += 1
+    assert checked > 100

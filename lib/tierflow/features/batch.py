@@ -556,6 +556,35 @@ def values_as_of(
     return picked.with_columns(end.alias(WINDOW_END)).drop(HOLDS)
 
 
+def latest_values(
+    events: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine, as_of_us: int
+) -> nw.LazyFrame[Any]:
+    """:func:`values_as_of` of :func:`feature_rows`, computed at one window end per entity.
+
+    Every entity with a tile before the grid point at or before ``as_of_us`` is a probe
+    at that grid point (tiles from it on are not read): the cost is the tiles' once,
+    not every window end of every entity. Where every window is empty there,
+    ``window_end_us`` is where the last one emptied (the end of the entity's last tile
+    plus the longest window), as :func:`values_as_of` gives it.
+    """
+    end = as_of_us // view.step_us
+    keys = list(view.entities)
+    last_tile = "_tf_last_tile"
+    partials = tile_partials(prepare_events(events, view, engine), view)
+    partials = partials.filter(nw.col(_TILE) < end)
+    latest = partials.group_by(*keys).agg(nw.col(_TILE).max().alias(last_tile))
+    at = latest.with_columns(nw.lit(end * view.step_us, nw.Int64).alias(_TS))
+    probed = _with_probes(partials, at.select(*keys, _TS), view, {}, _TS)
+    values = engine.by_entity(probed, keys, partial(entity_windows, view=view))
+    emptied = (nw.col(last_tile) + 1 + view.max_tiles) * view.step_us
+    window_end = nw.when(nw.col(HOLDS)).then(nw.col(WINDOW_END)).otherwise(emptied)
+    return (
+        values.join(latest, on=keys, how="inner")
+        .with_columns(window_end.alias(WINDOW_END))
+        .drop(HOLDS, last_tile)
+    )
+
+
 def point_in_time(
     labels: nw.LazyFrame[Any],
     timestamp: str,

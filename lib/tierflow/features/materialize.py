@@ -2,13 +2,17 @@
 
 Bounded, resumable and idempotent:
 
-- **Bounded.** Entities are cut into ``buckets`` by an engine-native hash of their keys,
-  sized so each bucket holds about ``chunk_rows`` source rows. Each bucket is computed
-  and written on its own (Polars with its streaming engine, Dask and Spark out of core),
-  so memory follows the chunk size, not the table size.
+- **One pass, bounded.** Every entity's values as of the end are computed in one pass
+  over the source (:func:`~tierflow.features.batch.latest_values`: one window end per
+  entity, out of core on every tier) and written by the engine to a work folder, split
+  into ``buckets`` by an engine-native hash of the keys. The store is then loaded
+  bucket by bucket, ``chunk_rows`` rows per write, read from those files in batches:
+  memory follows the chunk, not the table.
 - **Resumable.** After each bucket the store records, in the same atomic write as the
   bucket's last rows, a checkpoint naming the materialization and the next bucket. A
-  killed run started again with the same arguments continues from there.
+  killed run started again with the same arguments reuses the computed values (the
+  work folder is named by the run's identity and marked complete once written) and
+  continues from that bucket.
 - **Idempotent.** Values are upserts of the same numbers, and a completed
   materialization is recorded as done: running it again writes nothing.
 """
@@ -18,17 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import narwhals as nw
 
 from tierflow.config.features import FeatureViewConfig
+from tierflow.config.jobs import SinkConfig
 from tierflow.engines.base import Engine
-from tierflow.features.batch import WINDOW_END, feature_rows, values_as_of
+from tierflow.features.batch import WINDOW_END, latest_values
 from tierflow.jobs.runner import read_source
 from tierflow.jobs.sources import ResolvedSource
 from tierflow.stores.base import OnlineRow, OnlineStore
@@ -49,6 +58,12 @@ class MaterializeResult:
     seconds: float
     resumed_from: int
     already_done: bool
+    load_seconds: float = 0.0
+
+    @property
+    def load_rows_per_second(self) -> float:
+        """Rows loaded into the store per second of loading (computing excluded)."""
+        return self.rows_written / self.load_seconds if self.load_seconds else 0.0
 
     @property
     def rows_per_second(self) -> float:
@@ -72,6 +87,7 @@ def materialize(
     chunk_rows: int = 200_000,
     buckets: int | None = None,
     progress: Callable[[str], None] | None = None,
+    work_dir: Path | None = None,
 ) -> MaterializeResult:
     """Write each entity's values as of ``end`` (default: now) into ``store``.
 
@@ -82,9 +98,12 @@ def materialize(
         store: The online store.
         start: Ignore events before this time.
         end: The time the values are as of; events at or after it are ignored.
-        chunk_rows: Target source rows per bucket, and rows per store write.
+        chunk_rows: Source rows per bucket (the number of buckets is the source's rows
+            over this), and rows per store write.
         buckets: Override the number of buckets.
         progress: Receives one line per bucket.
+        work_dir: Where the computed values wait to be loaded (default: the system's
+            temporary folder); a folder per run identity, removed when the run is done.
     """
     say = progress or (lambda _line: None)
     end_us = _us(end) if end else time.time_ns() // 1000
@@ -118,28 +137,38 @@ def materialize(
         say(f"{view.name}: resuming at bucket {resume + 1}/{buckets}")
 
     began = time.monotonic()
+    # The computed values wait in a folder of this run's own, named in its checkpoints
+    # so a resumed run finds them (two runs of one view into two stores never share one).
+    base = work_dir or Path(tempfile.gettempdir()) / "tierflow-materialize"
+    work = base / str(saved["work"]) if resume and saved.get("work") else None
+    if work is not None and (work / "_complete").exists():
+        values = work / "values"
+        say(f"{view.name}: the values computed before are reused ({work})")
+    else:
+        # Bucket b holds the same entities and values whenever the same engine computes
+        # them, so a resumed run may recompute them when the folder is gone.
+        work = base / f"{identity}-{uuid.uuid4().hex[:8]}"
+        values = work / "values"
+        say(f"{view.name}: computing every entity's values as of {as_of} ({engine.name})")
+        frame = _values(view, source, engine, start, end_us, as_of)
+        frame = engine.add_bucket(frame, view.entities, buckets, _BUCKET)
+        sink = SinkConfig(format="parquet", path=str(values), partition_by=(_BUCKET,))
+        engine.write(frame, sink, str(values))
+        (work / "_complete").write_text(identity)
+    loading = time.monotonic()
     written = 0
     for bucket in range(resume, buckets):
-        table = _bucket_values(view, source, engine, bucket, buckets, start, end_us, as_of)
-        rows = _online_rows(view, table)
-        total = rows_before + written + len(rows)
-        final = {
-            "identity": identity,
-            "next_bucket": bucket + 1,
-            "rows": total,
-            "done": bucket + 1 == buckets,
-        }
-        chunks = [rows[i : i + chunk_rows] for i in range(0, len(rows), chunk_rows)] or [[]]
-        for i, chunk in enumerate(chunks):
-            # The checkpoint rides on the bucket's last write: both land or neither.
-            checkpoint = (name, json.dumps(final)) if i == len(chunks) - 1 else None
-            store.write(view.name, chunk, ttl_us=view.ttl_us, checkpoint=checkpoint)
-        written += len(rows)
+        files = sorted(str(f) for f in (values / f"{_BUCKET}={bucket}").glob("*.parquet"))
+        checkpoint = {"identity": identity, "work": work.name, "next_bucket": bucket + 1,
+                      "rows": rows_before + written, "done": bucket + 1 == buckets}  # fmt: skip
+        loaded = _load_bucket(view, store, files, chunk_rows, (name, checkpoint))
+        written += loaded
         elapsed = time.monotonic() - began
         say(
-            f"{view.name}: bucket {bucket + 1}/{buckets}: {len(rows):,} entities "
+            f"{view.name}: bucket {bucket + 1}/{buckets}: {loaded:,} entities "
             f"({written:,} this run, {written / elapsed if elapsed else 0:,.0f} rows/s)"
         )
+    shutil.rmtree(work, ignore_errors=True)
     return MaterializeResult(
         view.name,
         as_of,
@@ -149,30 +178,73 @@ def materialize(
         time.monotonic() - began,
         resume,
         False,
+        time.monotonic() - loading,
     )
 
 
-def _bucket_values(
+def _load_bucket(
+    view: FeatureViewConfig,
+    store: OnlineStore,
+    files: list[str],
+    chunk_rows: int,
+    checkpoint: tuple[str, dict[str, Any]],
+) -> int:
+    """Write one bucket's values, ``chunk_rows`` at a time; the number of rows written.
+
+    The checkpoint (its ``rows`` counting those before the bucket) rides on the bucket's
+    last write: both land or neither.
+    """
+    name, state = checkpoint
+    chunks = _chunks(view, files, chunk_rows)
+    pending = next(chunks, [])
+    loaded = 0
+    while True:
+        following = next(chunks, None)
+        last = following is None
+        final = (name, json.dumps(state | {"rows": state["rows"] + loaded + len(pending)}))
+        store.write(view.name, pending, ttl_us=view.ttl_us, checkpoint=final if last else None)
+        loaded += len(pending)
+        if following is None:
+            return loaded
+        pending = following
+
+
+def _values(
     view: FeatureViewConfig,
     source: ResolvedSource,
     engine: Engine,
-    bucket: int,
-    buckets: int,
     start: datetime | None,
     end_us: int,
     as_of: int,
 ) -> Any:
-    frame = read_source(engine, source)
-    if buckets > 1:
-        frame = engine.add_bucket(frame, view.entities, buckets, _BUCKET)
-        frame = frame.filter(nw.col(_BUCKET) == bucket)
+    """Every entity's values as of ``as_of`` from the events before ``end_us``."""
+    frame = read_source(engine, source, lineage=False)
     frame = engine.epoch_us(frame, view.event_time, _TS)
     frame = frame.filter(nw.col(_TS) < end_us)
     if start is not None:
         frame = frame.filter(nw.col(_TS) >= _us(start))
-    frame = frame.drop(_TS)
-    rows = values_as_of(feature_rows(frame, view, engine), view, as_of)
-    return engine.collect_arrow(rows)
+    return latest_values(frame.drop(_TS), view, engine, as_of)
+
+
+def _chunks(view: FeatureViewConfig, files: list[str], rows: int) -> Iterator[list[OnlineRow]]:
+    """A bucket's computed values as store rows, ``rows`` at a time, read in batches."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    if not files:
+        return
+    held: list[Any] = []
+    count = 0
+    for batch in ds.dataset(files, format="parquet").to_batches(batch_size=rows):
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held)
+            yield _online_rows(view, table.slice(0, rows))
+            rest = table.slice(rows)
+            held, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield _online_rows(view, pa.Table.from_batches(held))
 
 
 def _online_rows(view: FeatureViewConfig, table: Any) -> list[OnlineRow]:

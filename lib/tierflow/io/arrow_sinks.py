@@ -212,7 +212,7 @@ def write_parquet(
         staging = target.with_name(f".{target.name}.{token}.staging")
         pads.write_dataset(
             _reader(schema, counter), staging, format="parquet", partitioning=partitioning,
-            basename_template=f"part-{token}-{{i}}.parquet",
+            basename_template=f"part-{token}-{{i}}.parquet", max_partitions=_MAX_PARTITIONS,
         )  # fmt: skip
         old = target.with_name(f".{target.name}.{token}.old")
         if target.exists():
@@ -227,9 +227,13 @@ def write_parquet(
         pads.write_dataset(
             _reader(schema, counter), base, format="parquet", partitioning=partitioning,
             basename_template=f"part-{token}-{{i}}.parquet", existing_data_behavior=behavior,
-            filesystem=filesystem,
+            filesystem=filesystem, max_partitions=_MAX_PARTITIONS,
         )  # fmt: skip
     return WriteResult(action.path, "parquet", action.mode, counter.rows)
+
+
+# pyarrow stops a write at 1,024 partitions by default; Spark and Polars have no such limit.
+_MAX_PARTITIONS = 1 << 20
 
 
 def write_arrow(
