@@ -28,7 +28,7 @@ def test_buckets_of_entities_change_nothing(monkeypatch: pytest.MonkeyPatch) -> 
     table = events(7, 600)
     whole = rows(table)
     # A bucket size far below the input's tile count: several buckets.
-    monkeypatch.setattr(polars_engine, "_ENTITY_BUCKET_ROWS", 40)
+    monkeypatch.setattr(polars_engine, "ENTITY_CHUNK_ROWS", 40)
     assert rows(table) == whole
     assert len(whole) > 200
 

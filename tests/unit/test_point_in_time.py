@@ -178,8 +178,10 @@ def test_latest_values_equal_the_window_rows_read_as_of() -> None:
         assert got.keys() == want.keys(), as_of
         for key, row in want.items():
             assert all(
-                (a is None or (isinstance(a, float) and math.isnan(a)))
-                and (b is None or (isinstance(b, float) and math.isnan(b)))
+                (
+                    (a is None or (isinstance(a, float) and math.isnan(a)))
+                    and (b is None or (isinstance(b, float) and math.isnan(b)))
+                )
                 or same(a, b)
                 for a, b in zip(got[key], row, strict=True)
             ), (as_of, key, got[key], row)

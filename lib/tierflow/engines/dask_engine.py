@@ -26,6 +26,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import (
+    ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
     Engine,
     EngineOptions,
@@ -379,14 +380,24 @@ class DaskEngine(Engine):
     def by_entity(
         self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
     ) -> nw.LazyFrame[Any]:
-        """Shuffle so each key's rows share a partition; ``fn`` per partition on Polars."""
+        """Shuffle so each key's rows share a partition; ``fn`` per partition on Polars.
+
+        The input is computed once and kept on the workers (they spill), its rows
+        counted, and shuffled into partitions of about :data:`ENTITY_CHUNK_ROWS` rows:
+        the partition count Dask gives a group-by's output (a tenth of its input's) would
+        put most of a large input in one task.
+        """
         import pandas as pd
         import pyarrow as pa
+        from distributed import wait
 
-        native = frame.to_native()
+        native = self.client.persist(optimized(frame.to_native()))
+        wait(native)
+        rows = int(native.map_partitions(len).sum().compute())
+        parts = max(native.npartitions, -(-rows // ENTITY_CHUNK_ROWS))
         empty = pa.Table.from_pandas(native._meta, preserve_index=False)
         meta = run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
-        shuffled = native.shuffle(on=list(keys))
+        shuffled = native.shuffle(on=list(keys), npartitions=parts)
         return nw.from_native(shuffled.map_partitions(_by_entity_partition, fn, meta=meta))
 
     def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:

@@ -30,6 +30,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import (
+    ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
     Engine,
     EngineOptions,
@@ -42,9 +43,6 @@ from tierflow.storage import polars_options
 
 #: Without a memory budget from the planner, frames above this are spilled, not kept.
 _DEFAULT_SPILL_BYTES = 2 * 1024**3
-# Rows of a by_entity bucket: feature windows hold about 4x their tile rows, ~20 columns
-# wide, in memory at once (~1.3 GB for 2 M tiles).
-_ENTITY_BUCKET_ROWS = 2_000_000
 
 
 def _md5_bucket(texts: Any) -> Any:
@@ -216,7 +214,7 @@ class PolarsEngine(Engine):
         frame.to_native().sink_parquet(spilled, engine="streaming")
         rows = pq.read_metadata(spilled).num_rows
         source = nw.from_native(pl.scan_parquet(spilled))
-        buckets = max(1, -(-rows // _ENTITY_BUCKET_ROWS))
+        buckets = max(1, -(-rows // ENTITY_CHUNK_ROWS))
         if buckets == 1:
             return fn(source, self)
         split = self._scratch_file("")

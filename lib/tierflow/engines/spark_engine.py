@@ -20,11 +20,13 @@ import narwhals as nw
 
 from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import (
+    ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
     Engine,
     EngineOptions,
     EntityFunction,
     WriteResult,
+    entity_chunks,
     run_on_polars,
 )
 from tierflow.io.arrow_sinks import unified_parquet_schema
@@ -256,20 +258,25 @@ class SparkEngine(Engine):
     def by_entity(
         self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
     ) -> nw.LazyFrame[Any]:
-        """Repartition by key; ``fn`` per partition on Polars, in the executors' Python."""
-        import pyarrow as pa
+        """``fn`` on Polars in the executors' Python, over chunks of whole entities.
+
+        The frame is repartitioned by key and sorted within partitions.
+        A partition is read as a stream of sorted batches and cut at entity boundaries
+        into chunks of about :data:`ENTITY_CHUNK_ROWS` rows, so an executor's Python
+        memory follows a chunk however large the partition (Spark's sort spills).
+        """
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
         native = frame.to_native()
         schema = to_arrow_schema(native.schema)
         out = run_on_polars(fn, schema.empty_table()).schema
+        names = list(keys)
 
         def apply(batches: Iterator[Any]) -> Iterator[Any]:
-            table = pa.Table.from_batches(list(batches), schema=schema)
-            if table.num_rows:
-                yield from run_on_polars(fn, table).cast(out).to_batches()
+            for chunk in entity_chunks(batches, names, ENTITY_CHUNK_ROWS):
+                yield from run_on_polars(fn, chunk).cast(out).to_batches()
 
-        partitioned = native.repartition(*keys)
+        partitioned = native.repartition(*keys).sortWithinPartitions(*keys)
         return nw.from_native(partitioned.mapInArrow(apply, from_arrow_schema(out)))
 
     def persist(

@@ -204,96 +204,113 @@ def entity_windows(
     A window of ``w`` steps ending at ``E`` holds the tiles ``E - w .. E - 1``, so values
     change only where a tile enters (``E = tile + 1``) or leaves (``E = tile + 1 + w``)
     some window; between two such ends they are constant, and consumers read the latest
-    row at or before a time. The cost is that of the tiles times the number of distinct
-    window lengths, not times the longest window:
+    row at or before a time. Those ends are *probes*: rows at position ``E - 1`` among
+    the tiles, sorted by entity and position, and every window is read at every probe by
+    one sliding pass per measure over that order (Polars' rolling kernels over an integer
+    key: sums add what enters and subtract what leaves, extremes keep a monotone queue).
+    The cost is that of the tiles and probes, never a tile times every window it reaches:
 
-    - ``count``, ``sum``, ``mean``, ``stddev``: running sums in time order of what enters
-      and leaves each window length (a window's sums are what entered minus what left);
-    - ``last``: the latest non-null event before ``E`` (a running maximum of its time),
-      if it is inside the window;
-    - ``min``, ``max``: per window length ``w``, time cut into blocks of ``w`` steps;
-      a window spans at most two blocks, so it is the running extreme from its block's
-      start up to ``E - 1`` combined with the one from ``E - w`` to the end of its block
-      (van Herk / Gil-Werman).
+    - ``count``, ``sum``, ``mean``, ``stddev``: rolling sums of the partials;
+    - ``last``: the latest non-null event time in the window (a rolling maximum), then
+      its value;
+    - ``min``, ``max``: a rolling extreme of the partials (other than numbers, by blocks:
+      :func:`_window_extreme`).
+
+    The key is the position offset by the entity's rank times a stride wider than every
+    window, so a pass runs over the whole frame and never reaches across two entities:
+    a pass per entity (``over``) costs a group per entity, and most entities hold a
+    handful of tiles.
 
     The row at the end of an entity's last window has every window empty, and
     ``_tf_holds`` (events in the longest window) is 0 there: :func:`values_as_of` needs
     it to tell "empty since" from "unchanged since".
 
-    Where column ``_tf_probe_e`` is there, rows with a window end in it are *probes*
+    Where column ``_tf_probe_e`` is there, rows with a window end in it are the probes
     (their partials are not read) and the others, with ``_NO_TIME``, tiles: then the
-    result has the values at the probes' window ends only (a point-in-time lookup needs
-    no other).
+    result has the values at those window ends only (a point-in-time lookup needs no
+    other).
+
+    Runs on Polars: :meth:`Engine.by_entity` hands it a Polars frame on every tier.
     """
-    del engine  # Narwhals expressions only: it runs on whatever frame it is given
+    import polars as pl
+
+    del engine
     keys = list(view.entities)
     sizes = sorted({view.window_tiles(f) for f in view.features})
     measures = _measures(view)
-    lasts = sorted({f.column for f in view.features if f.agg == "last" and f.column})
-    probes = None
-    if PROBE in partials.collect_schema().names():
-        probes = (
-            partials.filter(nw.col(PROBE) != _NO_TIME)
-            .select(*keys, nw.col(PROBE).alias(_E))
-            .unique()
-        )
-        partials = partials.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
-    schema = partials.collect_schema()
-    # What enters at E = tile + 1 and what leaves at E = tile + 1 + w, per window length.
-    moves = []
-    for j in [0, *sizes]:
-        columns = [nw.col(_TILE) + 1 + j]
-        for name, (kind, column, size) in measures.items():
-            source = nw.col(_part(kind, column)).fill_null(0)
-            if j == 0:
-                columns.append(source.alias(name))
-            elif j == size:
-                columns.append((-source).alias(name))
-            else:
-                columns.append((source * 0).alias(name))
-        for column in lasts:
-            lts = nw.col(_part("lts", column))
-            moves_lts = lts if j == 0 else nw.lit(_NO_TIME, nw.Int64)
-            columns.append(moves_lts.alias(_lts(column)))
-        moves.append(partials.select(*keys, columns[0].alias(_E), *columns[1:]))
-    if probes is not None:
-        # Probes move nothing; they make the running values exist at their ends.
-        zeros = [
-            nw.lit(0, schema[_part(kind, column)]).alias(name)
-            for name, (kind, column, _size) in measures.items()
-        ]
-        blank = [nw.lit(_NO_TIME, nw.Int64).alias(_lts(c)) for c in lasts]
-        moves.append(probes.select(*keys, _E, *zeros, *blank))
-    stacked = nw.concat(moves, how="vertical")
-    aggs = [nw.col(name).sum().alias(name) for name in measures]
-    aggs += [nw.col(_lts(c)).max().alias(_lts(c)) for c in lasts]
-    ends = stacked.group_by(*keys, _E).agg(*aggs)
-    if lasts:
-        ends = ends.with_columns(*[nw.col(_lts(c)).fill_null(_NO_TIME) for c in lasts])
-    ops: dict[str, tuple[str, str]] = {name: ("sum", name) for name in measures}
-    ops.update({_lts(c): ("max", _lts(c)) for c in lasts})
-    ends = _running(ends, keys, [_E], ops)
-    if probes is not None:
-        ends = ends.join(probes, on=[*keys, _E], how="inner")
+    lasts: dict[str, int] = {}
+    for f in view.features:
+        if f.agg == "last" and f.column:
+            lasts[f.column] = max(lasts.get(f.column, 0), view.window_tiles(f))
+    native = partials.to_native()
+    if PROBE in native.collect_schema().names():
+        tiles = native.filter(pl.col(PROBE) == _NO_TIME).drop(PROBE)
+        ends = native.filter(pl.col(PROBE) != _NO_TIME).select(*keys, pl.col(PROBE).alias(_E))
+    else:
+        tiles = native
+        ends = pl.concat(
+            [tiles.select(*keys, (pl.col(_TILE) + 1 + j).alias(_E)) for j in [0, *sizes]]
+        ).unique()
+    pos, probe, key = "_tf_pos", "_tf_probe", "_tf_rkey"
+    union = pl.concat(
+        [
+            tiles.with_columns(pl.col(_TILE).alias(pos), pl.lit(0, pl.Int8).alias(probe)),
+            ends.with_columns((pl.col(_E) - 1).alias(pos), pl.lit(1, pl.Int8).alias(probe)),
+        ],
+        how="diagonal",
+    )
+    # Sorted once, in memory (a bucket of entities), and read by every pass below.
+    rows = union.sort([*keys, pos, probe]).collect()
+    lo, hi = rows.select(pl.col(pos).min().alias("lo"), pl.col(pos).max().alias("hi")).row(0)
+    lo, hi = (lo, hi) if lo is not None else (0, 0)  # no rows
+    stride = hi - lo + sizes[-1] + 1
+    entity = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
+    rank = entity.fill_null(True).cum_sum().cast(pl.Int64)
+    frame = rows.lazy().with_columns((rank * stride + pl.col(pos) - lo).alias(key))
+
+    def rolling(column: str, op: str, size: int) -> pl.Expr:
+        window: pl.Expr = getattr(pl.col(column), f"rolling_{op}_by")(key, window_size=f"{size}i")
+        return window
+
+    columns = [
+        rolling(_part(kind, column), "sum", size).fill_null(0).alias(name)
+        for name, (kind, column, size) in measures.items()
+    ]
+    columns += [rolling(_part("lts", c), "max", size).alias(_lts(c)) for c, size in lasts.items()]
+    extremes = _extremes(view)
+    numeric = {
+        (kind, column, size)
+        for kind, column, size in extremes
+        if rows.schema[_part(kind, column)].is_numeric()
+    }
+    columns += [
+        rolling(_part(kind, column), kind, size).alias(_extreme_name(kind, column, size))
+        for kind, column, size in extremes
+        if (kind, column, size) in numeric
+    ]
+    frame = frame.with_columns(columns).filter(pl.col(probe) == 1)
+    out: nw.LazyFrame[Any] = nw.from_native(
+        frame.select(*keys, _E, *[c.meta.output_name() for c in columns])
+    )
     for column in lasts:
-        latest = partials.filter(~nw.col(_part("lts", column)).is_null()).select(
-            *keys,
-            nw.col(_part("lts", column)).alias(_lts(column)),
-            nw.col(_part("lval", column)).alias(_lval(column)),
+        latest = (
+            nw.from_native(tiles)
+            .filter(~nw.col(_part("lts", column)).is_null())
+            .select(
+                *keys,
+                nw.col(_part("lts", column)).alias(_lts(column)),
+                nw.col(_part("lval", column)).alias(_lval(column)),
+            )
         )
-        ends = ends.join(latest, on=[*keys, _lts(column)], how="left")
-    # Each extreme is computed from the window ends alone and joined on, so the plans
-    # of the extremes do not nest in one another.
-    points = ends.select(*keys, _E)
-    for kind, column, size in _extremes(view):
-        numeric = partials.collect_schema()[_part(kind, column)].is_numeric()
-        polars = partials.implementation.is_polars()
-        window_extreme = _rolling_extreme if numeric and polars else _window_extreme
-        extreme = window_extreme(points, partials, view, kind, column, size)
-        ends = ends.join(extreme, on=[*keys, _E], how="left")
+        out = out.join(latest, on=[*keys, _lts(column)], how="left")
+    points = out.select(*keys, _E)
+    for kind, column, size in extremes:
+        if (kind, column, size) not in numeric:
+            extreme = _window_extreme(points, nw.from_native(tiles), view, kind, column, size)
+            out = out.join(extreme, on=[*keys, _E], how="left")
     values = [_finish(view, f).alias(f.name) for f in view.features]
     holds = nw.col(_measure_name("rows", None, sizes[-1])) > 0
-    return ends.select(
+    return out.select(
         *keys, (nw.col(_E) * view.step_us).alias(WINDOW_END), *values, holds.alias(HOLDS)
     )
 
@@ -375,58 +392,6 @@ def _extremes(view: FeatureViewConfig) -> list[tuple[str, str, int]]:
 
 def _extreme_name(kind: str, column: str, size: int) -> str:
     return f"_tf_x_{kind}__{column}__{size}"
-
-
-def _rolling_extreme(
-    ends: nw.LazyFrame[Any],
-    partials: nw.LazyFrame[Any],
-    view: FeatureViewConfig,
-    kind: str,
-    column: str,
-    size: int,
-) -> nw.LazyFrame[Any]:
-    """:func:`_window_extreme` of a numeric column, by Polars' rolling window kernel.
-
-    Tiles and probes (a probe at ``E - 1`` reads ``E - size .. E - 1``) sorted by entity
-    and position; the position is offset by the entity's rank times a stride wider than
-    every window, so one rolling pass over the whole frame never reaches across two
-    entities. A group-wise pass (``over``) costs a group per entity, and most entities
-    hold a handful of tiles; this costs one sort.
-    """
-    import polars as pl
-
-    keys = list(view.entities)
-    value = _part(kind, column)
-    pos, probe, key = "_tf_pos", "_tf_probe", "_tf_rkey"
-    tiles = partials.to_native().select(
-        *keys,
-        pl.col(_TILE).alias(pos),
-        pl.lit(0, pl.Int64).alias(_E),
-        pl.lit(0, pl.Int8).alias(probe),
-        pl.col(value),
-    )
-    probes = ends.to_native().select(
-        *keys,
-        (pl.col(_E) - 1).alias(pos),
-        pl.col(_E),
-        pl.lit(1, pl.Int8).alias(probe),
-        pl.lit(None, tiles.collect_schema()[value]).alias(value),
-    )
-    union = pl.concat([tiles, probes], how="vertical").sort([*keys, pos, probe])
-    bounds = union.select(pl.col(pos).min().alias("lo"), pl.col(pos).max().alias("hi"))
-    lo, hi = bounds.collect().row(0)
-    lo, hi = (lo, hi) if lo is not None else (0, 0)  # nothing to read: no rows either
-    stride = hi - lo + size + 1
-    entity = pl.any_horizontal([pl.col(k).ne_missing(pl.col(k).shift(1)) for k in keys])
-    rank = entity.fill_null(True).cum_sum().cast(pl.Int64)
-    union = union.with_columns((rank * stride + pl.col(pos) - lo).alias(key))
-    rolling = pl.col(value).rolling_min_by if kind == "min" else pl.col(value).rolling_max_by
-    out = union.with_columns(rolling(key, window_size=f"{size}i").alias(value))
-    out = out.filter(pl.col(probe) == 1).select(
-        *keys, _E, pl.col(value).alias(_extreme_name(kind, column, size))
-    )
-    result: nw.LazyFrame[Any] = nw.from_native(out)
-    return result
 
 
 def _window_extreme(
