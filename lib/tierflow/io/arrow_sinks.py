@@ -189,6 +189,11 @@ def unified_parquet_schema(files: Sequence[str]) -> pa.Schema:
     return pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
 
 
+def _without_views(schema: pa.Schema) -> pa.Schema:
+    plain = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+    return pa.schema([f.with_type(plain.get(f.type, f.type)) for f in schema], schema.metadata)
+
+
 def write_parquet(
     batches: Iterable[pa.RecordBatch], schema: pa.Schema, action: WriteAction
 ) -> WriteResult:
@@ -200,6 +205,12 @@ def write_parquet(
     # Imported here: pyarrow.dataset pulls in pandas, which a Delta write never needs.
     import pyarrow.dataset as pads
 
+    if action.partition_by:
+        # Splitting rows by partition takes them by index, which pyarrow cannot do on
+        # the view types Polars hands out.
+        plain = _without_views(schema)
+        if plain != schema:
+            batches, schema = (b.cast(plain) for b in batches), plain
     counter = _Counter(batches)
     partitioning = (
         pads.partitioning(pa.schema([schema.field(c) for c in action.partition_by]), flavor="hive")
