@@ -27,24 +27,28 @@ class UnknownViewError(FeatureRequestError):
     status = 404
 
 
-def _entity(view: FeatureViewConfig, row: Mapping[str, Any], index: int) -> tuple[Any, ...]:
+def _entity(
+    key_types: Sequence[tuple[str, bool]], view: str, row: Mapping[str, Any], index: int
+) -> tuple[Any, ...]:
     values = []
-    for name in view.entities:
+    for name, text in key_types:
         if name not in row:
-            raise FeatureRequestError(
-                f"entities[{index}]: missing key {name!r} of view {view.name}"
-            )
+            raise FeatureRequestError(f"entities[{index}]: missing key {name!r} of view {view}")
         value = row[name]
-        declared = view.source.columns[name].type
-        if declared == "string" and not isinstance(value, str):
+        if text and not isinstance(value, str):
             raise FeatureRequestError(
                 f"entities[{index}].{name}: expected a string, got {type(value).__name__} {value!r}"
             )
-        if declared != "string" and (isinstance(value, bool) or not isinstance(value, int)):
+        if not text and (isinstance(value, bool) or not isinstance(value, int)):
             got = f"{type(value).__name__} {value!r}"
             raise FeatureRequestError(f"entities[{index}].{name}: expected an integer, got {got}")
         values.append(value)
     return tuple(values)
+
+
+def _key_types(view: FeatureViewConfig) -> list[tuple[str, bool]]:
+    """Each entity key and whether it is declared a string (else an integer)."""
+    return [(name, view.source.columns[name].type == "string") for name in view.entities]
 
 
 def empty_values(view: FeatureViewConfig) -> dict[str, Any]:
@@ -85,7 +89,10 @@ def get_online_features(
     for index, row in enumerate(entity_rows):
         if not isinstance(row, Mapping):
             raise FeatureRequestError(f"entities[{index}]: expected an object of entity keys")
-    keys = [[_entity(view, row, i) for i, row in enumerate(entity_rows)] for view in chosen]
+    keys = []
+    for view in chosen:
+        types = _key_types(view)
+        keys.append([_entity(types, view.name, row, i) for i, row in enumerate(entity_rows)])
     found = store.read_many([(view.name, k) for view, k in zip(chosen, keys, strict=True)])
     results: list[dict[str, Any]] = [dict(row) for row in entity_rows]
     for view, stored in zip(chosen, found, strict=True):

@@ -40,6 +40,9 @@ class StoredValue:
 
 def entity_key(entity: Sequence[Any]) -> str:
     """The storage key of an entity: its key values as compact JSON (types preserved)."""
+    if len(entity) == 1 and type(entity[0]) is int:
+        # The common case, on every online read: what json.dumps writes, without it.
+        return f"[{entity[0]}]"
     return json.dumps(list(entity), separators=(",", ":"), ensure_ascii=False)
 
 
