@@ -27,7 +27,8 @@ as Delta tables, and
   ``get_online_features`` beside raw redis-py reading the same keys (pipelined HMGET),
   p50 and p99 per round, medians of rounds.
 
-Results: ``benchmarks/results/<date>/features-scale.{json,md}``.
+Results: ``benchmarks/results/<date>/features-scale.{json,md}``; a run of some stages
+writes ``features-scale-<stages>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -633,7 +634,10 @@ def compare(a: Any, b: Any) -> str | None:
 
 
 def main() -> int:
-    results = Results("features-scale")
+    # A run of some stages only writes a results file of its own (both are kept).
+    every = ("training", "materialize", "online")
+    name = "features-scale" if set(STAGES) == set(every) else "features-scale-" + "-".join(STAGES)
+    results = Results(name)
     results.raw["setup"] = {"events": EVENTS, "labels": LABELS, "users": ENTITIES,
                             "hot_users": HOT_USERS, "hot_share": HOT_SHARE, "days": DAYS,
                             "views": VIEWS, "stages": STAGES, "materialized": MATERIALIZED,
