@@ -663,6 +663,18 @@ def main() -> int:
     return results.finish()
 
 
+def planner_pick(root: Path) -> tuple[str, str]:
+    """The tier ``tierflow training-set build`` would pick for these inputs, and why."""
+    from tierflow.config.jobs import SourceConfig
+    from tierflow.jobs.sources import resolve_source
+    from tierflow.project import Project
+
+    labels = SourceConfig(format="delta", path=str(root / "labels"))
+    sources = [source_of(root), resolve_source("labels", labels, root)]
+    plan = Project.load().plan_inputs("features-scale", sources)
+    return plan.engine, plan.reason
+
+
 def task_sizes(root: Path, tasks: int = 200) -> dict[str, Any]:
     """Rows per task of the window step if users are hashed into ``tasks`` tasks (Spark's
     default shuffle partitions): what reaches that step per user is its tiles and its
@@ -755,6 +767,13 @@ def training_stage(results: Results) -> None:
             if "seconds" in run else None,
         )  # fmt: skip
     results.raw["runs"] = runs
+    picked, reason = planner_pick(root)
+    results.raw["planner"] = {"engine": picked, "reason": reason}
+    chosen = runs.get(f"tierflow-{picked}", {})
+    results.add(benchmark=f"training set, {EVENTS:,} events x 4 views, {LABELS:,} labels",
+                metric="s", tierflow=chosen.get("seconds"), tierflow_runner=f"planner: {picked}",
+                peer=fastest, peer_name="fastest of all",
+                ratio=chosen["seconds"] / fastest if "seconds" in chosen else None)  # fmt: skip
     sizes = task_sizes(root)
     results.raw["task_sizes"] = sizes
     for name, size in sizes.items():

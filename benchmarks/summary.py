@@ -18,7 +18,17 @@ from typing import Any
 
 from benchmarks.harness import ROOT
 
-ORDER = ("etl", "scale", "delta", "streaming", "features", "training")
+ORDER = (
+    "etl",
+    "scale",
+    "delta",
+    "streaming",
+    "features",
+    "features-scale",
+    "features-scale-training",
+    "features-scale-materialize-online",
+    "training",
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,61 @@ def _stream(
             and (peer is None or row.get("peer_name") == peer))  # fmt: skip
 
 
+def _times(row: dict[str, Any]) -> tuple[float, float] | None:
+    """(tierflow, peer) for a row, as quantities where lower is better (rates turned round).
+
+    Read from the values, not the row's own ``ratio`` (benchmarks differ in which way round
+    they print it). For a rate the pair is (peer's rate, tierflow's rate): their quotient
+    is the same time ratio without inverting a float.
+    """
+    if "tierflow_s" in row:
+        ours, theirs = row.get("tierflow_s"), row.get("native_s")
+    else:
+        ours, theirs = row.get("tierflow"), row.get("peer")
+        if str(row.get("metric", "")).endswith("/s"):  # a rate: rows/s, events/s
+            ours, theirs = theirs, ours
+    return (float(ours), float(theirs)) if ours and theirs else None
+
+
+def time_ratio(row: dict[str, Any]) -> float | None:
+    """tierflow's time over the peer's, whatever the row's unit."""
+    pair = _times(row)
+    return pair[0] / pair[1] if pair else None
+
+
+def speedup(row: dict[str, Any]) -> float | None:
+    """The peer's time over tierflow's (a throughput ratio)."""
+    pair = _times(row)
+    return pair[1] / pair[0] if pair else None
+
+
+def _scale_rows(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of the features-at-scale runs (all stages in one file, or a file per stage)."""
+    return [r for name, rows in results.items() if name.startswith("features-scale") for r in rows]
+
+
+def _features_scale(
+    test: Callable[[dict[str, Any]], bool],
+    value: Callable[[dict[str, Any]], float | None],
+    check: Callable[[float], bool],
+    worst: Callable[[list[float]], float] = max,
+) -> Callable[..., tuple[float | None, bool | None]]:
+    """A features-at-scale target: the worst value over the matching rows."""
+
+    def measure(results: dict[str, list[dict[str, Any]]]) -> tuple[float | None, bool | None]:
+        values = [v for r in _scale_rows(results) if test(r) and (v := value(r)) is not None]
+        if not values:
+            return None, None
+        found = worst(values)
+        return found, check(found)
+
+    return measure
+
+
+def _peak_row(r: dict[str, Any]) -> bool:
+    return str(r.get("benchmark", "")).startswith("materialize") and r.get("metric") == "peak GiB"
+
+
 TARGETS = (
     Target("ETL, single-node tier: tierflow / Polars by hand (worst case)", "<= 1.05",
            _etl_ratio("single", 1.05)),
@@ -148,6 +213,29 @@ TARGETS = (
     Target("Online read p99, 100 entities, ms", "<= 5",
            _row("features", lambda r: r["benchmark"].endswith("100 entities") and r["metric"] == "p99 ms",
                 "tierflow", lambda v: v <= 5)),
+    Target("Features at scale: the planner's tier / the fastest training-set build of all", "<= 1.2",
+           _features_scale(lambda r: str(r.get("tierflow_runner", "")).startswith("planner"),
+                           time_ratio, lambda v: v <= 1.2)),
+    Target("Materialization: peak memory, largest run, GiB", "<= 2",
+           _features_scale(_peak_row, lambda r: r.get("tierflow"), lambda v: v <= 2)),
+    Target("Materialization: peak at 10x the events / peak at 1x (flat)", "<= 1.2",
+           _features_scale(lambda r: _peak_row(r) and r.get("peer") is not None,
+                           lambda r: r["tierflow"] / r["peer"], lambda v: v <= 1.2)),
+    Target("Materialization: Redis load rate / pipelined redis-py", ">= 0.8",
+           _features_scale(lambda r: str(r.get("benchmark", "")).startswith("load "), speedup,
+                           lambda v: v >= 0.8, min)),
+    Target("Materialization killed and resumed: rows differing from one run", "0",
+           _features_scale(lambda r: str(r.get("benchmark", "")).startswith("SIGKILL"),
+                           lambda r: r.get("tierflow"), lambda v: v == 0)),
+    Target("Online read p99 with 10 M entities, 1 entity, ms", "<= 1",
+           _features_scale(lambda r: "read, 1 entities" in r["benchmark"] and r["metric"] == "p99 ms",
+                           lambda r: r.get("tierflow"), lambda v: v <= 1)),
+    Target("Online read p99 with 10 M entities, 100 entities, ms", "<= 5",
+           _features_scale(lambda r: "read, 100 entities" in r["benchmark"] and r["metric"] == "p99 ms",
+                           lambda r: r.get("tierflow"), lambda v: v <= 5)),
+    Target("Online read p99 with 10 M entities / raw redis-py (worst of 1, 100)", "<= 1.3",
+           _features_scale(lambda r: "online read" in r["benchmark"] and r["metric"] == "p99 ms",
+                           time_ratio, lambda v: v <= 1.3)),
     Target("Ray Train DDP step / torchrun", "<= 1.05",
            _row("training", lambda r: r["metric"] == "ms/step", "time_ratio", lambda v: v <= 1.05)),
     Target("Training at 50 M rows: largest process's peak / the snapshot in memory", "<= 0.25",
@@ -191,34 +279,6 @@ def bars_svg(title: str, bars: list[tuple[str, float]], width: int = 760) -> str
                  "text-anchor='middle'>1.0 = as fast as the peer (time ratio; lower is better)</text>")  # fmt: skip
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>"
             f"<rect width='100%' height='100%' fill='white'/>{''.join(parts)}</svg>")  # fmt: skip
-
-
-def _times(row: dict[str, Any]) -> tuple[float, float] | None:
-    """(tierflow, peer) for a row, as quantities where lower is better (rates turned round).
-
-    Read from the values, not the row's own ``ratio`` (benchmarks differ in which way round
-    they print it). For a rate the pair is (peer's rate, tierflow's rate): their quotient
-    is the same time ratio without inverting a float.
-    """
-    if "tierflow_s" in row:
-        ours, theirs = row.get("tierflow_s"), row.get("native_s")
-    else:
-        ours, theirs = row.get("tierflow"), row.get("peer")
-        if str(row.get("metric", "")).endswith("/s"):  # a rate: rows/s, events/s
-            ours, theirs = theirs, ours
-    return (float(ours), float(theirs)) if ours and theirs else None
-
-
-def time_ratio(row: dict[str, Any]) -> float | None:
-    """tierflow's time over the peer's, whatever the row's unit."""
-    pair = _times(row)
-    return pair[0] / pair[1] if pair else None
-
-
-def speedup(row: dict[str, Any]) -> float | None:
-    """The peer's time over tierflow's (a throughput ratio)."""
-    pair = _times(row)
-    return pair[1] / pair[0] if pair else None
 
 
 def main(argv: list[str] | None = None) -> int:
