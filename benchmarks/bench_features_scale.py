@@ -498,7 +498,9 @@ def materialize_stage(results: Results, url: str) -> None:
     """10x the events, the same entities: time, load rate and peak memory per store."""
     import redis
 
-    client = redis.Redis.from_url(url)
+    # Emptying millions of keys takes Redis a while: flushes are asynchronous (freed in the
+    # background) and the client waits long enough for them.
+    client = redis.Redis.from_url(url, socket_timeout=600)
     out = ROOT / ".local" / "bench-data" / "features-scale-stores"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -507,7 +509,7 @@ def materialize_stage(results: Results, url: str) -> None:
         root = data_root(events, 1000)
         generate(root, events, 1000)
         for kind in ("sqlite", "redis"):
-            client.flushdb()
+            client.flushdb(asynchronous=True)
             target = url if kind == "redis" else str(out / f"{events}.db")
             run = child(["materialize", kind, str(root), target])
             runs[f"{kind}-{events}"] = run
@@ -515,7 +517,7 @@ def materialize_stage(results: Results, url: str) -> None:
                   f"{run['seconds']:.0f} s (loading {run['load_seconds']:.0f} s), "
                   f"peak {run['peak_bytes'] / 2**30:.2f} GiB", flush=True)  # fmt: skip
     root = data_root(EVENTS, 1000)
-    client.flushdb()
+    client.flushdb(asynchronous=True)
     peer = child(["rawload", str(root), url])
     runs["redis-py"] = peer
     print(f"  redis-py loader: {peer['rows']:,} rows in {peer['load_seconds']:.0f} s", flush=True)
