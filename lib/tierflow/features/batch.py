@@ -293,9 +293,10 @@ def entity_windows(
         frame.select(*keys, _E, *[c.meta.output_name() for c in columns])
     )
     for column in lasts:
+        # The tiles from the sorted rows already in memory, not a second read of the input.
         latest = (
-            nw.from_native(tiles)
-            .filter(~nw.col(_part("lts", column)).is_null())
+            nw.from_native(rows.lazy())
+            .filter((nw.col(probe) == 0) & ~nw.col(_part("lts", column)).is_null())
             .select(
                 *keys,
                 nw.col(_part("lts", column)).alias(_lts(column)),

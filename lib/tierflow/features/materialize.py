@@ -201,9 +201,10 @@ def _load_bucket(
     loaded = 0
     while True:
         following = next(chunks, None)
-        last = following is None
-        final = (name, json.dumps(state | {"rows": state["rows"] + loaded + len(pending)}))
-        store.write(view.name, pending, ttl_us=view.ttl_us, checkpoint=final if last else None)
+        final = None
+        if following is None:
+            final = (name, json.dumps(state | {"rows": state["rows"] + loaded + len(pending)}))
+        store.write(view.name, pending, ttl_us=view.ttl_us, checkpoint=final)
         loaded += len(pending)
         if following is None:
             return loaded
