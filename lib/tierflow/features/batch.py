@@ -186,14 +186,71 @@ def _attach_last_value(
 
 
 def window_rows(
-    partials: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
+    events: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
 ) -> nw.LazyFrame[Any]:
     """Feature values at every window end where some value of the view changes.
 
-    An entity's values depend on its own tiles only: the engine runs
-    :func:`entity_windows` on groups of whole entities (:meth:`Engine.by_entity`).
+    An entity's values depend on its own events only: the engine runs
+    :func:`_entity_values` (tile partials, then :func:`entity_windows`) on groups of
+    whole entities (:meth:`Engine.by_entity`).
     """
-    return engine.by_entity(partials, view.entities, partial(entity_windows, view=view))
+    return engine.by_entity(_events_only(events, view), view.entities, _job(view))
+
+
+def _job(view: FeatureViewConfig, at_tile: int | None = None) -> Any:
+    return partial(_entity_values, view=view, at_tile=at_tile)
+
+
+def _events_only(events: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyFrame[Any]:
+    """The prepared events without what the partials do not read (the raw event time)."""
+    if view.event_time in _columns_used(view):
+        return events
+    return events.drop(view.event_time)
+
+
+def _entity_values(
+    rows: nw.LazyFrame[Any],
+    engine: Engine,
+    *,
+    view: FeatureViewConfig,
+    at_tile: int | None = None,
+) -> nw.LazyFrame[Any]:
+    """The windows of some whole entities' events (the work :meth:`Engine.by_entity` runs).
+
+    The tile partials are computed here, per group of entities, not over the whole
+    input: a group-by over every event holds a row per entity and tile in memory at
+    once (9 GiB for 100 M events), a group of entities only its own.
+
+    Args:
+        rows: Prepared events; with column ``_tf_probe_e``, probe rows below them
+            (:func:`_with_probes`) and the values at those window ends only.
+        engine: The engine (Polars, on every tier).
+        view: The view.
+        at_tile: Instead of probes from the input, each entity's values at this grid
+            point from its tiles before it (:func:`latest_values`).
+    """
+    keys = list(view.entities)
+    probes = None
+    if PROBE in rows.collect_schema().names():
+        probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
+        rows = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
+    partials = tile_partials(rows, view)
+    if at_tile is None:
+        if probes is not None:
+            partials = _with_probes(partials, probes, view)
+        return entity_windows(partials, engine, view=view)
+    last_tile = "_tf_last_tile"
+    partials = partials.filter(nw.col(_TILE) < at_tile)
+    latest = partials.group_by(*keys).agg(nw.col(_TILE).max().alias(last_tile))
+    at = latest.select(*keys, nw.lit(at_tile, nw.Int64).alias(PROBE))
+    values = entity_windows(_with_probes(partials, at, view), engine, view=view)
+    emptied = (nw.col(last_tile) + 1 + view.max_tiles) * view.step_us
+    window_end = nw.when(nw.col(HOLDS)).then(nw.col(WINDOW_END)).otherwise(emptied)
+    return (
+        values.join(latest, on=keys, how="inner")
+        .with_columns(window_end.alias(WINDOW_END))
+        .drop(HOLDS, last_tile)
+    )
 
 
 def entity_windows(
@@ -501,8 +558,7 @@ def feature_rows(
     frame: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine
 ) -> nw.LazyFrame[Any]:
     """From source rows to window rows: the whole batch computation of a view."""
-    events = prepare_events(frame, view, engine)
-    return window_rows(tile_partials(events, view), view, engine)
+    return window_rows(prepare_events(frame, view, engine), view, engine)
 
 
 def values_as_of(
@@ -533,22 +589,10 @@ def latest_values(
     ``window_end_us`` is where the last one emptied (the end of the entity's last tile
     plus the longest window), as :func:`values_as_of` gives it.
     """
-    end = as_of_us // view.step_us
-    keys = list(view.entities)
-    last_tile = "_tf_last_tile"
-    partials = tile_partials(prepare_events(events, view, engine), view)
-    partials = partials.filter(nw.col(_TILE) < end)
-    latest = partials.group_by(*keys).agg(nw.col(_TILE).max().alias(last_tile))
-    at = latest.with_columns(nw.lit(end * view.step_us, nw.Int64).alias(_TS))
-    probed = _with_probes(partials, at.select(*keys, _TS), view, {}, _TS)
-    values = engine.by_entity(probed, keys, partial(entity_windows, view=view))
-    emptied = (nw.col(last_tile) + 1 + view.max_tiles) * view.step_us
-    window_end = nw.when(nw.col(HOLDS)).then(nw.col(WINDOW_END)).otherwise(emptied)
-    return (
-        values.join(latest, on=keys, how="inner")
-        .with_columns(window_end.alias(WINDOW_END))
-        .drop(HOLDS, last_tile)
-    )
+    at_tile = as_of_us // view.step_us
+    events = _events_only(prepare_events(events, view, engine), view)
+    events = events.filter(nw.col(_TILE) < at_tile)
+    return engine.by_entity(events, view.entities, _job(view, at_tile))
 
 
 def point_in_time(
@@ -581,9 +625,9 @@ def point_in_time(
     for view, keys, events in views:
         end = f"_tf_end__{view.name}"
         named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
-        partials = tile_partials(prepare_events(events, view, engine), view)
-        probed = _with_probes(partials, base, view, keys, end)
-        values = engine.by_entity(probed, view.entities, partial(entity_windows, view=view))
+        prepared = _events_only(prepare_events(events, view, engine), view)
+        probed = _with_probes(prepared, _label_probes(prepared, base, view, keys, end), view)
+        values = engine.by_entity(probed, view.entities, _job(view))
         values = values.select(
             *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
             nw.col(WINDOW_END).alias(end),
@@ -603,15 +647,15 @@ def point_in_time(
     return out.drop(_TS)
 
 
-def _with_probes(
-    partials: nw.LazyFrame[Any],
+def _label_probes(
+    events: nw.LazyFrame[Any],
     labels: nw.LazyFrame[Any],
     view: FeatureViewConfig,
     keys: dict[str, str],
     end: str,
 ) -> nw.LazyFrame[Any]:
-    """The partials and, below them, one probe row per distinct entity and grid point."""
-    schema = partials.collect_schema()
+    """One probe per distinct entity and grid point of the labels, keys typed as events'."""
+    schema = events.collect_schema()
     given = labels.collect_schema()
 
     def key(entity: str) -> Any:
@@ -621,17 +665,24 @@ def _with_probes(
         same = given[keys.get(entity, entity)] == schema[entity]
         return (column if same else column.cast(schema[entity])).alias(entity)
 
-    probes = labels.select(
+    return labels.select(
         *[key(e) for e in view.entities], (nw.col(end) // view.step_us).alias(PROBE)
     ).unique()
-    # A probe's partials are never read; zeros where a null would not fit the type
-    # (Dask's integer columns hold no null).
-    probes = probes.select(
+
+
+def _with_probes(
+    frame: nw.LazyFrame[Any], probes: nw.LazyFrame[Any], view: FeatureViewConfig
+) -> nw.LazyFrame[Any]:
+    """The frame's rows and, below them, the probes (entity keys and ``_tf_probe_e``)."""
+    schema = frame.collect_schema()
+    # A probe's other columns are never read; zeros where a null would not fit the
+    # type (Dask's integer columns hold no null).
+    filled = probes.select(
         *[
             nw.col(c) if c in view.entities else nw.lit(0 if t.is_integer() else None, t).alias(c)
             for c, t in schema.items()
         ],
         PROBE,
     )
-    tagged = partials.with_columns(nw.lit(_NO_TIME, nw.Int64).alias(PROBE))
-    return nw.concat([tagged, probes], how="vertical")
+    tagged = frame.with_columns(nw.lit(_NO_TIME, nw.Int64).alias(PROBE))
+    return nw.concat([tagged, filled], how="vertical")
