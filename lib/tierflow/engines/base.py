@@ -65,6 +65,8 @@ class WriteResult:
 
 
 EntityFunction = Callable[["nw.LazyFrame[Any]", "Engine"], "nw.LazyFrame[Any]"]
+# Shrinks each key's rows without mixing keys (a group-by on the keys and more).
+Reducer = Callable[["nw.LazyFrame[Any]"], "nw.LazyFrame[Any]"]
 
 
 #: Rows a distributed tier hands to one call of an entity function: its window steps hold
@@ -225,14 +227,25 @@ class Engine(ABC):
 
     @abstractmethod
     def by_entity(
-        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+        self,
+        frame: nw.LazyFrame[Any],
+        keys: Sequence[str],
+        fn: EntityFunction,
+        *,
+        reduce: Reducer | None = None,
     ) -> nw.LazyFrame[Any]:
-        """``fn`` applied to groups of whole entities: every row of a key in one call.
+        """``fn(reduce(rows))`` for groups of whole entities: every row of a key in one call.
 
         ``fn(frame, engine)`` is written with Narwhals expressions and may read its input
         several times. The single-node engine runs it in buckets of entities; distributed
         engines move each key's rows into one partition and run ``fn`` per partition on
         Polars (:func:`run_on_polars`).
+
+        ``reduce`` (Narwhals, per key: applied to a group of keys it gives that group's
+        rows of its result over all) runs where it is cheapest: distributed engines run
+        it natively before moving rows (their group-by combines map-side, so a hot key's
+        rows do not all reach one task), the single-node engine per bucket (so its
+        group-by holds one bucket's table, not the whole input's).
         """
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:

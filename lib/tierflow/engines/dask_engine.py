@@ -31,6 +31,7 @@ from tierflow.engines.base import (
     Engine,
     EngineOptions,
     EntityFunction,
+    Reducer,
     WriteResult,
     run_on_polars,
 )
@@ -378,7 +379,12 @@ class DaskEngine(Engine):
         )
 
     def by_entity(
-        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+        self,
+        frame: nw.LazyFrame[Any],
+        keys: Sequence[str],
+        fn: EntityFunction,
+        *,
+        reduce: Reducer | None = None,
     ) -> nw.LazyFrame[Any]:
         """Shuffle so each key's rows share a partition; ``fn`` per partition on Polars.
 
@@ -391,6 +397,8 @@ class DaskEngine(Engine):
         import pyarrow as pa
         from distributed import wait
 
+        if reduce is not None:
+            frame = reduce(frame)
         native = self.client.persist(optimized(frame.to_native()))
         wait(native)
         rows = int(native.map_partitions(len).sum().compute())

@@ -35,6 +35,7 @@ from tierflow.engines.base import (
     Engine,
     EngineOptions,
     EntityFunction,
+    Reducer,
     WriteResult,
 )
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
@@ -196,7 +197,12 @@ class PolarsEngine(Engine):
         return nw.from_native(pl.scan_parquet(path))
 
     def by_entity(
-        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+        self,
+        frame: nw.LazyFrame[Any],
+        keys: Sequence[str],
+        fn: EntityFunction,
+        *,
+        reduce: Reducer | None = None,
     ) -> nw.LazyFrame[Any]:
         """``fn`` over the frame spilled to scratch files, in buckets of entities.
 
@@ -210,13 +216,16 @@ class PolarsEngine(Engine):
         import polars as pl
         import pyarrow.parquet as pq
 
+        def apply(rows: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
+            return fn(rows if reduce is None else reduce(rows), self)
+
         spilled = self._scratch_file(".parquet")
         frame.to_native().sink_parquet(spilled, engine="streaming")
         rows = pq.read_metadata(spilled).num_rows
         source = nw.from_native(pl.scan_parquet(spilled))
         buckets = max(1, -(-rows // ENTITY_CHUNK_ROWS))
         if buckets == 1:
-            return fn(source, self)
+            return apply(source)
         split = self._scratch_file("")
         bucketed = self.add_bucket(source, keys, buckets, "_tf_entity_bucket").to_native()
         bucketed.sink_parquet(
@@ -231,7 +240,7 @@ class PolarsEngine(Engine):
             if not files:  # no entity hashed here
                 continue
             out = self._scratch_file(".parquet")
-            fn(nw.from_native(pl.scan_parquet(files)), self).to_native().sink_parquet(
+            apply(nw.from_native(pl.scan_parquet(files))).to_native().sink_parquet(
                 out, engine="streaming"
             )
             outputs.append(out)

@@ -25,6 +25,7 @@ from tierflow.engines.base import (
     Engine,
     EngineOptions,
     EntityFunction,
+    Reducer,
     WriteResult,
     entity_chunks,
     run_on_polars,
@@ -256,7 +257,12 @@ class SparkEngine(Engine):
         return nw.from_native(self.spark.sql(query))
 
     def by_entity(
-        self, frame: nw.LazyFrame[Any], keys: Sequence[str], fn: EntityFunction
+        self,
+        frame: nw.LazyFrame[Any],
+        keys: Sequence[str],
+        fn: EntityFunction,
+        *,
+        reduce: Reducer | None = None,
     ) -> nw.LazyFrame[Any]:
         """``fn`` on Polars in the executors' Python, over chunks of whole entities.
 
@@ -267,6 +273,8 @@ class SparkEngine(Engine):
         """
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
+        if reduce is not None:
+            frame = reduce(frame)
         native = frame.to_native()
         schema = to_arrow_schema(native.schema)
         out = run_on_polars(fn, schema.empty_table()).schema

@@ -191,14 +191,28 @@ def window_rows(
     """Feature values at every window end where some value of the view changes.
 
     An entity's values depend on its own events only: the engine runs
-    :func:`_entity_values` (tile partials, then :func:`entity_windows`) on groups of
-    whole entities (:meth:`Engine.by_entity`).
+    :func:`entity_windows` on the tile partials of groups of whole entities
+    (:meth:`Engine.by_entity`).
     """
-    return engine.by_entity(_events_only(events, view), view.entities, _job(view))
+    return _windows(_events_only(events, view), view, engine)
 
 
-def _job(view: FeatureViewConfig, at_tile: int | None = None) -> Any:
-    return partial(_entity_values, view=view, at_tile=at_tile)
+def _windows(
+    rows: nw.LazyFrame[Any], view: FeatureViewConfig, engine: Engine, at_tile: int | None = None
+) -> nw.LazyFrame[Any]:
+    """:func:`_entity_values` of the tile partials (:func:`_tiles`) of the rows' events.
+
+    The partials are :meth:`Engine.by_entity`'s ``reduce``: a cluster computes them with
+    its own group-by before moving rows (a hot key arrives as at most a row per tile),
+    the single-node tier per bucket of entities (a group-by over every event would hold
+    a row per entity and tile in memory at once: 9 GiB for 100 M events).
+    """
+    return engine.by_entity(
+        rows,
+        view.entities,
+        partial(_entity_values, view=view, at_tile=at_tile),
+        reduce=partial(_tiles, view=view),
+    )
 
 
 def _events_only(events: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyFrame[Any]:
@@ -208,37 +222,31 @@ def _events_only(events: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyF
     return events.drop(view.event_time)
 
 
+def _tiles(rows: nw.LazyFrame[Any], *, view: FeatureViewConfig) -> nw.LazyFrame[Any]:
+    """Tile partials of the events among ``rows``; probe rows (``_tf_probe_e``) kept."""
+    if PROBE not in rows.collect_schema().names():
+        return tile_partials(rows, view)
+    keys = list(view.entities)
+    probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
+    events = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
+    return _with_probes(tile_partials(events, view), probes, view)
+
+
 def _entity_values(
-    rows: nw.LazyFrame[Any],
+    partials: nw.LazyFrame[Any],
     engine: Engine,
     *,
     view: FeatureViewConfig,
     at_tile: int | None = None,
 ) -> nw.LazyFrame[Any]:
-    """The windows of some whole entities' events (the work :meth:`Engine.by_entity` runs).
+    """:func:`entity_windows`, or with ``at_tile``, each entity's values at that grid point.
 
-    The tile partials are computed here, per group of entities, not over the whole
-    input: a group-by over every event holds a row per entity and tile in memory at
-    once (9 GiB for 100 M events), a group of entities only its own.
-
-    Args:
-        rows: Prepared events; with column ``_tf_probe_e``, probe rows below them
-            (:func:`_with_probes`) and the values at those window ends only.
-        engine: The engine (Polars, on every tier).
-        view: The view.
-        at_tile: Instead of probes from the input, each entity's values at this grid
-            point from its tiles before it (:func:`latest_values`).
+    With ``at_tile`` every entity of the partials is a probe there, read from its tiles
+    before it (:func:`latest_values`).
     """
-    keys = list(view.entities)
-    probes = None
-    if PROBE in rows.collect_schema().names():
-        probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
-        rows = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
-    partials = tile_partials(rows, view)
     if at_tile is None:
-        if probes is not None:
-            partials = _with_probes(partials, probes, view)
         return entity_windows(partials, engine, view=view)
+    keys = list(view.entities)
     last_tile = "_tf_last_tile"
     partials = partials.filter(nw.col(_TILE) < at_tile)
     latest = partials.group_by(*keys).agg(nw.col(_TILE).max().alias(last_tile))
@@ -592,7 +600,7 @@ def latest_values(
     at_tile = as_of_us // view.step_us
     events = _events_only(prepare_events(events, view, engine), view)
     events = events.filter(nw.col(_TILE) < at_tile)
-    return engine.by_entity(events, view.entities, _job(view, at_tile))
+    return _windows(events, view, engine, at_tile)
 
 
 def point_in_time(
@@ -627,7 +635,7 @@ def point_in_time(
         named = [f"_tf_key__{view.name}__{e}" for e in view.entities]
         prepared = _events_only(prepare_events(events, view, engine), view)
         probed = _with_probes(prepared, _label_probes(prepared, base, view, keys, end), view)
-        values = engine.by_entity(probed, view.entities, _job(view))
+        values = _windows(probed, view, engine)
         values = values.select(
             *[nw.col(e).alias(n) for e, n in zip(view.entities, named, strict=True)],
             nw.col(WINDOW_END).alias(end),
