@@ -211,13 +211,20 @@ class PolarsEngine(Engine):
         computed and spilled in turn: memory follows one bucket, not the whole frame.
         The input is written twice at most: once to count it, and, when it needs more
         than one bucket, once more split into a file per bucket (each bucket then reads
-        its own file, not the whole input again).
+        its own file, not the whole input again). ``reduce`` runs per bucket, by the
+        streaming engine.
         """
         import polars as pl
         import pyarrow.parquet as pq
 
         def apply(rows: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
-            return fn(rows if reduce is None else reduce(rows), self)
+            if reduce is not None:
+                # By the streaming engine, to a file: ``fn`` collects its input in
+                # memory, and a bucket's reduced rows are fewer than its rows.
+                reduced = self._scratch_file(".parquet")
+                reduce(rows).to_native().sink_parquet(reduced, engine="streaming")
+                rows = nw.from_native(pl.scan_parquet(reduced))
+            return fn(rows, self)
 
         spilled = self._scratch_file(".parquet")
         frame.to_native().sink_parquet(spilled, engine="streaming")
