@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tierflow.errors import TierflowError
+from tierflow.errors import ExitCode, TierflowError, UsageError
 from tierflow.paths import ProjectPaths
 from tierflow.services import SERVICE_NAMES
 
@@ -27,6 +27,24 @@ _PASSTHROUGH = {
     "every argument after it goes to spark-submit unchanged",
     "spark-command": "print the command line `tierflow spark-submit ARGS` would run",
 }
+
+
+_EXIT_STATUSES = """exit statuses:
+  0  done
+  1  the data failed its contract, a bad-row threshold or a schema check
+  2  a bad command line or configuration, or a missing dependency
+  3  a service unreachable (Kafka, Redis, ...), or `services status` found one down
+  4  anything else failed (an unexpected error comes with its traceback)
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tierflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _timestamp(text: str) -> Any:
@@ -48,8 +66,23 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tierflow",
+        description=__doc__,
+        epilog=_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tierflow {_version()}")
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        help="the project (default: the nearest folder holding conf/tierflow.yaml, "
+        "from the current one up; TIERFLOW_PROJECT_DIR)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="start a new project in DIR: a job, a feature view, data")
+    init.add_argument("dir", type=Path, help="a new or empty folder")
 
     plan = sub.add_parser("plan", help="explain which engine a job would run on, and why")
     plan.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
@@ -232,7 +265,7 @@ def _services(args: argparse.Namespace) -> int:
         for st in manager.down(args.names, purge=args.purge):
             print(f"{st.name:6} {st.state}")
         left = [st.name for st in manager.status(args.names, probe=False) if st.state != "stopped"]
-        return 1 if left else 0
+        return int(ExitCode.FAILED) if left else 0
     if args.action == "env":
         for name in manager.resolve(args.names):
             for key, value in manager.service(name).client_env().items():
@@ -245,7 +278,9 @@ def _services(args: argparse.Namespace) -> int:
         for st in statuses:
             pids = ",".join(map(str, st.pids)) or "-"
             print(f"{st.name:6} {st.state:9} pids={pids:20} {st.detail}")
-    return 0
+    # Scripts wait on this: every service asked about must run and answer.
+    down = [st.name for st in statuses if st.state != "healthy"]
+    return int(ExitCode.SERVICE) if down else 0
 
 
 def _engine_options(args: argparse.Namespace) -> Any:
@@ -256,6 +291,19 @@ def _engine_options(args: argparse.Namespace) -> Any:
         spark_master=getattr(args, "master", None),
         workers=getattr(args, "workers", None),
     )
+
+
+def _init(folder: Path) -> int:
+    from tierflow.scaffold import init_project
+
+    written = init_project(folder)
+    for path in written:
+        print(f"  {path.relative_to(folder.resolve())}")
+    print(
+        f"a new tierflow project in {folder}; next:\n"
+        f"  cd {shlex.quote(str(folder))}\n  tierflow plan orders_clean\n  tierflow run orders_clean"
+    )
+    return 0
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -330,7 +378,7 @@ def _calibrate(args: argparse.Namespace, project: Any) -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
-        raise TierflowError(f"--engines: unknown tier(s) {', '.join(unknown)} (known: {ENGINES})")
+        raise UsageError(f"--engines: unknown tier(s) {', '.join(unknown)} (known: {ENGINES})")
     rows = tuple(int(r) for r in args.rows.split(","))
     options = _engine_options(args)
     resources = project.resources(options)
@@ -367,7 +415,7 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
         print(f"TPC-H at scale factor {args.scale:g} in {data.tables} (jobs: tpch_q1 ... tpch_q18)")
         return 0
     if args.which in ("all", "flights") and args.scale != int(args.scale):
-        raise TierflowError(f"--scale {args.scale:g}: flights take a whole number of years")
+        raise UsageError(f"--scale {args.scale:g}: flights take a whole number of years")
     if args.which in ("all", "retail"):
         from tierflow.examples.retail import generate
 
@@ -385,7 +433,7 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
                 )
                 if record.status != "succeeded":
                     print(f"{name} failed: {record.error}", file=sys.stderr)
-                    return 1
+                    return int(ExitCode.FAILED)
     print(f"example data ({args.which}) written to {project.data_dir}")
     return 0
 
@@ -545,9 +593,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             # spark-submit's own options must reach it untouched, so no argparse here.
             return _spark_submit(raw[1:], print_only=raw[0] == "spark-command")
         args = _parser().parse_args(raw)
+        if args.project_dir is not None:
+            from tierflow.paths import PROJECT_ENV
+
+            # Through the environment, so that every process this one starts agrees.
+            os.environ[PROJECT_ENV] = str(args.project_dir.resolve())
+        if args.command == "init":
+            return _init(args.dir)
         if args.command == "services":
             return _services(args)
         return _jobs(args)
     except TierflowError as exc:
         print(f"tierflow: error: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except ModuleNotFoundError as exc:
+        from tierflow.extras import missing_dependency
+
+        known = missing_dependency(exc)
+        if known is None:
+            return _failed()
+        print(f"tierflow: error: {known}", file=sys.stderr)
+        return int(known.exit_code)
+    except Exception:  # a bug: its traceback, and not the status of a data failure
+        return _failed()
+
+
+def _failed() -> int:
+    import traceback
+
+    traceback.print_exc()
+    return int(ExitCode.FAILED)

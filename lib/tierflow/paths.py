@@ -19,26 +19,32 @@ PROFILE_ENV = "TIERFLOW_PROFILE"
 PROFILE_FILES = ("tierflow.yaml", "services.yaml", "streaming.yaml")
 
 
-def _looks_like_project(path: Path) -> bool:
-    return (path / "pyproject.toml").is_file() and (path / "lib" / "tierflow").is_dir()
+#: What makes a folder a tierflow project (``tierflow init`` writes it).
+MARKER = Path("conf") / "tierflow.yaml"
+
+
+def _is_project(path: Path) -> bool:
+    return (path / MARKER).is_file()
 
 
 def find_project_dir() -> Path:
     """Return the tierflow project folder.
 
-    Order: ``$TIERFLOW_PROJECT_DIR``; the checkout this package was installed from
-    (editable install); the current folder or one above it that holds the project.
+    Order: ``$TIERFLOW_PROJECT_DIR`` (the command line's ``--project-dir`` sets it); the
+    current folder or the nearest one above it holding ``conf/tierflow.yaml``; the
+    checkout this package was installed from (an editable install of tierflow's own
+    repository, whose examples are a project); else the current folder.
     """
     env = os.environ.get(PROJECT_ENV)
     if env:
         return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent.parent
-    if _looks_like_project(here):
-        return here
     cwd = Path.cwd().resolve()
     for candidate in (cwd, *cwd.parents):
-        if _looks_like_project(candidate):
+        if _is_project(candidate):
             return candidate
+    here = Path(__file__).resolve().parent.parent.parent
+    if _is_project(here) and (here / "lib" / "tierflow").is_dir():
+        return here
     return cwd
 
 
