@@ -313,8 +313,7 @@ class Demo:
                                     snapshot_version)  # fmt: skip
             cached = self._cached("training", key, None)
             if cached is None or not (folder / "model.pt").is_file():
-                # A different snapshot: a fresh run (an unchanged one would resume).
-                shutil.rmtree(folder, ignore_errors=True)
+                # A different snapshot: a new run (every `tierflow train` is one).
                 command = [str(Path(sys.executable).parent / "tierflow"), "train", config.name]
                 self.say("$ tierflow train " + config.name)
                 log = self.run_dir / "train.log"
