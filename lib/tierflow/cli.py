@@ -565,10 +565,12 @@ def _table(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:
-    from tierflow.spark import DRIVER_HOST_ENV, LOOPBACK, spark_submit_command
-
     # On a cluster the executors must reach the driver: it binds the address given here.
-    argv, env = spark_submit_command(args, driver_host=os.environ.get(DRIVER_HOST_ENV) or LOOPBACK)
+    from tierflow.settings import env_settings
+    from tierflow.spark import LOOPBACK, spark_submit_command
+
+    host = env_settings().spark_driver_host or LOOPBACK
+    argv, env = spark_submit_command(args, driver_host=host)
     if print_only:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0

@@ -7,13 +7,10 @@ move each part elsewhere (tests use this to keep their services apart from a dev
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ENV = "TIERFLOW_PROJECT_DIR"
-STATE_ENV = "TIERFLOW_STATE_DIR"
-JARS_ENV = "TIERFLOW_JARS_DIR"
 PROFILE_ENV = "TIERFLOW_PROFILE"
 #: The settings files a profile may replace; jobs, views and training stay shared.
 PROFILE_FILES = ("tierflow.yaml", "services.yaml", "streaming.yaml")
@@ -35,9 +32,11 @@ def find_project_dir() -> Path:
     checkout this package was installed from (an editable install of tierflow's own
     repository, whose examples are a project); else the current folder.
     """
-    env = os.environ.get(PROJECT_ENV)
-    if env:
-        return Path(env).resolve()
+    from tierflow.settings import env_settings
+
+    named = env_settings().project_dir
+    if named is not None:
+        return named.resolve()
     cwd = Path.cwd().resolve()
     for candidate in (cwd, *cwd.parents):
         if _is_project(candidate):
@@ -64,10 +63,13 @@ class ProjectPaths:
         Raises:
             ConfigError: ``$TIERFLOW_PROFILE`` names no folder under ``conf/profiles``.
         """
+        from tierflow.settings import env_settings
+
+        env = env_settings()
         project = find_project_dir()
-        state = Path(os.environ.get(STATE_ENV) or project / ".local" / "services")
-        jars = Path(os.environ.get(JARS_ENV) or project / ".local" / "jars")
-        profile = os.environ.get(PROFILE_ENV) or None
+        state = env.state_dir or project / ".local" / "services"
+        jars = env.jars_dir or project / ".local" / "jars"
+        profile = env.profile
         if profile is not None and not (project / "conf" / "profiles" / profile).is_dir():
             from tierflow.errors import ConfigError
 

@@ -39,7 +39,6 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOOPBACK = "127.0.0.1"
 #: The address a driver binds and advertises to a cluster's executors (default loopback):
 #: ``tierflow spark-submit``'s, and a session's that ``tierflow run --master`` starts.
-DRIVER_HOST_ENV = "TIERFLOW_SPARK_DRIVER_HOST"
 
 
 def spark_jars(paths: ProjectPaths | None = None) -> list[str]:
@@ -182,7 +181,9 @@ def get_spark(
     """
     java_executable()
     if driver_host == LOOPBACK:
-        driver_host = os.environ.get(DRIVER_HOST_ENV) or LOOPBACK
+        from tierflow.settings import env_settings
+
+        driver_host = env_settings().spark_driver_host or LOOPBACK
     try:
         from pyspark.sql import SparkSession
     except ImportError:
