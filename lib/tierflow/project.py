@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from tierflow.stores.base import OnlineStore
 
 
-
 @dataclass(frozen=True)
 class Project:
     """A tierflow project checkout with its settings resolved."""

@@ -142,8 +142,6 @@ class ProjectConfig(FrozenModel):
         return load_model(cls, path) if path.is_file() else cls()
 
 
-
-
 def resolve_data_dir(project: Path, config: ProjectConfig, override: str | None = None) -> Path:
     """The data folder: ``--data-dir``, else ``$TIERFLOW_DATA_DIR``, else the config's."""
     from tierflow.settings import env_settings
