@@ -215,32 +215,30 @@ class PolarsEngine(Engine):
         streaming engine.
         """
         import polars as pl
-        import pyarrow.parquet as pq
 
         def apply(rows: nw.LazyFrame[Any]) -> nw.LazyFrame[Any]:
             if reduce is not None:
-                # By the streaming engine, to a file: ``fn`` collects its input in
-                # memory, and a bucket's reduced rows are fewer than its rows.
-                reduced = self._scratch_file(".parquet")
-                reduce(rows).to_native().sink_parquet(reduced, engine="streaming")
-                rows = nw.from_native(pl.scan_parquet(reduced))
+                # By the streaming engine: the bucket's rows are read in batches, and
+                # only what they reduce to (fewer rows) is held for ``fn``.
+                reduced = reduce(rows).to_native().collect(engine="streaming")
+                rows = nw.from_native(reduced.lazy())
             return fn(rows, self)
 
-        spilled = self._scratch_file(".parquet")
-        frame.to_native().sink_parquet(spilled, engine="streaming")
-        rows = pq.read_metadata(spilled).num_rows
-        source = nw.from_native(pl.scan_parquet(spilled))
+        rows = int(frame.to_native().select(pl.len()).collect(engine="streaming").item())
         buckets = max(1, -(-rows // ENTITY_CHUNK_ROWS))
         if buckets == 1:
-            return apply(source)
+            if reduce is not None:  # read once, by the reduce step
+                return apply(frame)
+            spilled = self._scratch_file(".parquet")
+            frame.to_native().sink_parquet(spilled, engine="streaming")
+            return apply(nw.from_native(pl.scan_parquet(spilled)))
         split = self._scratch_file("")
-        bucketed = self.add_bucket(source, keys, buckets, "_tf_entity_bucket").to_native()
+        bucketed = self.add_bucket(frame, keys, buckets, "_tf_entity_bucket").to_native()
         bucketed.sink_parquet(
             pl.PartitionBy(split, key="_tf_entity_bucket", include_key=False),
             mkdir=True,
             engine="streaming",
         )
-        Path(spilled).unlink()
         outputs = []
         for bucket in range(buckets):
             files = sorted(str(f) for f in split.glob(f"_tf_entity_bucket={bucket}/*.parquet"))
