@@ -259,7 +259,7 @@ def nasty(rng: random.Random, offset: int, record_ms: int) -> Rec:
     """One message of any kind a bad producer could send, stamped when it was sent.
 
     The record's timestamp is honest (or missing): a producer that also forges a
-    far-future CreateTime is outside the property, as the README says (LogAppendTime).
+    far-future CreateTime is outside the property, as docs/streaming.md says (LogAppendTime).
     """
     carrier = rng.choice([*CARRIERS, "ZZ"])
     moment_ms = record_ms + rng.choice([

@@ -1,6 +1,6 @@
 """``make demo``: NYC flights 2013 from raw CSV files to online predictions.
 
-Stages, each through the product's own entry points (the README walks through them one
+Stages, each through the product's own entry points (docs/demo.md walks through them one
 command at a time):
 
 1. **ingest**: the package's CSV files (one per year; ``--scale N`` adds time-shifted
