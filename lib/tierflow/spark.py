@@ -73,6 +73,10 @@ def spark_conf(
     if driver_host:
         conf["spark.driver.host"] = driver_host
         conf["spark.driver.bindAddress"] = driver_host
+    if not any(paths.spark_s3_jars.glob("*.jar")) and _object_store_configured():
+        from tierflow.provision import provide
+
+        provide("s3", paths)
     if any(paths.spark_s3_jars.glob("*.jar")):
         # S3A, for s3:// tables. On the classpath rather than in spark.jars: the AWS SDK
         # bundle is over 600 MB, and spark.jars would copy it to every executor of every
@@ -82,6 +86,12 @@ def spark_conf(
         conf["spark.driver.extraClassPath"] = s3
         conf["spark.executor.extraClassPath"] = s3
     return conf
+
+
+def _object_store_configured() -> bool:
+    from tierflow.storage import current
+
+    return current().configured
 
 
 def apply_object_store(spark: SparkSession) -> None:
