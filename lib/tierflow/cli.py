@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tierflow.errors import ExitCode, TierflowError, UsageError
 from tierflow.paths import ProjectPaths
@@ -65,13 +65,74 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data folder (default: conf/tierflow.yaml's data_dir)")
 
 
+#: The commands by group, each with an example, for ``tierflow --help``.
+GROUPS: dict[str, dict[str, str]] = {
+    "start": {"init": "tierflow init shop"},
+    "batch jobs": {
+        "plan": "tierflow plan orders_clean",
+        "run": "tierflow run orders_clean --engine dask",
+        "runs": "tierflow runs --limit 5",
+        "calibrate": "tierflow calibrate",
+        "profile": "tierflow profile silver/orders --target total",
+        "table": "tierflow table history silver/orders",
+        "examples": "tierflow examples retail",
+    },
+    "feature views": {
+        "features": "tierflow features values customer_spend --as-of 2026-01-08T00:00:00Z",
+        "training-set": "tierflow training-set build flight_delays",
+        "materialize": "tierflow materialize customer_spend --end 2026-01-08T00:00:00Z",
+        "serve": "tierflow serve --port 28300",
+    },
+    "streaming": {
+        "stream": "tierflow stream --view carrier_delays",
+        "event-log": "tierflow event-log --topic flights.departures",
+        "replay": "tierflow replay silver/flights --topic flights.departures --speedup 3600",
+    },
+    "training": {
+        "plan-train": "tierflow plan-train flight_delays_mlp",
+        "train": "tierflow train flight_delays_mlp [--resume RUN]",
+    },
+    "services and clusters": {
+        "services": "tierflow services up kafka redis",
+        "spark-submit": "tierflow spark-submit --master spark://HOST:7077 jobs/run.py JOB",
+        "spark-command": "tierflow spark-command jobs/run.py JOB",
+    },
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: its help lists the commands by group, with an example each."""
+
+    helps: ClassVar[dict[str, str]] = {}
+
+    def format_help(self) -> str:
+        lines = [
+            f"usage: {self.prog} [--version] [--project-dir DIR] COMMAND [ARGS]",
+            "",
+            "tierflow: batch jobs on the tier that fits the data, feature views in batch",
+            "and from Kafka, training on Ray Train. `tierflow COMMAND --help` for a",
+            "command's options.",
+        ]
+        width = max(len(name) for group in GROUPS.values() for name in group)
+        for group, commands in GROUPS.items():
+            lines += ["", f"{group}:"]
+            for name, example in commands.items():
+                lines.append(f"  {name:<{width}}  {self.helps.get(name, '')}")
+                lines.append(f"  {'':<{width}}    e.g. {example}")
+        lines += [
+            "",
+            "options:",
+            "  --version          print the version",
+            "  --project-dir DIR  the project (default: the nearest folder holding",
+            "                     conf/tierflow.yaml, from here up; TIERFLOW_PROJECT_DIR)",
+            "",
+            _EXIT_STATUSES,
+        ]
+        return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tierflow",
-        description=__doc__,
-        epilog=_EXIT_STATUSES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _Parser(prog="tierflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tierflow {_version()}")
     parser.add_argument(
         "--project-dir",
@@ -79,7 +140,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the project (default: the nearest folder holding conf/tierflow.yaml, "
         "from the current one up; TIERFLOW_PROJECT_DIR)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def recorded(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if "help" in kwargs:
+            _Parser.helps[name] = kwargs["help"]
+            kwargs.setdefault("description", kwargs["help"])
+        return add_parser(name, **kwargs)
+
+    sub.add_parser = recorded  # type: ignore[method-assign]
 
     init = sub.add_parser("init", help="start a new project in DIR: a job, a feature view, data")
     init.add_argument("dir", type=Path, help="a new or empty folder")

@@ -48,3 +48,20 @@ def test_a_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_each_kind_of_error_has_its_status(error: Exception, status: int) -> None:
     assert error.exit_code == status  # type: ignore[attr-defined]
+
+
+def test_help_groups_every_command_with_an_example_that_parses() -> None:
+    import shlex
+
+    from tierflow.cli import _PASSTHROUGH, GROUPS, _parser
+
+    parser = _parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    grouped = {name for group in GROUPS.values() for name in group}
+    assert grouped == set(commands.choices)  # type: ignore[arg-type]
+    text = parser.format_help()
+    for group in GROUPS.values():
+        for name, example in group.items():
+            assert f"e.g. {example}" in text
+            if name not in _PASSTHROUGH:  # spark-submit's arguments are its own
+                parser.parse_args(shlex.split(example.replace(" [--resume RUN]", ""))[1:])
