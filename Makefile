@@ -100,7 +100,7 @@ shell: setup ## a shell in a private network namespace holding only loopback
 
 lock: ## re-resolve pyproject.toml's dependencies into requirements.lock
 	@rm -rf .local/lock-venv && python3 -m venv .local/lock-venv
-	@.local/lock-venv/bin/pip install -q -e '.[spark,dask,single,delta,kafka,redis,ray,serving,examples,bench,dev]'
+	@.local/lock-venv/bin/pip install -q -e '.[all,bench,dev]'
 	@{ echo "# The tested set of Python packages. Regenerate with \`make lock\` after changing pyproject.toml."; \
 	  .local/lock-venv/bin/pip freeze --exclude-editable | grep -v '^tierflow'; } > requirements.lock
 	@rm -rf .local/lock-venv

@@ -363,6 +363,16 @@ def _engine_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _table_text(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Rows as aligned text columns (right-aligned, as numbers read best)."""
+    cells = [[("" if r[n] is None else f"{r[n]:.6g}" if isinstance(r[n], float) else str(r[n]))
+              for n in names] for r in rows]  # fmt: skip
+    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
+    lines = [" ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))]
+    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
 def _init(folder: Path) -> int:
     from tierflow.scaffold import init_project
 
@@ -605,7 +615,7 @@ def _features(args: argparse.Namespace, project: Any) -> int:
         as_of_us = int(moment.timestamp() * 1_000_000)
         rows = latest_values(read_source(engine, source, lineage=False), view, engine, as_of_us)
         table = engine.collect_arrow(rows)
-        print(table.slice(0, args.limit).to_pandas().to_string(index=False))
+        print(_table_text(table.slice(0, args.limit).to_pylist(), table.column_names))
         print(f"({table.num_rows:,} entities as of {moment.isoformat()}, engine {engine.name})")
         return 0
     finally:
