@@ -30,7 +30,9 @@ def fresh_tierflow(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fresh")
     dist, venv = root / "dist", root / "venv"
     if UV.is_file():
-        built = _run(UV, "build", "--wheel", "--quiet", "--out-dir", dist, PROJECT)
+        # The build backend from this environment: an isolated one would fetch it again.
+        built = _run(UV, "build", "--wheel", "--quiet", "--no-build-isolation",
+                     "--python", sys.executable, "--out-dir", dist, PROJECT)  # fmt: skip
         assert built.returncode == 0, built.stderr
         made = _run(UV, "venv", "--quiet", "--python", sys.executable, venv)
         assert made.returncode == 0, made.stderr
