@@ -41,6 +41,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -704,9 +706,55 @@ def task_sizes(root: Path, tasks: int = 200) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _dask_cluster() -> Iterator[tuple[str, list[int]]]:
+    """A two-worker LocalCluster on loopback: its address and its workers' PIDs."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address=None, processes=True)  # fmt: skip
+    client = Client(cluster)
+    try:
+        yield cluster.scheduler_address, list(client.run(os.getpid).values())
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _run_measured(
+    runner: str, root: Path, out: Path, cluster: tuple[str, list[int]] | None
+) -> dict[str, Any]:
+    """One runner in a process of its own; its time, and the peak of its process tree
+    (with the Dask workers' for Dask)."""
+    from tierflow.jobs.calibration import PeakMemory
+
+    argv = [sys.executable, "-m", "benchmarks.bench_features_scale", "one", runner,
+            str(root), str(out)]  # fmt: skip
+    workers: list[int] = []
+    if cluster is not None:
+        argv.append(cluster[0])
+        workers = cluster[1]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT)  # fmt: skip
+    with (
+        PeakMemory(lambda c=child: [c.pid], every=0.2) as tree,
+        PeakMemory(lambda: workers, every=0.2) as pool,
+    ):
+        try:
+            stdout, stderr = child.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return {"error": f"stopped after {TIMEOUT_S} s"}
+    if child.returncode != 0:
+        return {"error": f"exit {child.returncode}: {stderr.strip()[-600:]}"}
+    run: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    run["peak_bytes"] = max(run["peak_bytes"], tree.peak) + (pool.peak if workers else 0)
+    return run
+
+
 def training_stage(results: Results) -> None:
     """The training set on every runner, each checked equal to DuckDB's."""
-    from tierflow.jobs.calibration import PeakMemory
 
     root = data_root()
     print(f"[features-scale] {EVENTS:,} events, {LABELS:,} labels, {ENTITIES:,} users -> {root}",
@@ -714,47 +762,19 @@ def training_stage(results: Results) -> None:
     began = time.perf_counter()
     generate(root)
     print(f"  data ready ({time.perf_counter() - began:.0f} s)", flush=True)
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                           dashboard_address=None, processes=True)  # fmt: skip
-    client = Client(cluster)
-    workers = list(client.run(os.getpid).values())
     runs: dict[str, dict[str, Any]] = {}
     outputs = root.parent / "features-scale-out"
-    try:
-        for runner in RUNNERS:
-            out = outputs / runner
-            argv = [sys.executable, "-m", "benchmarks.bench_features_scale", "one", runner,
-                    str(root), str(out)]  # fmt: skip
-            dask = runner == "tierflow-dask"
-            if dask:
-                argv.append(cluster.scheduler_address)
-            child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, cwd=ROOT)  # fmt: skip
-            with (
-                PeakMemory(lambda c=child: [c.pid], every=0.2) as tree,
-                PeakMemory(lambda d=dask: workers if d else [], every=0.2) as pool,
-            ):
-                try:
-                    stdout, stderr = child.communicate(timeout=TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.communicate()
-                    runs[runner] = {"error": f"stopped after {TIMEOUT_S} s"}
-                    continue
-            if child.returncode != 0:
-                runs[runner] = {"error": f"exit {child.returncode}: {stderr.strip()[-600:]}"}
-                print(f"  {runner}: {runs[runner]['error']}", flush=True)
-                continue
-            run = json.loads(stdout.strip().splitlines()[-1])
-            run["peak_bytes"] = max(run["peak_bytes"], tree.peak) + (pool.peak if dask else 0)
-            runs[runner] = run
+    for runner in RUNNERS:
+        # Dask's workers exist for its run only: idle, they still hold its data and
+        # take CPU from whatever runs next.
+        with _dask_cluster() if runner == "tierflow-dask" else nullcontext(None) as cluster:
+            runs[runner] = _run_measured(runner, root, outputs / runner, cluster)
+        if "error" in runs[runner]:
+            print(f"  {runner}: {runs[runner]['error']}", flush=True)
+        else:
+            run = runs[runner]
             print(f"  {runner}: {run['seconds']:.1f} s, peak {run['peak_bytes'] / 2**30:.2f} GiB",
                   flush=True)  # fmt: skip
-    finally:
-        client.close()
-        cluster.close()
     reference = (
         read_output(outputs / "duckdb") if "error" not in runs.get("duckdb", {"error": 1}) else None
     )

@@ -114,7 +114,9 @@ def timed(fn: Callable[[], Any]) -> float:
 
 @contextmanager
 def local_services(*names: str) -> Iterator[Any]:
-    """Start the named services in a state folder of their own; stop them afterwards."""
+    """Start the named services, empty, in a state folder of their own; stop them and
+    delete their data afterwards (a store left full by an earlier run would first have
+    to load it all back)."""
     from tierflow.config.services import load_services_config
     from tierflow.paths import ProjectPaths
     from tierflow.services.manager import ServiceManager
@@ -122,8 +124,9 @@ def local_services(*names: str) -> Iterator[Any]:
     os.environ.setdefault("TIERFLOW_STATE_DIR", str(ROOT / ".local" / "bench-services"))
     paths = ProjectPaths.discover()
     manager = ServiceManager(load_services_config(None, paths.settings("services.yaml")), paths)
+    manager.down(list(names), purge=True)  # what a killed run left behind
     manager.up(list(names))
     try:
         yield manager
     finally:
-        manager.down(list(names))
+        manager.down(list(names), purge=True)
