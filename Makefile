@@ -16,18 +16,21 @@ MYPY_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tierflow/mypy
 
 .PHONY: dist examples bench bench-etl bench-scale bench-delta bench-features bench-features-scale bench-streaming bench-training gpu-check horovod
 .PHONY: calibrate
-.PHONY: help setup demo test test-unit lint fmt services-up services-down services-status shell lock clean
+.PHONY: help setup setup-all demo test test-unit lint fmt services-up services-down services-status shell lock clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: ## create .venv, install locked packages, fetch JVM jars, install redis-server
+setup: ## what the demo needs: Java, Maven, redis-server, .venv with the locked packages, Spark and Kafka jars
 	@scripts/setup.sh
+
+setup-all: ## setup, plus what only some tests need: S3A jars, docker compose, the MinIO server
+	@scripts/setup.sh all
 
 demo: setup ## NYC flights end to end: raw CSV to online predictions (SCALE=N, ONLINE_STORE=redis)
 	@scripts/isolated.sh $(BIN)/python -m tierflow.demo --scale $(SCALE) --online-store $(ONLINE_STORE) $(DEMO_ARGS)
 
-test: setup lint ## lint, then the whole suite (Horovod built once, cached) against real services in a private network namespace
+test: setup-all lint ## lint, then the whole suite (Horovod built once, cached) against real services in a private network namespace
 	@scripts/build_horovod.sh
 	@scripts/isolated.sh scripts/run-tests.sh $(PYTEST_ARGS)
 
@@ -97,7 +100,7 @@ shell: setup ## a shell in a private network namespace holding only loopback
 
 lock: ## re-resolve pyproject.toml's dependencies into requirements.lock
 	@rm -rf .local/lock-venv && python3 -m venv .local/lock-venv
-	@.local/lock-venv/bin/pip install -q -e '.[spark,dask,single,delta,kafka,redis,ray,serving,examples,bench,dev]'
+	@.local/lock-venv/bin/pip install -q -e '.[all,bench,dev]'
 	@{ echo "# The tested set of Python packages. Regenerate with \`make lock\` after changing pyproject.toml."; \
 	  .local/lock-venv/bin/pip freeze --exclude-editable | grep -v '^tierflow'; } > requirements.lock
 	@rm -rf .local/lock-venv

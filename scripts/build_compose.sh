@@ -11,8 +11,7 @@ out=.local/docker/cli-plugins/docker-compose
 if [ -x "$out" ] && "$out" version --short 2>/dev/null | grep -qx "${VERSION#v}"; then
   exit 0
 fi
-command -v go >/dev/null 2>&1 \
-  || { echo "[setup] error: Go is needed to build docker compose $VERSION (Debian: apt-get install golang)" >&2; exit 1; }
+scripts/require_go.sh "building docker compose" 1.24
 echo "[setup] building docker compose $VERSION from the Go module proxy into .local/docker" >&2
 src=$(go mod download -json "$MODULE@$VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
 [ -d "$src" ] || { echo "[setup] error: go mod download gave no folder for $MODULE@$VERSION" >&2; exit 1; }

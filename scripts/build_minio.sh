@@ -14,8 +14,7 @@ stamp=.local/minio/version
 if [ -x "$out/minio" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$VERSION" ]; then
   exit 0
 fi
-command -v go >/dev/null 2>&1 \
-  || { echo "[setup] error: Go is needed to build MinIO (Debian: apt-get install golang)" >&2; exit 1; }
+scripts/require_go.sh "building MinIO" 1.24
 echo "[setup] building MinIO $VERSION from the Go module proxy into $out (first time: minutes)" >&2
 mkdir -p "$out"
 GOBIN="$PWD/$out" GOFLAGS=-mod=mod go install -ldflags "-s -w" \

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# One-command setup, idempotent and safe on a fresh machine:
-#   Debian packages (redis-server, iproute2) -> .venv with the locked Python set ->
-#   JVM jars from Maven Central (Spark extras, S3A, Kafka broker) into .local/jars ->
-#   the docker compose CLI plugin and the MinIO server from the Go module proxy.
+# Setup in layers, each idempotent and safe on a fresh machine:
+#   base (no argument; what `make demo` needs): Debian packages (Java, Maven, redis-server,
+#     iproute2) -> .venv with the locked Python set -> the Spark (Delta, Kafka) and Kafka
+#     broker jars from Maven Central into .local/jars;
+#   s3: the S3A jars for s3:// tables on Spark (~690 MB);
+#   compose: the docker compose CLI plugin (the test that checks docker-compose.yml);
+#   minio: the MinIO server (S3-compatible object storage), built from Go sources;
+#   all: every layer (what `make test` needs).
+# tierflow runs `scripts/setup.sh s3|minio` itself the first time something needs them.
 # Each step leaves a stamp holding a hash of its inputs; a second run on a ready machine
 # only compares hashes, so it takes seconds.
 set -euo pipefail
@@ -12,6 +17,13 @@ PYTHON=${PYTHON:-python3}
 STAMPS=.local/stamps
 UV_VERSION=0.13.9
 mkdir -p "$STAMPS"
+layers=("$@")
+[ ${#layers[@]} -gt 0 ] || layers=(base)
+[ "${layers[*]}" != all ] || layers=(base s3 compose minio)
+for layer in "${layers[@]}"; do
+  case $layer in base|s3|compose|minio) ;; *) echo "[setup] error: unknown layer $layer (base, s3, compose, minio, all)" >&2; exit 2 ;; esac
+done
+wants() { [[ " ${layers[*]} " == *" $1 "* ]]; }
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -24,15 +36,13 @@ command -v "$PYTHON" >/dev/null 2>&1 \
   || die "Python 3.10+ was not found (set PYTHON=...); Debian/Ubuntu: apt-get install python3 python3-venv"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
   || die "Python 3.10+ is needed; $PYTHON is $("$PYTHON" -V 2>&1)"
-command -v java >/dev/null 2>&1 \
-  || die "Java 17 was not found; Debian/Ubuntu: apt-get install openjdk-17-jdk-headless"
-java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')
-[ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is needed; found version ${java_major:-unknown}"
-command -v mvn >/dev/null 2>&1 \
-  || die "Maven was not found (it fetches the Delta, Kafka and Spark-Kafka jars); Debian/Ubuntu: apt-get install maven"
 
-# --- Debian packages --------------------------------------------------------------------
+if wants base; then
+# --- Debian packages (Java and Maven too: as root, setup installs what is missing) -------
 missing=()
+java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p' || true)
+[ "${java_major:-0}" -ge 17 ] || missing+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
@@ -48,6 +58,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 # Debian's package starts a system-wide redis on 6379; tierflow runs its own, on its own port.
+java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')
+[ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is needed; found version ${java_major:-unknown}"
 
 # --- Python environment -------------------------------------------------------------------
 want=$(hash_of requirements.lock pyproject.toml)$UV_VERSION
@@ -69,9 +81,16 @@ if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
   fi
   mark venv "$want"
 fi
+fi  # base
+
+command -v mvn >/dev/null 2>&1 || ! { wants base || wants s3; } \
+  || die "Maven was not found (it fetches the jars); Debian/Ubuntu: apt-get install maven"
 
 # --- JVM jars -----------------------------------------------------------------------------
-for name in spark spark-s3 kafka; do
+jars=()
+if wants base; then jars+=(spark kafka); fi
+if wants s3; then jars+=(spark-s3); fi
+for name in "${jars[@]}"; do
   want=$(hash_of "scripts/jvm/$name/pom.xml" scripts/jvm/prune_spark_jars.py)
   out="$ROOT/.local/jars/$name"
   if ! fresh "jars-$name" "$want" || ! compgen -G "$out/*.jar" >/dev/null; then
@@ -88,7 +107,11 @@ for name in spark spark-s3 kafka; do
   fi
 done
 # --- docker compose (parses docker-compose.yml in the tests; no engine needed) ----------
-scripts/build_compose.sh || die "could not build docker compose (see above)"
+if wants compose; then
+  scripts/build_compose.sh || die "could not build docker compose (see above)"
+fi
 # --- MinIO (the S3-compatible object store the tests and the local profile use) --------
-scripts/build_minio.sh || die "could not build MinIO (see above)"
-say "ready"
+if wants minio; then
+  scripts/build_minio.sh || die "could not build MinIO (see above)"
+fi
+say "ready (${layers[*]})"

@@ -14,9 +14,9 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from tierflow.errors import TierflowError
+from tierflow.errors import ExitCode, TierflowError, UsageError
 from tierflow.paths import ProjectPaths
 from tierflow.services import SERVICE_NAMES
 
@@ -27,6 +27,24 @@ _PASSTHROUGH = {
     "every argument after it goes to spark-submit unchanged",
     "spark-command": "print the command line `tierflow spark-submit ARGS` would run",
 }
+
+
+_EXIT_STATUSES = """exit statuses:
+  0  done
+  1  the data failed its contract, a bad-row threshold or a schema check
+  2  a bad command line or configuration, or a missing dependency
+  3  a service unreachable (Kafka, Redis, ...), or `services status` found one down
+  4  anything else failed (an unexpected error comes with its traceback)
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tierflow")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _timestamp(text: str) -> Any:
@@ -47,9 +65,94 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data folder (default: conf/tierflow.yaml's data_dir)")
 
 
+#: The commands by group, each with an example, for ``tierflow --help``.
+GROUPS: dict[str, dict[str, str]] = {
+    "start": {"init": "tierflow init shop"},
+    "batch jobs": {
+        "plan": "tierflow plan orders_clean",
+        "run": "tierflow run orders_clean --engine dask",
+        "runs": "tierflow runs --limit 5",
+        "calibrate": "tierflow calibrate",
+        "profile": "tierflow profile silver/orders --target total",
+        "table": "tierflow table history silver/orders",
+        "examples": "tierflow examples retail",
+    },
+    "feature views": {
+        "features": "tierflow features values customer_spend --as-of 2026-01-08T00:00:00Z",
+        "training-set": "tierflow training-set build flight_delays",
+        "materialize": "tierflow materialize customer_spend --end 2026-01-08T00:00:00Z",
+        "serve": "tierflow serve --port 28300",
+    },
+    "streaming": {
+        "stream": "tierflow stream --view carrier_delays",
+        "event-log": "tierflow event-log --topic flights.departures",
+        "replay": "tierflow replay silver/flights --topic flights.departures --speedup 3600",
+    },
+    "training": {
+        "plan-train": "tierflow plan-train flight_delays_mlp",
+        "train": "tierflow train flight_delays_mlp [--resume RUN]",
+    },
+    "services and clusters": {
+        "services": "tierflow services up kafka redis",
+        "spark-submit": "tierflow spark-submit --master spark://HOST:7077 jobs/run.py JOB",
+        "spark-command": "tierflow spark-command jobs/run.py JOB",
+    },
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: its help lists the commands by group, with an example each."""
+
+    helps: ClassVar[dict[str, str]] = {}
+
+    def format_help(self) -> str:
+        lines = [
+            f"usage: {self.prog} [--version] [--project-dir DIR] COMMAND [ARGS]",
+            "",
+            "tierflow: batch jobs on the tier that fits the data, feature views in batch",
+            "and from Kafka, training on Ray Train. `tierflow COMMAND --help` for a",
+            "command's options.",
+        ]
+        width = max(len(name) for group in GROUPS.values() for name in group)
+        for group, commands in GROUPS.items():
+            lines += ["", f"{group}:"]
+            for name, example in commands.items():
+                lines.append(f"  {name:<{width}}  {self.helps.get(name, '')}")
+                lines.append(f"  {'':<{width}}    e.g. {example}")
+        lines += [
+            "",
+            "options:",
+            "  --version          print the version",
+            "  --project-dir DIR  the project (default: the nearest folder holding",
+            "                     conf/tierflow.yaml, from here up; TIERFLOW_PROJECT_DIR)",
+            "",
+            _EXIT_STATUSES,
+        ]
+        return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tierflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tierflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tierflow {_version()}")
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        help="the project (default: the nearest folder holding conf/tierflow.yaml, "
+        "from the current one up; TIERFLOW_PROJECT_DIR)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def recorded(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if "help" in kwargs:
+            _Parser.helps[name] = kwargs["help"]
+            kwargs.setdefault("description", kwargs["help"])
+        return add_parser(name, **kwargs)
+
+    sub.add_parser = recorded  # type: ignore[method-assign]
+
+    init = sub.add_parser("init", help="start a new project in DIR: a job, a feature view, data")
+    init.add_argument("dir", type=Path, help="a new or empty folder")
 
     plan = sub.add_parser("plan", help="explain which engine a job would run on, and why")
     plan.add_argument("job", help="job name (conf/jobs/NAME.yaml) or a YAML path")
@@ -232,7 +335,7 @@ def _services(args: argparse.Namespace) -> int:
         for st in manager.down(args.names, purge=args.purge):
             print(f"{st.name:6} {st.state}")
         left = [st.name for st in manager.status(args.names, probe=False) if st.state != "stopped"]
-        return 1 if left else 0
+        return int(ExitCode.FAILED) if left else 0
     if args.action == "env":
         for name in manager.resolve(args.names):
             for key, value in manager.service(name).client_env().items():
@@ -245,7 +348,9 @@ def _services(args: argparse.Namespace) -> int:
         for st in statuses:
             pids = ",".join(map(str, st.pids)) or "-"
             print(f"{st.name:6} {st.state:9} pids={pids:20} {st.detail}")
-    return 0
+    # Scripts wait on this: every service asked about must run and answer.
+    down = [st.name for st in statuses if st.state != "healthy"]
+    return int(ExitCode.SERVICE) if down else 0
 
 
 def _engine_options(args: argparse.Namespace) -> Any:
@@ -256,6 +361,29 @@ def _engine_options(args: argparse.Namespace) -> Any:
         spark_master=getattr(args, "master", None),
         workers=getattr(args, "workers", None),
     )
+
+
+def _table_text(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """Rows as aligned text columns (right-aligned, as numbers read best)."""
+    cells = [[("" if r[n] is None else f"{r[n]:.6g}" if isinstance(r[n], float) else str(r[n]))
+              for n in names] for r in rows]  # fmt: skip
+    widths = [max([len(n), *(len(c[i]) for c in cells)]) for i, n in enumerate(names)]
+    lines = [" ".join(n.rjust(w) for n, w in zip(names, widths, strict=True))]
+    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _init(folder: Path) -> int:
+    from tierflow.scaffold import init_project
+
+    written = init_project(folder)
+    for path in written:
+        print(f"  {path.relative_to(folder.resolve())}")
+    print(
+        f"a new tierflow project in {folder}; next:\n"
+        f"  cd {shlex.quote(str(folder))}\n  tierflow plan orders_clean\n  tierflow run orders_clean"
+    )
+    return 0
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -330,7 +458,7 @@ def _calibrate(args: argparse.Namespace, project: Any) -> int:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
-        raise TierflowError(f"--engines: unknown tier(s) {', '.join(unknown)} (known: {ENGINES})")
+        raise UsageError(f"--engines: unknown tier(s) {', '.join(unknown)} (known: {ENGINES})")
     rows = tuple(int(r) for r in args.rows.split(","))
     options = _engine_options(args)
     resources = project.resources(options)
@@ -367,7 +495,7 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
         print(f"TPC-H at scale factor {args.scale:g} in {data.tables} (jobs: tpch_q1 ... tpch_q18)")
         return 0
     if args.which in ("all", "flights") and args.scale != int(args.scale):
-        raise TierflowError(f"--scale {args.scale:g}: flights take a whole number of years")
+        raise UsageError(f"--scale {args.scale:g}: flights take a whole number of years")
     if args.which in ("all", "retail"):
         from tierflow.examples.retail import generate
 
@@ -385,7 +513,7 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
                 )
                 if record.status != "succeeded":
                     print(f"{name} failed: {record.error}", file=sys.stderr)
-                    return 1
+                    return int(ExitCode.FAILED)
     print(f"example data ({args.which}) written to {project.data_dir}")
     return 0
 
@@ -487,7 +615,7 @@ def _features(args: argparse.Namespace, project: Any) -> int:
         as_of_us = int(moment.timestamp() * 1_000_000)
         rows = latest_values(read_source(engine, source, lineage=False), view, engine, as_of_us)
         table = engine.collect_arrow(rows)
-        print(table.slice(0, args.limit).to_pandas().to_string(index=False))
+        print(_table_text(table.slice(0, args.limit).to_pylist(), table.column_names))
         print(f"({table.num_rows:,} entities as of {moment.isoformat()}, engine {engine.name})")
         return 0
     finally:
@@ -517,10 +645,12 @@ def _table(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _spark_submit(args: Sequence[str], *, print_only: bool) -> int:
-    from tierflow.spark import DRIVER_HOST_ENV, LOOPBACK, spark_submit_command
-
     # On a cluster the executors must reach the driver: it binds the address given here.
-    argv, env = spark_submit_command(args, driver_host=os.environ.get(DRIVER_HOST_ENV) or LOOPBACK)
+    from tierflow.settings import env_settings
+    from tierflow.spark import LOOPBACK, spark_submit_command
+
+    host = env_settings().spark_driver_host or LOOPBACK
+    argv, env = spark_submit_command(args, driver_host=host)
     if print_only:
         print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv))
         return 0
@@ -545,9 +675,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             # spark-submit's own options must reach it untouched, so no argparse here.
             return _spark_submit(raw[1:], print_only=raw[0] == "spark-command")
         args = _parser().parse_args(raw)
+        if args.project_dir is not None:
+            from tierflow.paths import PROJECT_ENV
+
+            # Through the environment, so that every process this one starts agrees.
+            os.environ[PROJECT_ENV] = str(args.project_dir.resolve())
+        if args.command == "init":
+            return _init(args.dir)
         if args.command == "services":
             return _services(args)
         return _jobs(args)
     except TierflowError as exc:
         print(f"tierflow: error: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return int(ExitCode.INTERRUPTED)
+    except ModuleNotFoundError as exc:
+        from tierflow.extras import missing_dependency
+
+        known = missing_dependency(exc)
+        if known is None:
+            return _failed()
+        print(f"tierflow: error: {known}", file=sys.stderr)
+        return int(known.exit_code)
+    except Exception:  # a bug: its traceback, and not the status of a data failure
+        return _failed()
+
+
+def _failed() -> int:
+    import traceback
+
+    traceback.print_exc()
+    return int(ExitCode.FAILED)

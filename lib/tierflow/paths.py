@@ -7,38 +7,43 @@ move each part elsewhere (tests use this to keep their services apart from a dev
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ENV = "TIERFLOW_PROJECT_DIR"
-STATE_ENV = "TIERFLOW_STATE_DIR"
-JARS_ENV = "TIERFLOW_JARS_DIR"
 PROFILE_ENV = "TIERFLOW_PROFILE"
 #: The settings files a profile may replace; jobs, views and training stay shared.
 PROFILE_FILES = ("tierflow.yaml", "services.yaml", "streaming.yaml")
 
 
-def _looks_like_project(path: Path) -> bool:
-    return (path / "pyproject.toml").is_file() and (path / "lib" / "tierflow").is_dir()
+#: What makes a folder a tierflow project (``tierflow init`` writes it).
+MARKER = Path("conf") / "tierflow.yaml"
+
+
+def _is_project(path: Path) -> bool:
+    return (path / MARKER).is_file()
 
 
 def find_project_dir() -> Path:
     """Return the tierflow project folder.
 
-    Order: ``$TIERFLOW_PROJECT_DIR``; the checkout this package was installed from
-    (editable install); the current folder or one above it that holds the project.
+    Order: ``$TIERFLOW_PROJECT_DIR`` (the command line's ``--project-dir`` sets it); the
+    current folder or the nearest one above it holding ``conf/tierflow.yaml``; the
+    checkout this package was installed from (an editable install of tierflow's own
+    repository, whose examples are a project); else the current folder.
     """
-    env = os.environ.get(PROJECT_ENV)
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent.parent
-    if _looks_like_project(here):
-        return here
+    from tierflow.settings import env_settings
+
+    named = env_settings().project_dir
+    if named is not None:
+        return named.resolve()
     cwd = Path.cwd().resolve()
     for candidate in (cwd, *cwd.parents):
-        if _looks_like_project(candidate):
+        if _is_project(candidate):
             return candidate
+    here = Path(__file__).resolve().parent.parent.parent
+    if _is_project(here) and (here / "lib" / "tierflow").is_dir():
+        return here
     return cwd
 
 
@@ -58,10 +63,13 @@ class ProjectPaths:
         Raises:
             ConfigError: ``$TIERFLOW_PROFILE`` names no folder under ``conf/profiles``.
         """
+        from tierflow.settings import env_settings
+
+        env = env_settings()
         project = find_project_dir()
-        state = Path(os.environ.get(STATE_ENV) or project / ".local" / "services")
-        jars = Path(os.environ.get(JARS_ENV) or project / ".local" / "jars")
-        profile = os.environ.get(PROFILE_ENV) or None
+        state = env.state_dir or project / ".local" / "services"
+        jars = env.jars_dir or project / ".local" / "jars"
+        profile = env.profile
         if profile is not None and not (project / "conf" / "profiles" / profile).is_dir():
             from tierflow.errors import ConfigError
 

@@ -6,7 +6,6 @@ a job is loaded, validated, planned and run the same way whichever door it came 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,16 +18,12 @@ from tierflow.errors import ConfigError
 from tierflow.jobs.planner import Resources, TierPlan, plan_inputs, plan_job
 from tierflow.jobs.records import RunRecord
 from tierflow.paths import ProjectPaths
+from tierflow.settings import env_settings
 
 if TYPE_CHECKING:
     from tierflow.config.features import FeatureViewConfig, TrainingSetConfig
     from tierflow.jobs.sources import ResolvedSource
     from tierflow.stores.base import OnlineStore
-
-LOGS_DIR_ENV = "TIERFLOW_LOGS_DIR"
-DASK_SCHEDULER_ENV = "TIERFLOW_DASK_SCHEDULER"
-CALIBRATION_DIR_ENV = "TIERFLOW_CALIBRATION_DIR"
-SPARK_MASTER_ENV = "TIERFLOW_SPARK_MASTER"
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ class Project:
         """Read ``conf/tierflow.yaml`` (or defaults) and resolve the folders."""
         paths = paths or ProjectPaths.discover()
         config = ProjectConfig.load(paths.settings("tierflow.yaml"))
-        logs = Path(os.environ.get(LOGS_DIR_ENV) or config.logs_dir)
+        logs = Path(env_settings().logs_dir or config.logs_dir)
         return cls(
             paths=paths,
             config=config,
@@ -104,17 +99,16 @@ class Project:
     @property
     def calibration_dir(self) -> Path:
         """Where calibrations are kept: ``$TIERFLOW_CALIBRATION_DIR``, else the setting."""
-        folder = Path(os.environ.get(CALIBRATION_DIR_ENV) or self.config.planner.calibration_dir)
+        folder = Path(env_settings().calibration_dir or self.config.planner.calibration_dir)
         return folder if folder.is_absolute() else self.paths.project / folder
 
     def clusters(self, options: EngineOptions | None = None) -> tuple[str | None, str | None]:
         """``(dask scheduler, spark master)`` the tiers may use: options, environment, config."""
         options = options or EngineOptions()
         clusters = self.config.clusters
-        scheduler = (
-            options.dask_scheduler or os.environ.get(DASK_SCHEDULER_ENV) or clusters.dask_scheduler
-        )
-        master = options.spark_master or os.environ.get(SPARK_MASTER_ENV) or clusters.spark_master
+        env = env_settings()
+        scheduler = options.dask_scheduler or env.dask_scheduler or clusters.dask_scheduler
+        master = options.spark_master or env.spark_master or clusters.spark_master
         if options.spark_session is not None:
             master = options.spark_session.sparkContext.master
         return scheduler, master
@@ -307,9 +301,10 @@ class Project:
         from tierflow.stores import open_store
 
         config = self.config.online_store
-        chosen = kind or os.environ.get("TIERFLOW_ONLINE_STORE")
-        url = os.environ.get("TIERFLOW_REDIS_URL")
-        db = os.environ.get("TIERFLOW_ONLINE_DB")
+        env = env_settings()
+        chosen = kind or env.online_store
+        url = env.redis_url
+        db = env.online_db
         updates: dict[str, Any] = {}
         if chosen:
             updates["kind"] = chosen

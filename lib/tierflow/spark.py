@@ -39,7 +39,6 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOOPBACK = "127.0.0.1"
 #: The address a driver binds and advertises to a cluster's executors (default loopback):
 #: ``tierflow spark-submit``'s, and a session's that ``tierflow run --master`` starts.
-DRIVER_HOST_ENV = "TIERFLOW_SPARK_DRIVER_HOST"
 
 
 def spark_jars(paths: ProjectPaths | None = None) -> list[str]:
@@ -74,6 +73,10 @@ def spark_conf(
     if driver_host:
         conf["spark.driver.host"] = driver_host
         conf["spark.driver.bindAddress"] = driver_host
+    if not any(paths.spark_s3_jars.glob("*.jar")) and _object_store_configured():
+        from tierflow.provision import provide
+
+        provide("s3", paths)
     if any(paths.spark_s3_jars.glob("*.jar")):
         # S3A, for s3:// tables. On the classpath rather than in spark.jars: the AWS SDK
         # bundle is over 600 MB, and spark.jars would copy it to every executor of every
@@ -83,6 +86,12 @@ def spark_conf(
         conf["spark.driver.extraClassPath"] = s3
         conf["spark.executor.extraClassPath"] = s3
     return conf
+
+
+def _object_store_configured() -> bool:
+    from tierflow.storage import current
+
+    return current().configured
 
 
 def apply_object_store(spark: SparkSession) -> None:
@@ -182,7 +191,9 @@ def get_spark(
     """
     java_executable()
     if driver_host == LOOPBACK:
-        driver_host = os.environ.get(DRIVER_HOST_ENV) or LOOPBACK
+        from tierflow.settings import env_settings
+
+        driver_host = env_settings().spark_driver_host or LOOPBACK
     try:
         from pyspark.sql import SparkSession
     except ImportError:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tierflow.errors import TierflowError
+from tierflow.errors import UsageError
 
 #: Vacuum never deletes files younger than this unless told to: older versions stay
 #: readable for time travel, and a long-running reader never loses its files.
 MIN_RETENTION_HOURS = 168
 
 
-class RetentionError(TierflowError):
+class RetentionError(UsageError):
     """A vacuum asked to delete files younger than the retention guard allows."""
 
 

@@ -3,6 +3,9 @@ sink is left untouched; the counts always add up."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,15 @@ def test_exact_quarantine_and_untouched_sink_over_threshold(
     assert failed.status == "failed" and failed.rows_quarantined == 13 and failed.rows_out == 0
     assert "BadRowThresholdError" in failed.error
     assert read_table(data / "_quarantine" / "bad_input" / "orders").num_rows == 16
+
+
+def test_the_command_line_exits_1_when_the_data_fails(tmp_path):
+    data, _lenient = setup_data(tmp_path)
+    env = os.environ | {"TIERFLOW_LOGS_DIR": str(tmp_path / "logs")}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "tierflow"), "run", str(tmp_path / "strict.yaml"),
+         "--engine", "single", "--data-dir", str(data)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "max_bad_fraction 0.1" in done.stderr and "Traceback" not in done.stderr

@@ -56,7 +56,9 @@ def cli(tmp_path):
 
 def statuses(cli) -> dict[str, dict]:
     result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
+    # 0 only when every service asked about (here all) runs and answers, else 3.
+    everything_up = all(s["state"] == "healthy" for s in json.loads(result.stdout))
+    assert result.returncode == (0 if everything_up else 3), result.stderr
     return {s["name"]: s for s in json.loads(result.stdout)}
 
 
@@ -89,11 +91,14 @@ def test_up_status_down_leaves_nothing_running(cli):
     again = cli("up", "redis")
     assert again.returncode == 0
     assert "already running" in again.stderr
+    assert cli("status", *started).returncode == 0
+    assert cli("status", "redis", "kafka").returncode == 3  # kafka is down
 
     result = cli("down")
     assert result.returncode == 0, result.stderr
     after = statuses(cli)
     assert {n: s["state"] for n, s in after.items()} == dict.fromkeys(after, "stopped")
     assert all(s["pids"] == [] for s in after.values())
+    assert cli("status", "redis").returncode == 3
     survivors = [p for p in pids if (st := read_stat(p)) is not None and st.state != "Z"]
     assert survivors == []

@@ -139,7 +139,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
 ) -> None:
     """A SIGKILLed worker is replaced and its group resumes from the last checkpoint; once
     the resumed group has registered a checkpoint of its own, the whole run is killed and
-    started again, and resumes from its storage path. Same seed, same batches, restored
+    resumed (`--resume RUN`) from its folder. Same seed, same batches, restored
     optimizer: bit for bit the weights of the uninterrupted run. (One run for both kinds of
     failure: each alone costs a whole training run.)"""
     name = "mlp_ddp_killed"
@@ -150,13 +150,18 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     first = subprocess.Popen(
         command, cwd=PROJECT, env=training_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    run_folder = training_data / "models" / name / "ray"
     deadline = time.monotonic() + 300
 
     def running() -> bool:
         assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
         return True
+
+    # Every run is new, in a folder of its own: the driver names it first.
+    while not (named := re.search(r"^run (\S+) in (\S+)$", log.read_text(), re.M)) and running():
+        pass
+    assert named is not None
+    run_id, run_folder = named.group(1), Path(named.group(2)) / "ray"
 
     while latest_checkpoint(run_folder) is None and running():
         pass
@@ -183,7 +188,7 @@ def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(
     first.send_signal(signal.SIGKILL)  # the whole run: driver, and so its workers
     first.wait()
     again = subprocess.run(
-        command, cwd=PROJECT, env=training_env, capture_output=True, text=True, timeout=400,
+        [*command, "--resume", run_id], cwd=PROJECT, env=training_env, capture_output=True, text=True, timeout=400,
         check=False,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-4000:]

@@ -304,10 +304,14 @@ class RayJob:
         return str(final)
 
 
+#: A training run's checkpoints under ``<storage>/<name>/runs`` (each run has a folder).
+CHECKPOINTS = "*/ray/checkpoint_*/meta.json"
+
+
 def latest_step(checkpoints: Path) -> int:
     """The step of the newest checkpoint the run has written (0 before the first)."""
     steps = [0]
-    for meta in checkpoints.glob("checkpoint_*/meta.json"):
+    for meta in checkpoints.glob(CHECKPOINTS):
         try:
             steps.append(json.loads(meta.read_text())["step"])
         except (OSError, ValueError, KeyError):  # being written, or removed (keep: N)
@@ -462,7 +466,7 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     wait_for("a Spark executor on h2", lambda: executors_on(cluster, "h2") > 0, 180, every=0.5)
     train_log = work / "logs" / "train-cut.log"
     training = RayJob(cluster, train_data, "mh_cut", train_log)
-    checkpoints = train_data / "models" / "mh_cut" / "ray"
+    checkpoints = train_data / "models" / "mh_cut" / "runs"
 
     # Where its workers run is asked while they start (the CLI takes seconds), so that
     # little more than the Kafka leaders' query stands between its first checkpoint and
@@ -473,7 +477,7 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
 
     result["training_workers_before_cut"] = wait_for("2 training workers", both_workers, 300)
     wait_for("a checkpoint of the disturbed training run",
-             lambda: list(checkpoints.glob("checkpoint_*/meta.json")), 300, every=0.2)  # fmt: skip
+             lambda: list(checkpoints.glob(CHECKPOINTS)), 300, every=0.2)  # fmt: skip
     result["spark_executors_before_cut"] = {h: executors_on(cluster, h) for h in ("h2", "h3")}
     leaders = {}
     from kafka import KafkaAdminClient

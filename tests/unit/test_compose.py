@@ -27,7 +27,7 @@ PLUGINS = PROJECT / ".local" / "docker"
 
 def compose(*args: str) -> subprocess.CompletedProcess[str]:
     plugin = PLUGINS / "cli-plugins" / "docker-compose"
-    assert plugin.is_file(), "docker compose is not built: run `make setup`"
+    assert plugin.is_file(), "docker compose is not built: run `scripts/setup.sh compose`"
     docker = shutil.which("docker")
     # The docker client runs the plugin; without a client, the plugin runs on its own.
     argv = [docker, "compose"] if docker else [str(plugin)]

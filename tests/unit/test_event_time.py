@@ -259,7 +259,7 @@ def nasty(rng: random.Random, offset: int, record_ms: int) -> Rec:
     """One message of any kind a bad producer could send, stamped when it was sent.
 
     The record's timestamp is honest (or missing): a producer that also forges a
-    far-future CreateTime is outside the property, as the README says (LogAppendTime).
+    far-future CreateTime is outside the property, as docs/streaming.md says (LogAppendTime).
     """
     carrier = rng.choice([*CARRIERS, "ZZ"])
     moment_ms = record_ms + rng.choice([
@@ -415,12 +415,13 @@ def test_a_topic_has_one_event_time_rule_and_a_sane_skew() -> None:
 
 
 def test_the_store_retry_backs_off_and_gives_up() -> None:
-    from tierflow.stream.runtime import Backoff, StreamError
+    from tierflow.stores.base import StoreError
+    from tierflow.stream.runtime import Backoff
 
     backoff = Backoff(limit=6)
     waits = [backoff.failed("down") for _ in range(6)]
     assert waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
-    with pytest.raises(StreamError, match=r"failed 7 times in a row.*down"):
+    with pytest.raises(StoreError, match=r"failed 7 times in a row.*down"):
         backoff.failed("down")
     backoff.succeeded()
     assert backoff.failures == 0 and backoff.failed("again") == 0.5

@@ -84,7 +84,7 @@ class FeatureSource(FrozenModel):
     # How the topic's messages are keyed: ``json-list`` (the JSON list of the entity's
     # values, ``["JFK","LAX"]``), ``string`` (the plain value of a one-column entity,
     # ``JFK``), or ``from-value`` (the key is ignored and the entity read from the
-    # payload; the topic must then have one partition, see the README).
+    # payload; the topic must then have one partition, see docs/streaming.md).
     key_format: Literal["json-list", "string", "from-value"] = "json-list"
 
     @model_validator(mode="after")

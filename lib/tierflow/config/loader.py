@@ -58,12 +58,28 @@ def parse_model(model: type[M], data: Any, source: str) -> M:
         raise ConfigError(_describe(exc, source)) from None
 
 
+#: Parsed files by (model, path, modification time, size): a process parses each once.
+_PARSED: dict[tuple[type[BaseModel], str, int, int], BaseModel] = {}
+
+
 def load_model(model: type[M], path: Path) -> M:
-    """Read the YAML file at ``path`` into ``model``.
+    """Read the YAML file at ``path`` into ``model`` (once per process, unless it changes).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or does not fit the model.
     """
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    key = (model, str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    known = _PARSED.get(key)
+    if known is None:
+        known = _PARSED[key] = _read(model, path)
+    return known  # type: ignore[return-value]  # stored under its own model
+
+
+def _read(model: type[M], path: Path) -> M:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -143,11 +142,10 @@ class ProjectConfig(FrozenModel):
         return load_model(cls, path) if path.is_file() else cls()
 
 
-DATA_DIR_ENV = "TIERFLOW_DATA_DIR"
-
-
 def resolve_data_dir(project: Path, config: ProjectConfig, override: str | None = None) -> Path:
     """The data folder: ``--data-dir``, else ``$TIERFLOW_DATA_DIR``, else the config's."""
-    raw = override or os.environ.get(DATA_DIR_ENV) or config.data_dir
+    from tierflow.settings import env_settings
+
+    raw = override or env_settings().data_dir or config.data_dir
     path = Path(raw)
     return path if path.is_absolute() else (project / path).resolve()

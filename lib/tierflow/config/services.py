@@ -8,7 +8,6 @@ Ray's worker ports get a band of their own so that nothing else lands in it.
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -157,9 +156,9 @@ def load_services_config(path: Path | None, default: Path) -> ServicesConfig:
         default: The project's ``conf/services.yaml``; used when present, else the
             built-in defaults apply.
     """
-    explicit = path or (
-        Path(os.environ[SERVICES_CONF_ENV]) if os.environ.get(SERVICES_CONF_ENV) else None
-    )
+    from tierflow.settings import env_settings
+
+    explicit = path or env_settings().services_conf
     if explicit is not None:
         return load_model(ServicesConfig, explicit)
     if default.is_file():

@@ -1,6 +1,6 @@
 """``make demo``: NYC flights 2013 from raw CSV files to online predictions.
 
-Stages, each through the product's own entry points (the README walks through them one
+Stages, each through the product's own entry points (docs/demo.md walks through them one
 command at a time):
 
 1. **ingest**: the package's CSV files (one per year; ``--scale N`` adds time-shifted
@@ -313,8 +313,7 @@ class Demo:
                                     snapshot_version)  # fmt: skip
             cached = self._cached("training", key, None)
             if cached is None or not (folder / "model.pt").is_file():
-                # A different snapshot: a fresh run (an unchanged one would resume).
-                shutil.rmtree(folder, ignore_errors=True)
+                # A different snapshot: a new run (every `tierflow train` is one).
                 command = [str(Path(sys.executable).parent / "tierflow"), "train", config.name]
                 self.say("$ tierflow train " + config.name)
                 log = self.run_dir / "train.log"

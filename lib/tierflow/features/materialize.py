@@ -4,8 +4,7 @@ Bounded, resumable and idempotent:
 
 - **One pass, bounded.** Every entity's values as of the end are computed in one pass
   over the source (:func:`~tierflow.features.batch.latest_values`: one window end per
-  entity; on the single-node tier the tile group-by before it still holds its table in
-  memory) and written by the engine to a work folder, split
+  entity, computed per group of entities) and written by the engine to a work folder, split
   into ``buckets`` by an engine-native hash of the keys. The store is then loaded
   bucket by bucket, ``chunk_rows`` rows per write, read from those files in batches:
   memory follows the chunk, not the table.

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tierflow.config.features import FeatureViewConfig
-from tierflow.errors import TierflowError
+from tierflow.errors import UsageError
 from tierflow.stores.base import OnlineStore
 
 
-class FeatureRequestError(TierflowError):
+class FeatureRequestError(UsageError):
     """A malformed request (HTTP 400)."""
 
     status = 400

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from tierflow.config.jobs import SinkConfig, WriteMode
-from tierflow.errors import TierflowError
+from tierflow.errors import DataError, TierflowError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -37,7 +37,7 @@ Operation = Literal["append", "overwrite", "replace_partitions", "merge"]
 SchemaMode = Literal["merge", "overwrite"]
 
 
-class SchemaMismatchError(TierflowError):
+class SchemaMismatchError(DataError):
     """The output does not fit the existing table's schema (and evolution does not allow it)."""
 
 

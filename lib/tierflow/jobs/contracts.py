@@ -14,7 +14,7 @@ from typing import Any
 import narwhals as nw
 
 from tierflow.config.jobs import ColumnContract, SourceConfig
-from tierflow.errors import TierflowError
+from tierflow.errors import DataError
 from tierflow.io.textdecode import META_BAD_COLS, META_ERROR, META_FILE, META_RECORD
 from tierflow.jobs.expressions import to_expr
 
@@ -33,7 +33,7 @@ _NW_TYPES: dict[str, Any] = {
 }
 
 
-class ContractError(TierflowError):
+class ContractError(DataError):
     """The source does not have the columns its contract needs (a file-level problem)."""
 
 

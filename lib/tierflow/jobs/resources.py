@@ -118,10 +118,12 @@ def this_machine(memory_gb: float | None = None) -> Place:
     memory, source = physical, "physical memory"
     if limit is not None and limit < memory:
         memory, source = limit, "cgroup memory limit"
-    env = os.environ.get(MEMORY_ENV)
-    setting = float(env) if env else memory_gb
+    from tierflow.settings import env_settings
+
+    env = env_settings().memory_gb
+    setting = env if env is not None else memory_gb
     if setting is not None:
-        memory, source = int(setting * GiB), MEMORY_ENV if env else "planner.memory_gb"
+        memory, source = int(setting * GiB), MEMORY_ENV if env is not None else "planner.memory_gb"
     if cpus is not None:
         cores = max(1, min(cores, int(cpus)))
     return Place("this machine", max(1, cores), memory, 1, None, None, source)

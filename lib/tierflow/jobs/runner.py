@@ -26,7 +26,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import JobConfig, SinkConfig, SourceConfig
 from tierflow.engines.base import Engine
-from tierflow.errors import TierflowError
+from tierflow.errors import DataError, TierflowError
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions
 from tierflow.jobs.contracts import REASON, rule_counts, rule_labels, validate
 from tierflow.jobs.planner import TierPlan
@@ -38,7 +38,7 @@ from tierflow.jobs.splits import add_split
 QUARANTINE_COLUMNS = ("_tf_run_id", "_tf_job", "_tf_source", META_FILE, META_RECORD, REASON)
 
 
-class BadRowThresholdError(TierflowError):
+class BadRowThresholdError(DataError):
     """Too many rows failed their contracts; nothing was written to the sink."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tierflow.config.jobs import SourceConfig, is_uri
-from tierflow.errors import TierflowError
+from tierflow.errors import ExitCode, TierflowError
 from tierflow.storage import arrow_location, locate
 
 # Bytes in memory per byte on disk for text formats (Arrow columns against text): CSV
@@ -23,6 +23,8 @@ _FOOTER_SAMPLE = 32
 
 class SourceError(TierflowError):
     """A source cannot be found or read."""
+
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True)

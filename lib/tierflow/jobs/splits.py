@@ -16,7 +16,7 @@ import narwhals as nw
 
 from tierflow.config.jobs import RandomSplit, TimeSplit
 from tierflow.engines.base import Engine
-from tierflow.errors import TierflowError
+from tierflow.errors import ConfigError
 
 _HASH = "_tf_split_hash"
 
@@ -33,7 +33,7 @@ def add_split(
     schema = frame.collect_schema()
     if isinstance(split, TimeSplit):
         if split.time_column not in schema:
-            raise TierflowError(f"split.time_column {split.time_column!r} is not an output column")
+            raise ConfigError(f"split.time_column {split.time_column!r} is not an output column")
         column = nw.col(split.time_column)
         valid_from = (
             split.valid_from
@@ -55,11 +55,11 @@ def add_split(
         return frame.with_columns(label.alias(split.column))
     missing = [k for k in split.key if k not in schema]
     if missing:
-        raise TierflowError(f"split.key column(s) {', '.join(missing)} are not output columns")
+        raise ConfigError(f"split.key column(s) {', '.join(missing)} are not output columns")
     for key in split.key:
         dtype = schema[key]
         if not (dtype.is_integer() or dtype == nw.String):
-            raise TierflowError(
+            raise ConfigError(
                 f"split.key column {key!r} is {dtype}; random splits need string or integer keys"
             )
     hashed = engine.add_split_hash(frame, split.key, split.seed, _HASH)

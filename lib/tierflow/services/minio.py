@@ -61,11 +61,14 @@ class MinioService(LocalService):
         if built.is_file():
             return str(built)
         found = shutil.which("minio")
-        if found is None:
-            raise MissingDependencyError(
-                f"the MinIO server was not found ({built} or `minio` on PATH); run `make setup`"
-            )
-        return found
+        if found is not None:
+            return found
+        from tierflow.provision import provide
+
+        provide("minio", self.paths)
+        if not built.is_file():
+            raise MissingDependencyError(f"the MinIO server was not built at {built}")
+        return str(built)
 
     def commands(self) -> list[Command]:
         """``minio server DATA --address HOST:PORT``, its keys in the environment."""

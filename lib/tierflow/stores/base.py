@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tierflow.errors import TierflowError
+from tierflow.errors import ServiceError
 
 
-class StoreError(TierflowError):
+class StoreError(ServiceError):
     """The online store could not be reached or answered with an error."""
 
 

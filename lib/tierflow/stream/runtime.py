@@ -36,14 +36,23 @@ from typing import Any, Protocol
 from kafka import ConsumerRebalanceListener
 
 from tierflow.config.streaming import StreamingConfig
-from tierflow.errors import TierflowError
+from tierflow.errors import ExitCode, TierflowError
+from tierflow.stores.base import StoreError
 from tierflow.stream.connection import KafkaConnection, kafka_options
 
 log = logging.getLogger("tierflow.stream")
 
 
 class StreamError(TierflowError):
-    """A consumer cannot start or go on (bad config, missing topic, a store that stays down)."""
+    """A consumer cannot start (bad config, a missing topic)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class KafkaUnreachableError(StreamError):
+    """Kafka cannot be reached."""
+
+    exit_code = ExitCode.SERVICE
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class ConsumerRuntime:
         """Connect and subscribe.
 
         Raises:
-            StreamError: Kafka cannot be reached.
+            KafkaUnreachableError: Kafka cannot be reached.
         """
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
@@ -133,7 +142,7 @@ class ConsumerRuntime:
                 **self.consumer_options,
             )
         except KafkaError as exc:
-            raise StreamError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
+            raise KafkaUnreachableError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
         self.consumer.subscribe(self.topics, listener=_Listener(self))
 
     def request_stop(self, *_args: object) -> None:
@@ -316,12 +325,12 @@ class Backoff:
         """Note a failure; the seconds to wait before the next try.
 
         Raises:
-            StreamError: the limit of failures in a row is reached.
+            StoreError: the limit of failures in a row is reached.
         """
         self.failures += 1
         self.last_error = error
         if self.failures > self.limit:
-            raise StreamError(
+            raise StoreError(
                 f"the online store failed {self.failures} times in a row; giving up "
                 f"(last error: {error})"
             )

@@ -32,7 +32,14 @@ def add_parsers(sub: Any) -> None:
         cmd.add_argument("--strategy", choices=("auto", "single", "ddp", "fsdp", "pipeline"))
         cmd.add_argument("--workers", type=int, help="override the config's workers")
         cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    sub.choices["train"].add_argument("--ray-address", help="Ray cluster (default: RAY_ADDRESS)")
+    train = sub.choices["train"]
+    train.add_argument("--ray-address", help="Ray cluster (default: RAY_ADDRESS)")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue interrupted run RUN (its id, as `tierflow runs` lists it) from its "
+        "latest checkpoint, on the snapshot version it read; without it every run is new",
+    )
 
 
 def load_training(project: Project, name_or_path: str) -> TrainingConfig:
@@ -69,11 +76,12 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
         return _plan(args, project, config)
     result = _train_with_record(args, project, config)
     if args.json:
-        print(json.dumps({"folder": str(result.folder), **result.metrics}, default=str))  # noqa: T201
+        out = {"folder": str(result.folder), "run": result.run_id, **result.metrics}
+        print(json.dumps(out, default=str))  # noqa: T201
     else:
         print(  # noqa: T201
             f"trained {config.name} ({result.plan.strategy}, {result.plan.workers} worker(s), "
-            f"snapshot v{result.version}) -> {result.folder}\n"
+            f"snapshot v{result.version}, run {result.run_id}) -> {result.folder}\n"
             + json.dumps({k: result.metrics.get(k) for k in ("valid", "test")}, indent=2)
         )
     return 0
@@ -89,7 +97,7 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
     from tierflow.train.runner import train
 
     record = RunRecord(
-        run_id=new_run_id(f"train-{config.name}"),
+        run_id=args.resume or new_run_id(f"train-{config.name}"),
         job=f"train:{config.name}",
         engine=f"ray-train/{config.strategy}",
         started_at=datetime.now(timezone.utc).isoformat(),
@@ -97,7 +105,13 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
     )
     began = time.monotonic()
     try:
-        result = train(config, project.data_dir, ray_address=args.ray_address)
+        result = train(
+            config,
+            project.data_dir,
+            run_id=record.run_id,
+            resume=args.resume is not None,
+            ray_address=args.ray_address,
+        )
     except BaseException as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         raise

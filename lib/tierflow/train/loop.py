@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,7 +100,9 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
     config = settings.config
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(max(1, int(os.environ.get("TIERFLOW_TORCH_THREADS", "1"))))
+    from tierflow.settings import env_settings
+
+    torch.set_num_threads(env_settings().torch_threads)
     options = StrategyOptions(config.pipeline.microbatches, config.pipeline.schedule)
     strategy = strategy_class(settings.strategy)(
         session.rank, session.world, session.device(settings.use_gpu), options

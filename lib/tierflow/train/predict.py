@@ -16,7 +16,7 @@ from typing import Any
 
 from tierflow.config.features import FeatureViewConfig
 from tierflow.config.training import TrainingConfig
-from tierflow.errors import TierflowError
+from tierflow.errors import ConfigError, TierflowError, UsageError
 
 
 class PredictionRequestError(TierflowError):
@@ -48,7 +48,7 @@ class Predictor:
 
         path = folder / "model.pt"
         if not path.is_file():
-            raise TierflowError(f"no trained model at {path}: run `tierflow train` first")
+            raise UsageError(f"no trained model at {path}: run `tierflow train` first")
         saved = torch.load(path, weights_only=False)
         config = TrainingConfig.model_validate(saved["config"])
         model = build_model(config.model.name, int(saved["width"]), dict(config.model.params))
@@ -59,7 +59,7 @@ class Predictor:
         for feature in config.features:
             view, sep, _ = feature.partition("__")
             if sep and view not in views:
-                raise TierflowError(f"model {config.name}: feature {feature} names no known view")
+                raise ConfigError(f"model {config.name}: feature {feature} names no known view")
             (from_views if sep else own).append(view if sep else feature)
         return cls(
             config.name,

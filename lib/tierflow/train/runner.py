@@ -3,13 +3,16 @@
 The driver resolves the snapshot version, reads it with Ray Data, splits and fits the
 preprocessing, chooses the strategy (:mod:`tierflow.train.planner`), and runs
 :func:`tierflow.train.loop.train_loop` on a ``TorchTrainer`` with a ``FailureConfig``
-(a failed worker group restarts from the latest checkpoint). A run is named after the
-config; started again with the same storage path, it resumes from that run's latest
-checkpoint instead of starting over. At the end the final model is evaluated on the
-valid and test splits next to a baseline that predicts the training base rate (or
-mean), and the artifacts are written to ``<storage>/<name>/``: ``model.pt`` (state dict,
-preprocessing, config), ``model.onnx`` (the MLP), ``metrics.json``, ``history.json``
-and ``curves.png``.
+(a failed worker group restarts from the latest checkpoint). Every run is new, with
+its own folder ``<storage>/<name>/runs/<run id>/`` (checkpoints, the snapshot version it
+read) and the newest snapshot version unless the config pins one; an interrupted run
+continues only when asked (``resume=True``, ``tierflow train --resume RUN``), from its
+latest checkpoint and on the snapshot version it read. At the end the final model is
+evaluated on the valid and test splits next to a baseline that predicts the training
+base rate (or mean), and the artifacts are written to the run's folder and published to
+``<storage>/<name>/`` (what serving loads), with ``run.json`` naming the run:
+``model.pt`` (state dict, preprocessing, config), ``model.onnx`` (the MLP),
+``metrics.json``, ``history.json`` and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,8 +40,9 @@ class TrainResult:
     plan: TrainPlan
     version: int
     metrics: dict[str, Any]
-    folder: Path
+    folder: Path  # where the model is published: <storage>/<name>
     resumed_from_step: int | None
+    run_id: str = ""
 
 
 def device_budget(config: TrainingConfig, gpus: int, workers: int) -> float:
@@ -144,10 +149,16 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     config: TrainingConfig,
     data_dir: Path,
     *,
+    run_id: str,
+    resume: bool = False,
     ray_address: str | None = None,
     progress: Any = print,
 ) -> TrainResult:
-    """Run ``config`` on Ray Train (see the module doc)."""
+    """Run ``config`` on Ray Train (see the module doc).
+
+    Raises:
+        UsageError: ``resume`` names a run that does not exist.
+    """
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -164,11 +175,18 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     path = locate(config.snapshot.path, data_dir)
     storage = Path(config.storage_path)
     storage = storage if storage.is_absolute() else data_dir / storage
-    folder = storage / config.name
+    published = storage / config.name
+    folder = run_folder(storage, config.name, run_id)
+    if resume and not folder.is_dir():
+        from tierflow.errors import UsageError
+
+        runs = sorted(p.name for p in (published / "runs").glob("*") if p.is_dir())
+        raise UsageError(f"no run {run_id!r} of {config.name} to resume (runs: {runs or 'none'})")
     folder.mkdir(parents=True, exist_ok=True)
+    progress(f"run {run_id} in {folder}")
     recorded = folder / "snapshot.json"
     pinned = config.snapshot.version
-    if pinned is None and recorded.is_file():
+    if resume and recorded.is_file():
         # A resumed run reads what the interrupted one read, not newer data.
         pinned = json.loads(recorded.read_text())["version"]
     version = snapshot_version(path, pinned)
@@ -187,8 +205,8 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         latest = _latest_checkpoint(folder / "ray")
         # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
         # checkpoint when Ray has none of its own (a worker-group restart has one).
-        resume = latest.path if latest is not None else None
-        settings = WorkerSettings(config, plan.strategy, plan.use_gpu, resume_path=resume)
+        start = latest.path if latest is not None else None
+        settings = WorkerSettings(config, plan.strategy, plan.use_gpu, resume_path=start)
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"settings": settings, "data": data},
@@ -228,7 +246,33 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     metrics["onnx"] = export_onnx(model, width, folder / "model.onnx")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     resumed = latest_step(latest)
-    return TrainResult(config.name, plan, version, metrics, folder, resumed)
+    publish(folder, published, run_id, version)
+    return TrainResult(config.name, plan, version, metrics, published, resumed, run_id)
+
+
+#: A run's artifacts, copied to ``<storage>/<name>/`` when it ends.
+ARTIFACTS = ("model.pt", "model.onnx", "metrics.json", "history.json", "curves.png")
+
+
+def run_folder(storage: Path, name: str, run_id: str) -> Path:
+    """Where run ``run_id`` of config ``name`` keeps its checkpoints and artifacts."""
+    return storage / name / "runs" / run_id
+
+
+def publish(folder: Path, published: Path, run_id: str, version: int) -> None:
+    """Make a finished run's model the config's current one (what serving loads).
+
+    Each file is replaced whole (copied beside it, then renamed), ``run.json`` last, so a
+    reader sees the previous model or the new one.
+    """
+    for name in ARTIFACTS:
+        if (folder / name).is_file():
+            partial = published / f".{name}.partial"
+            shutil.copyfile(folder / name, partial)
+            partial.replace(published / name)
+    record = {"run": run_id, "snapshot_version": version}
+    (published / ".run.json.partial").write_text(json.dumps(record))
+    (published / ".run.json.partial").replace(published / "run.json")
 
 
 def on_ray(snapshot: Any, chunks: list[list[int]], config: TrainingConfig) -> list[Any]:
