@@ -37,7 +37,9 @@ def fresh_tierflow(tmp_path_factory) -> Path:
         made = _run(UV, "venv", "--quiet", "--python", sys.executable, venv)
         assert made.returncode == 0, made.stderr
         (wheel,) = dist.glob("tierflow-*.whl")
-        installed = _run(UV, "pip", "install", "--quiet", "--python", venv / "bin/python", wheel)
+        # Offline, from uv's cache (the tests run without a network), at the tested versions.
+        installed = _run(UV, "pip", "install", "--quiet", "--offline", "--python",
+                         venv / "bin/python", "-c", PROJECT / "requirements.lock", wheel)  # fmt: skip
     else:  # where setup had to fall back to pip
         built = _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                      "--no-build-isolation", "-w", dist, PROJECT)  # fmt: skip
@@ -45,7 +47,8 @@ def fresh_tierflow(tmp_path_factory) -> Path:
         made = _run(sys.executable, "-m", "venv", venv)
         assert made.returncode == 0, made.stderr
         (wheel,) = dist.glob("tierflow-*.whl")
-        installed = _run(venv / "bin/python", "-m", "pip", "install", "-q", wheel)
+        installed = _run(venv / "bin/python", "-m", "pip", "install", "-q", "--no-index",
+                         "--find-links", dist, "-c", PROJECT / "requirements.lock", wheel)  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     return venv / "bin" / "tierflow"
 
