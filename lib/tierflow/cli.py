@@ -140,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the project (default: the nearest folder holding conf/tierflow.yaml, "
         "from the current one up; TIERFLOW_PROJECT_DIR)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     add_parser = sub.add_parser
 
     def recorded(name: str, **kwargs: Any) -> argparse.ArgumentParser:

@@ -65,3 +65,15 @@ def test_help_groups_every_command_with_an_example_that_parses() -> None:
             assert f"e.g. {example}" in text
             if name not in _PASSTHROUGH:  # spark-submit's arguments are its own
                 parser.parse_args(shlex.split(example.replace(" [--resume RUN]", ""))[1:])
+
+
+@pytest.mark.parametrize(("argv", "option"), [(["run"], "--engine"), (["services", "up"], "names")])
+def test_a_command_s_help_is_its_own(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert out.startswith(f"usage: tierflow {' '.join(argv)} ") and option in out
+    assert "exit statuses:" not in out  # not the top-level listing
