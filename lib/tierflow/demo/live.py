@@ -197,24 +197,12 @@ def run_stream(
     outcome = StreamOutcome()
     phases = [_split(f.events, f.views[0].event_time, paced_from_us) for f in feeds]
     for phase in (0, 1):
-        port = free_port()
-        args = [TIERFLOW, "stream", "--bootstrap", str(bootstrap), "--metrics-port", str(port)]
-        args += [a for name in views for a in ("--view", name)]
         log = run_dir / f"daemon-{phase + 1}.log"
-        daemon = Process.start("tierflow stream", args, daemon_env, log)
+        daemon, port = _start_assigned(
+            f"daemon {phase + 1}", views, bootstrap, daemon_env, log,
+            wanted=len(feeds) * partitions, say=say,
+        )  # fmt: skip
         try:
-            daemon.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-            # Wait for the group to hand the daemon every partition, so that the first
-            # events do not wait for the join (that would be start-up time, not freshness).
-            wanted = len(feeds) * partitions
-            deadline = time.monotonic() + 120
-            while len(_http(f"http://127.0.0.1:{port}/health").get("assigned", [])) < wanted:
-                daemon.check()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"daemon {phase + 1} was not assigned {wanted} partitions")
-                time.sleep(0.2)
-            say(f"daemon {phase + 1} up (pid {daemon.popen.pid}, /metrics and /health on "
-                f"127.0.0.1:{port})")  # fmt: skip
             began = time.monotonic()
             for feed, parts in zip(feeds, phases, strict=True):
                 sent = replay(
@@ -239,8 +227,60 @@ def run_stream(
                 outcome.bulk_seconds = time.monotonic() - began
         finally:
             outcome.exit_codes.append(daemon.stop())
-        outcome.summaries.append(_last_summary(log))
+        outcome.summaries.append(_last_summary(daemon.log))
     return outcome
+
+
+def _start_assigned(
+    name: str,
+    views: list[str],
+    bootstrap: KafkaConnection,
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    wanted: int,
+    say: Callable[[str], None],
+    patience_s: float = 60.0,
+) -> tuple[Process, int]:
+    """Start ``tierflow stream`` and wait until the group has handed it every partition.
+
+    Waiting keeps the join out of the measurements: the first events would otherwise
+    wait for it, which is start-up time, not freshness. A daemon the group has not
+    assigned anything within ``patience_s`` is stopped and started once more (a new
+    member joins afresh), saying so with what the daemon logged; a second miss is an
+    error.
+    """
+    for attempt in (1, 2):
+        port = free_port()
+        args = [TIERFLOW, "stream", "--bootstrap", str(bootstrap), "--metrics-port", str(port)]
+        args += [a for view in views for a in ("--view", view)]
+        attempt_log = log if attempt == 1 else log.with_suffix(".retry.log")
+        daemon = Process.start("tierflow stream", args, env, attempt_log)
+        try:
+            daemon.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
+            deadline = time.monotonic() + patience_s
+            assigned: list[str] = []
+            while len(assigned) < wanted and time.monotonic() < deadline:
+                daemon.check()
+                time.sleep(0.2)
+                assigned = _http(f"http://127.0.0.1:{port}/health").get("assigned", [])
+        except BaseException:
+            daemon.stop()
+            raise
+        if len(assigned) >= wanted:
+            say(f"{name} up (pid {daemon.popen.pid}, /metrics and /health on "
+                f"127.0.0.1:{port})")  # fmt: skip
+            return daemon, port
+        daemon.stop()
+        tail = " | ".join(attempt_log.read_text(errors="replace").splitlines()[-3:])
+        message = (
+            f"{name} was assigned {len(assigned)} of {wanted} partitions in "
+            f"{patience_s:.0f} s; its log ends: {tail[-600:]}"
+        )
+        if attempt == 2:
+            raise TimeoutError(message)
+        say(message + "; starting it again")
+    raise AssertionError("unreachable")
 
 
 def _last_summary(log: Path) -> dict[str, Any]:

@@ -182,10 +182,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def json_logging(level: int = logging.INFO) -> None:
-    """Route the ``tierflow`` loggers to stderr as JSON lines."""
+    """Route the ``tierflow`` loggers, and the Kafka client's warnings, to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("tierflow")
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    # The Kafka client's own warnings (a coordinator lost, a join refused) belong in the
+    # same log: they are what explains a daemon that waits.
+    client = logging.getLogger("kafka")
+    client.handlers[:] = [handler]
+    client.setLevel(max(level, logging.WARNING))
+    client.propagate = False
