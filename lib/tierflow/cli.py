@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
             kwargs.setdefault("description", kwargs["help"])
         return add_parser(name, **kwargs)
 
-    sub.add_parser = recorded  # type: ignore[method-assign,assignment]
+    sub.add_parser = recorded  # type: ignore[method-assign]
 
     init = sub.add_parser("init", help="start a new project in DIR: a job, a feature view, data")
     init.add_argument("dir", type=Path, help="a new or empty folder")
