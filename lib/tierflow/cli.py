@@ -598,7 +598,7 @@ def _features(args: argparse.Namespace, project: Any) -> int:
                 result = materialize(
                     view, source, engine, store, start=args.start, end=args.end,
                     chunk_rows=args.chunk_rows or project.config.materialize_chunk_rows,
-                    buckets=args.buckets, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                    buckets=args.buckets, progress=sys.stderr,
                     work_dir=project.data_dir / "_materialize",
                 )  # fmt: skip
             print(
