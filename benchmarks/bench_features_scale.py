@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, Results, local_services
+from benchmarks.harness import ROOT, Results, local_services, run_measured
 
 EVENTS = int(float(os.environ.get("EVENTS", "100e6")))
 LABELS = int(float(os.environ.get("LABELS", "10e6")))
@@ -728,31 +728,11 @@ def _run_measured(
 ) -> dict[str, Any]:
     """One runner in a process of its own; its time, and the peak of its process tree
     (with the Dask workers' for Dask)."""
-    from tierflow.jobs.calibration import PeakMemory
-
     argv = [sys.executable, "-m", "benchmarks.bench_features_scale", "one", runner,
             str(root), str(out)]  # fmt: skip
-    workers: list[int] = []
     if cluster is not None:
         argv.append(cluster[0])
-        workers = cluster[1]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=ROOT)  # fmt: skip
-    with (
-        PeakMemory(lambda c=child: [c.pid], every=0.2) as tree,
-        PeakMemory(lambda: workers, every=0.2) as pool,
-    ):
-        try:
-            stdout, stderr = child.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            return {"error": f"stopped after {TIMEOUT_S} s"}
-    if child.returncode != 0:
-        return {"error": f"exit {child.returncode}: {stderr.strip()[-600:]}"}
-    run: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    run["peak_bytes"] = max(run["peak_bytes"], tree.peak) + (pool.peak if workers else 0)
-    return run
+    return run_measured(argv, workers=cluster[1] if cluster else [], timeout_s=TIMEOUT_S)
 
 
 def training_stage(results: Results) -> None:
