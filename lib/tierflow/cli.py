@@ -534,6 +534,7 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
             folder = project.data_dir / config.storage_path / config.name
             models[name] = Predictor.load(folder, views)
     store = project.open_store(args.store)
+    store.check()  # unreachable: exit 3 now, not an error on every request
     cfg = project.config.serving
     serve(
         store,

@@ -130,6 +130,7 @@ def materialize(
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+    store.check()  # before minutes of computing values it could not load
     name = f"materialize/{view.name}"
     saved = json.loads(store.get_checkpoint(name) or "{}")
     resume = 0
