@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, Results, local_services
+from benchmarks.harness import ROOT, Results, local_services, run_measured
 
 EVENTS = int(float(os.environ.get("EVENTS", "100e6")))
 LABELS = int(float(os.environ.get("LABELS", "10e6")))
@@ -405,7 +405,7 @@ def materialize_main(kind: str, root: Path, target: str) -> int:
     with open_store(kind, target) as store:
         result = materialize(
             view, source_of(root), engine, store, end=AS_OF, work_dir=root.parent / "mat-work",
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
+            progress=sys.stderr,
         )  # fmt: skip
     engine.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -460,8 +460,10 @@ def child(argv: list[str], roots: list[int] | None = None,
 
     argv = [sys.executable, "-m", "benchmarks.bench_features_scale", *argv]
     began = time.perf_counter()
+    # Every bucket's line, to kill at one of them (not redrawn, not thinned out).
+    env = os.environ | {"TIERFLOW_PROGRESS": "lines"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)  # fmt: skip
+                            cwd=ROOT, env=env)  # fmt: skip
     with PeakMemory(lambda: [proc.pid, *(roots or [])], every=0.2) as tree:
         if kill_at is not None:
             assert proc.stderr is not None
@@ -526,7 +528,7 @@ def materialize_stage(results: Results, url: str) -> None:
     # Killed halfway into SQLite, started again: equal to the uninterrupted run.
     killed = out / "killed.db"
     big = runs[f"sqlite-{EVENTS}"]
-    halfway = f"bucket {big['buckets'] // 2}/{big['buckets']}:"
+    halfway = f"{big['buckets'] // 2}/{big['buckets']} buckets"
     runs["killed"] = child(["materialize", "sqlite", str(root), str(killed)], kill_at=halfway)
     runs["resumed"] = child(["materialize", "sqlite", str(root), str(killed)])
     runs["resumed"]["difference"] = sqlite_difference(killed, out / f"{EVENTS}.db")
@@ -726,31 +728,11 @@ def _run_measured(
 ) -> dict[str, Any]:
     """One runner in a process of its own; its time, and the peak of its process tree
     (with the Dask workers' for Dask)."""
-    from tierflow.jobs.calibration import PeakMemory
-
     argv = [sys.executable, "-m", "benchmarks.bench_features_scale", "one", runner,
             str(root), str(out)]  # fmt: skip
-    workers: list[int] = []
     if cluster is not None:
         argv.append(cluster[0])
-        workers = cluster[1]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, cwd=ROOT)  # fmt: skip
-    with (
-        PeakMemory(lambda c=child: [c.pid], every=0.2) as tree,
-        PeakMemory(lambda: workers, every=0.2) as pool,
-    ):
-        try:
-            stdout, stderr = child.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            return {"error": f"stopped after {TIMEOUT_S} s"}
-    if child.returncode != 0:
-        return {"error": f"exit {child.returncode}: {stderr.strip()[-600:]}"}
-    run: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-    run["peak_bytes"] = max(run["peak_bytes"], tree.peak) + (pool.peak if workers else 0)
-    return run
+    return run_measured(argv, workers=cluster[1] if cluster else [], timeout_s=TIMEOUT_S)
 
 
 def training_stage(results: Results) -> None:

@@ -44,13 +44,12 @@ import math
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, Results, median
+from benchmarks.harness import ROOT, Results, median, run_measured
 
 QUERIES = tuple(os.environ.get("TIERFLOW_BENCH_QUERIES", "q1,q3,q5,q6,q9,q18").split(","))
 SCALES = tuple(float(s) for s in os.environ.get("TIERFLOW_BENCH_SCALES", "1,10,30").split(","))
@@ -205,8 +204,6 @@ class Bench:
         Dask workers' for a Dask run; sampled every 0.2 s, and never below the process's
         own high-water mark.
         """
-        from tierflow.jobs.calibration import PeakMemory
-
         if self.pause.exists():
             print(f"  held: {self.pause} exists", flush=True)
             began = time.monotonic()
@@ -218,27 +215,7 @@ class Bench:
         dask = runner in ("tierflow-dask", "dask")
         if dask:
             argv.append(self.cluster.scheduler_address)
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, cwd=ROOT)  # fmt: skip
-        with (
-            PeakMemory(lambda: [child.pid], every=0.2) as tree,
-            PeakMemory(lambda: self.workers if dask else [], every=0.2) as workers,
-        ):
-            try:
-                stdout, stderr = child.communicate(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.communicate()
-                return {"error": f"stopped after {TIMEOUT_S} s"}
-        if child.returncode != 0:
-            killed = child.returncode < 0 or child.returncode == 137
-            why = "killed (out of memory?)" if killed else stderr.strip()[-600:]
-            return {"error": f"exit {child.returncode}: {why}"}
-        result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
-        result["peak_bytes"] = max(result["peak_bytes"], tree.peak)
-        if dask:  # the workers' memory during the run counts too
-            result["peak_bytes"] += workers.peak
-        return result
+        return run_measured(argv, workers=self.workers if dask else [], timeout_s=TIMEOUT_S)
 
 
 def portable(plan: Any) -> dict[str, Any]:

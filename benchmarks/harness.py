@@ -130,3 +130,35 @@ def local_services(*names: str) -> Iterator[Any]:
         yield manager
     finally:
         manager.down(list(names), purge=True)
+
+
+def run_measured(argv: list[str], *, workers: list[int], timeout_s: float) -> dict[str, Any]:
+    """Run ``argv`` (a runner that prints its result as a JSON line last) in a process of
+    its own: the result, with ``peak_bytes`` the highest of the process tree's sampled
+    peak and its own, plus the ``workers``' peak (a Dask cluster's) during the run.
+
+    Returns ``{"error": why}`` when it fails, is killed or passes ``timeout_s``.
+    """
+    import subprocess
+
+    from tierflow.jobs.calibration import PeakMemory
+
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, cwd=ROOT)  # fmt: skip
+    with (
+        PeakMemory(lambda: [child.pid], every=0.2) as tree,
+        PeakMemory(lambda: workers, every=0.2) as pool,
+    ):
+        try:
+            stdout, stderr = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return {"error": f"stopped after {timeout_s:.0f} s"}
+    if child.returncode != 0:
+        killed = child.returncode < 0 or child.returncode == 137
+        why = "killed (out of memory?)" if killed else stderr.strip()[-600:]
+        return {"error": f"exit {child.returncode}: {why}"}
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_bytes"] = max(result["peak_bytes"], tree.peak) + (pool.peak if workers else 0)
+    return result

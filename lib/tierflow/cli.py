@@ -534,6 +534,7 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
             folder = project.data_dir / config.storage_path / config.name
             models[name] = Predictor.load(folder, views)
     store = project.open_store(args.store)
+    store.check()  # unreachable: exit 3 now, not an error on every request
     cfg = project.config.serving
     serve(
         store,
@@ -598,7 +599,7 @@ def _features(args: argparse.Namespace, project: Any) -> int:
                 result = materialize(
                     view, source, engine, store, start=args.start, end=args.end,
                     chunk_rows=args.chunk_rows or project.config.materialize_chunk_rows,
-                    buckets=args.buckets, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                    buckets=args.buckets, progress=sys.stderr,
                     work_dir=project.data_dir / "_materialize",
                 )  # fmt: skip
             print(

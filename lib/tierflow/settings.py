@@ -49,6 +49,7 @@ class EnvSettings(BaseSettings):
     redis_url: str | None = None
     services_conf: Path | None = None
     torch_threads: Annotated[int, Field(ge=1)] = 1
+    progress: Literal["auto", "lines", "off"] = "auto"
 
 
 def env_settings() -> EnvSettings:

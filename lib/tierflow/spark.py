@@ -73,10 +73,6 @@ def spark_conf(
     if driver_host:
         conf["spark.driver.host"] = driver_host
         conf["spark.driver.bindAddress"] = driver_host
-    if not any(paths.spark_s3_jars.glob("*.jar")) and _object_store_configured():
-        from tierflow.provision import provide
-
-        provide("s3", paths)
     if any(paths.spark_s3_jars.glob("*.jar")):
         # S3A, for s3:// tables. On the classpath rather than in spark.jars: the AWS SDK
         # bundle is over 600 MB, and spark.jars would copy it to every executor of every
@@ -88,10 +84,22 @@ def spark_conf(
     return conf
 
 
-def _object_store_configured() -> bool:
-    from tierflow.storage import current
+def ensure_s3_jars(paths: ProjectPaths, *, configured: bool | None = None) -> None:
+    """Fetch the S3A jars the first time a Spark application may read ``s3://``.
 
-    return current().configured
+    Only where object storage is ``configured`` (the project's ``object_store``, read
+    when not given) and the jars are not there yet: ``make demo`` never needs them.
+    """
+    if any(paths.spark_s3_jars.glob("*.jar")):
+        return
+    if configured is None:
+        from tierflow.storage import current
+
+        configured = current().configured
+    if configured:
+        from tierflow.provision import provide
+
+        provide("s3", paths)
 
 
 def apply_object_store(spark: SparkSession) -> None:
@@ -214,6 +222,8 @@ def get_spark(
         os.environ.setdefault(key, value)
     master = master or "local[*]"
     builder = SparkSession.builder.appName(app_name).master(master)
+    paths = paths or ProjectPaths.discover()
+    ensure_s3_jars(paths)
     settings = spark_conf(paths, driver_host=driver_host)
     if master.startswith("local"):
         # Spark's default of 200 shuffle partitions is sized for clusters; on one machine
@@ -281,6 +291,7 @@ def spark_submit_command(
     user's wins over ours because spark-submit keeps the last one given.
     """
     paths = paths or ProjectPaths.discover()
+    ensure_s3_jars(paths)
     conf = spark_conf(paths, driver_host=driver_host)
     jars = conf.pop("spark.jars").split(",")
     user = list(args)

@@ -133,7 +133,7 @@ def test_spark_submit_on_the_cluster_writes_to_the_store_through_a_killed_execut
          "--total-executor-cores", "1", "--executor-memory", "1g",
          # Spark waits spark.network.timeout (120 s by default) before it gives up on a
          # lost executor's blocks; a shorter one keeps the test short, not different.
-         "--conf", "spark.network.timeout=15s", "--conf", "spark.network.timeoutInterval=10s",
+         "--conf", "spark.network.timeout=10s", "--conf", "spark.network.timeoutInterval=5s",
          "--conf", "spark.executor.heartbeatInterval=2s",
          "--conf", "spark.sql.shuffle.partitions=4", "--py-files", "dist/tierflow.zip",
          "jobs/run.py", str(job_file), "--engine", "spark", "--data-dir", str(data)],

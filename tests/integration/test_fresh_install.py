@@ -29,26 +29,18 @@ def fresh_tierflow(tmp_path_factory) -> Path:
     """The ``tierflow`` command of a new venv holding the wheel and its core dependencies."""
     root = tmp_path_factory.mktemp("fresh")
     dist, venv = root / "dist", root / "venv"
-    if UV.is_file():
-        # The build backend from this environment: an isolated one would fetch it again.
-        built = _run(UV, "build", "--wheel", "--quiet", "--no-build-isolation",
-                     "--python", sys.executable, "--out-dir", dist, PROJECT)  # fmt: skip
-        assert built.returncode == 0, built.stderr
-        made = _run(UV, "venv", "--quiet", "--python", sys.executable, venv)
-        assert made.returncode == 0, made.stderr
-        (wheel,) = dist.glob("tierflow-*.whl")
-        # Offline, from uv's cache (the tests run without a network), at the tested versions.
-        installed = _run(UV, "pip", "install", "--quiet", "--offline", "--python",
-                         venv / "bin/python", "-c", PROJECT / "requirements.lock", wheel)  # fmt: skip
-    else:  # where setup had to fall back to pip
-        built = _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                     "--no-build-isolation", "-w", dist, PROJECT)  # fmt: skip
-        assert built.returncode == 0, built.stderr
-        made = _run(sys.executable, "-m", "venv", venv)
-        assert made.returncode == 0, made.stderr
-        (wheel,) = dist.glob("tierflow-*.whl")
-        installed = _run(venv / "bin/python", "-m", "pip", "install", "-q", "--no-index",
-                         "--find-links", dist, "-c", PROJECT / "requirements.lock", wheel)  # fmt: skip
+    # uv installs offline from its cache (the suite runs without a network); pip cannot.
+    assert UV.is_file(), f"{UV} is missing: `make setup` installs uv into the venv"
+    # The build backend from this environment: an isolated one would fetch it again.
+    built = _run(UV, "build", "--wheel", "--quiet", "--no-build-isolation",
+                 "--python", sys.executable, "--out-dir", dist, PROJECT)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    made = _run(UV, "venv", "--quiet", "--python", sys.executable, venv)
+    assert made.returncode == 0, made.stderr
+    (wheel,) = dist.glob("tierflow-*.whl")
+    # At the tested versions.
+    installed = _run(UV, "pip", "install", "--quiet", "--offline", "--python",
+                     venv / "bin/python", "-c", PROJECT / "requirements.lock", wheel)  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     return venv / "bin" / "tierflow"
 

@@ -383,12 +383,12 @@ def poison_messages(rng: random.Random, count: int) -> list[tuple[bytes | None, 
 
 
 #: SIGKILLs of the crash test (each costs a daemon's start, a few seconds of CPU).
-KILLS = 10
+KILLS = 8
 RESCALES = 2  # daemons added, and daemons removed
 
 
-# Redis on four months of flights; SQLite, the store a newcomer gets, on eight (200k+).
-@pytest.mark.parametrize(("store_kind", "months"), [("redis", 4), ("sqlite", 8)])
+# Redis on four months of flights; SQLite, the store a newcomer gets, on five (125k+).
+@pytest.mark.parametrize(("store_kind", "months"), [("redis", 4), ("sqlite", 5)])
 def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR0915
     daemons: Daemons,
     views,

@@ -77,3 +77,18 @@ def test_a_command_s_help_is_its_own(
     assert done.value.code == 0
     assert out.startswith(f"usage: tierflow {' '.join(argv)} ") and option in out
     assert "exit statuses:" not in out  # not the top-level listing
+
+
+def test_an_online_store_that_does_not_answer_exits_3_before_serving(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("TIERFLOW_REDIS_URL", f"redis://:canary-password@127.0.0.1:{port}/0")
+    assert main(["serve", "--store", "redis", "--port", "0"]) == ExitCode.SERVICE == 3
+    err = capsys.readouterr().err
+    assert f"the Redis online store at 127.0.0.1:{port}/0 does not answer" in err
+    assert "canary-password" not in err

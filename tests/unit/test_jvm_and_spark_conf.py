@@ -7,7 +7,7 @@ import pytest
 
 from tierflow.errors import MissingDependencyError
 from tierflow.paths import ProjectPaths
-from tierflow.spark import DELTA_EXTENSION, spark_conf, spark_submit_command
+from tierflow.spark import DELTA_EXTENSION, ensure_s3_jars, spark_conf, spark_submit_command
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "jvm"
 spec = importlib.util.spec_from_file_location("prune", SCRIPTS / "prune_spark_jars.py")
@@ -69,3 +69,38 @@ def test_spark_submit_merges_user_jars_and_keeps_user_args_last(tmp_path):
     assert argv.count("--jars") == 1
     assert argv[-4:] == ["--master", "spark://127.0.0.1:7077", "job.py", "arg"]
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
+
+
+def first_use_project(tmp_path: Path, fetches: bool) -> ProjectPaths:
+    """A checkout whose setup script records its layer and, if ``fetches``, brings a jar."""
+    paths = fake_paths(tmp_path, ["delta.jar"])
+    script = tmp_path / "scripts" / "setup.sh"
+    script.parent.mkdir()
+    fetch = f"mkdir -p {paths.spark_s3_jars} && touch {paths.spark_s3_jars}/hadoop-aws.jar"
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {tmp_path}/layers\n' + (fetch if fetches else "exit 3") + "\n"
+    )
+    script.chmod(0o755)
+    return paths
+
+
+def test_s3a_jars_come_the_first_time_object_storage_is_configured(tmp_path, capfd):
+    paths = first_use_project(tmp_path, fetches=True)
+    ensure_s3_jars(paths, configured=False)  # no object store: nothing fetched
+    assert not (tmp_path / "layers").exists()
+    ensure_s3_jars(paths, configured=True)
+    assert (tmp_path / "layers").read_text() == "s3\n"
+    assert "first use: fetching the S3A jars" in capfd.readouterr().err
+    ensure_s3_jars(paths, configured=True)  # there now: not fetched again
+    assert (tmp_path / "layers").read_text() == "s3\n"
+    conf = spark_conf(paths)
+    assert conf["spark.driver.extraClassPath"].startswith(str(paths.spark_s3_jars))
+
+
+def test_a_failed_first_use_fetch_says_what_to_run(tmp_path):
+    paths = first_use_project(tmp_path, fetches=False)
+    with pytest.raises(MissingDependencyError, match=r"could not fetch the S3A jars.*setup.sh s3"):
+        ensure_s3_jars(paths, configured=True)
+    (tmp_path / "scripts" / "setup.sh").unlink()  # an installed package: no script
+    with pytest.raises(MissingDependencyError, match=r"has no scripts/setup\.sh"):
+        ensure_s3_jars(paths, configured=True)

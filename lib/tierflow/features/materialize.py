@@ -20,17 +20,18 @@ Bounded, resumable and idempotent:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import narwhals as nw
 
@@ -40,6 +41,7 @@ from tierflow.engines.base import Engine
 from tierflow.features.batch import WINDOW_END, latest_values
 from tierflow.jobs.runner import read_source
 from tierflow.jobs.sources import ResolvedSource
+from tierflow.progress import Progress
 from tierflow.stores.base import OnlineRow, OnlineStore
 
 _BUCKET = "_tf_bucket"
@@ -86,7 +88,7 @@ def materialize(
     end: datetime | None = None,
     chunk_rows: int = 200_000,
     buckets: int | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: TextIO | None = None,
     work_dir: Path | None = None,
 ) -> MaterializeResult:
     """Write each entity's values as of ``end`` (default: now) into ``store``.
@@ -101,15 +103,20 @@ def materialize(
         chunk_rows: Source rows per bucket (the number of buckets is the source's rows
             over this), and rows per store write.
         buckets: Override the number of buckets.
-        progress: Receives one line per bucket.
+        progress: Where progress goes (a :class:`~tierflow.progress.Progress`: redrawn
+            on a terminal, sparse in a log); nothing when ``None``.
         work_dir: Where the computed values wait to be loaded (default: the system's
             temporary folder); a folder per run identity, removed when the run is done.
     """
-    say = progress or (lambda _line: None)
     end_us = _us(end) if end else time.time_ns() // 1000
     as_of = (end_us // view.step_us) * view.step_us
     if buckets is None:
         buckets = max(1, math.ceil((source.rows or chunk_rows) / chunk_rows))
+    bar = Progress(
+        f"{view.name}: loading", buckets, "buckets",
+        stream=progress if progress is not None else io.StringIO(),
+        mode=None if progress is not None else "off",
+    )  # fmt: skip
     identity = hashlib.sha256(
         json.dumps(
             {
@@ -123,6 +130,7 @@ def materialize(
             sort_keys=True,
         ).encode()
     ).hexdigest()[:16]
+    store.check()  # before minutes of computing values it could not load
     name = f"materialize/{view.name}"
     saved = json.loads(store.get_checkpoint(name) or "{}")
     resume = 0
@@ -130,11 +138,14 @@ def materialize(
     if saved.get("identity") == identity:
         if saved.get("done"):
             rows = saved.get("rows")
-            say(f"{view.name}: already materialized as of {as_of} ({rows} rows); nothing to do")
+            bar.note(
+                f"{view.name}: already materialized as of {as_of} ({rows} rows); nothing to do"
+            )
             return MaterializeResult(view.name, as_of, buckets, 0, 0, 0.0, buckets, True)
         resume = int(saved.get("next_bucket", 0))
         rows_before = int(saved.get("rows", 0))
-        say(f"{view.name}: resuming at bucket {resume + 1}/{buckets}")
+        bar.note(f"{view.name}: resuming at bucket {resume + 1}/{buckets}")
+        bar.rebase(resume)
 
     began = time.monotonic()
     # The computed values wait in a folder of this run's own, named in its checkpoints
@@ -143,13 +154,13 @@ def materialize(
     work = base / str(saved["work"]) if resume and saved.get("work") else None
     if work is not None and (work / "_complete").exists():
         values = work / "values"
-        say(f"{view.name}: the values computed before are reused ({work})")
+        bar.note(f"{view.name}: the values computed before are reused ({work})")
     else:
         # Bucket b holds the same entities and values whenever the same engine computes
         # them, so a resumed run may recompute them when the folder is gone.
         work = base / f"{identity}-{uuid.uuid4().hex[:8]}"
         values = work / "values"
-        say(f"{view.name}: computing every entity's values as of {as_of} ({engine.name})")
+        bar.note(f"{view.name}: computing every entity's values as of {as_of} ({engine.name})")
         frame = _values(view, source, engine, start, end_us, as_of)
         frame = engine.add_bucket(frame, view.entities, buckets, _BUCKET)
         sink = SinkConfig(format="parquet", path=str(values), partition_by=(_BUCKET,))
@@ -164,11 +175,9 @@ def materialize(
         loaded = _load_bucket(view, store, files, chunk_rows, (name, checkpoint))
         written += loaded
         elapsed = time.monotonic() - began
-        say(
-            f"{view.name}: bucket {bucket + 1}/{buckets}: {loaded:,} entities "
-            f"({written:,} this run, {written / elapsed if elapsed else 0:,.0f} rows/s)"
-        )
+        bar.update(bucket + 1, f"{written:,} entities ({written / max(elapsed, 1e-9):,.0f} rows/s)")
     shutil.rmtree(work, ignore_errors=True)
+    bar.close()  # the caller reports the result
     return MaterializeResult(
         view.name,
         as_of,

@@ -34,6 +34,7 @@ from tierflow.jobs.records import RunRecord
 from tierflow.jobs.registry import get_transform
 from tierflow.jobs.sources import ResolvedSource
 from tierflow.jobs.splits import add_split
+from tierflow.progress import clear_line, ticking
 
 QUARANTINE_COLUMNS = ("_tf_run_id", "_tf_job", "_tf_source", META_FILE, META_RECORD, REASON)
 
@@ -62,6 +63,7 @@ class StageLog:
     def __init__(self, path: Path, echo: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.echo = echo
         self.logger = logging.getLogger(f"tierflow.run.{path.stem}")
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
@@ -76,6 +78,8 @@ class StageLog:
 
     def info(self, message: str) -> None:
         """Log one line, prefixed with the time since the run started."""
+        if self.echo:
+            clear_line()  # a stage's ticking time, on a terminal
         self.logger.info("%7.1fs %s", time.monotonic() - self.started, message)
 
     @contextmanager
@@ -83,7 +87,11 @@ class StageLog:
         """Log the start and end (with duration) of a stage."""
         began = time.monotonic()
         self.info(f"{name} ...")
-        yield
+        if self.echo:
+            with ticking(f"[tierflow] {name}"):
+                yield
+        else:
+            yield
         self.info(f"{name} done in {time.monotonic() - began:.1f}s")
 
     def close(self) -> None:

@@ -107,6 +107,14 @@ class OnlineStore(ABC):
         """
 
     @abstractmethod
+    def check(self) -> None:
+        """Make sure the store answers, before long work that ends by writing to it.
+
+        Raises:
+            StoreError: it does not (exit status 3 on the command line).
+        """
+
+    @abstractmethod
     def read(self, view: str, entities: Sequence[Sequence[Any]]) -> list[StoredValue | None]:
         """The stored values of each entity, None where missing or expired."""
 

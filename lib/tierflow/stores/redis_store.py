@@ -130,6 +130,15 @@ class RedisOnlineStore(OnlineStore):
         except self._redis.RedisError as exc:
             raise StoreError(f"redis write of {len(rows)} rows for {view} failed: {exc}") from exc
 
+    def check(self) -> None:
+        """PING (the password, if any, is never in the message)."""
+        try:
+            self.client.ping()
+        except self._redis.RedisError as exc:
+            where = self.client.connection_pool.connection_kwargs
+            address = f"{where.get('host', '?')}:{where.get('port', '?')}/{where.get('db', 0)}"
+            raise StoreError(f"the Redis online store at {address} does not answer: {exc}") from exc
+
     def read(self, view: str, entities: Sequence[Sequence[Any]]) -> list[StoredValue | None]:
         """HMGET of every entity's key, pipelined."""
         return self.read_many([(view, entities)])[0]

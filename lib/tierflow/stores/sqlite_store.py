@@ -87,6 +87,11 @@ class SQLiteOnlineStore(OnlineStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
+    def check(self) -> None:
+        """A read of the file's schema."""
+        with self._lock, _as_store_error(f"SQLite online store {self.path}"):
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+
     def write(
         self,
         view: str,

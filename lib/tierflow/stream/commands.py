@@ -217,7 +217,7 @@ def _replay(args: argparse.Namespace, project: Project, config: StreamingConfig)
         read_table(path), topic, bootstrap, keys=keys, time_column=time_column,
         key_format=key_format,
         rate=args.rate, speedup=args.speedup, limit=args.limit,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        progress=sys.stderr,
     )  # fmt: skip
     logging.getLogger("tierflow").debug("replay done")
     print(

@@ -43,7 +43,14 @@ from tierflow.stream.deadletter import DeadLetters
 from tierflow.stream.events import TopicSchema, check_messages
 from tierflow.stream.fold import Outcome, fold
 from tierflow.stream.metrics import OpsServer, StreamMetrics
-from tierflow.stream.runtime import Backoff, ConsumerRuntime, Poll, StreamError, Written
+from tierflow.stream.runtime import (
+    Backoff,
+    ConsumerRuntime,
+    KafkaUnreachableError,
+    Poll,
+    StreamError,
+    Written,
+)
 from tierflow.stream.state import ViewState
 
 log = logging.getLogger("tierflow.stream")
@@ -147,14 +154,17 @@ class FeatureDaemon:
         """Check topics, create dead-letter topics, connect, and serve /metrics and /health.
 
         Raises:
-            StreamError: a topic is missing or Kafka cannot be reached.
+            KafkaUnreachableError: Kafka cannot be reached (exit status 3).
+            StreamError: a topic is missing, or Kafka refused (exit status 2).
         """
-        from kafka.errors import KafkaError
+        from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
         try:
             self.dead_letters.start(list(self.topics))
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            raise KafkaUnreachableError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
         except KafkaError as exc:
-            raise StreamError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
+            raise StreamError(f"Kafka at {self.bootstrap} refused the start: {exc!r}") from exc
         self._check_key_formats()
         # Judge an empty batch once: the first real batch must not pay for imports.
         for schema in self.schemas.values():

@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tierflow.progress import Progress
 from tierflow.stream.connection import KafkaConnection, kafka_options, through_failover
 
 _CHUNK = 10_000
@@ -115,9 +116,13 @@ def replay(
     rate: float | None = None,
     speedup: float | None = None,
     limit: int | None = None,
-    progress: Any = None,
+    progress: TextIO | None = None,
 ) -> ReplayResult:
-    """Produce ``table``'s rows to ``topic`` in event-time order (see the module doc)."""
+    """Produce ``table``'s rows to ``topic`` in event-time order (see the module doc).
+
+    ``progress``: where the count of events sent goes (a
+    :class:`~tierflow.progress.Progress`), if anywhere.
+    """
     missing = [c for c in [*keys, time_column] if c not in table.column_names]
     if missing:
         raise ValueError(
@@ -131,6 +136,11 @@ def replay(
     # The first send would otherwise wait for the topic's metadata after its slot in the
     # schedule had started, and the next messages would go early to catch up.
     producer.partitions_for(topic)
+    bar = (
+        Progress(f"{topic}: sent", rows.num_rows, "events", stream=progress)
+        if progress is not None
+        else None
+    )
     began = time.monotonic()
     # The schedule starts at the first message, not before the first chunk is encoded:
     # otherwise the encoding time is "caught up" by sending the next messages early.
@@ -151,9 +161,11 @@ def replay(
                 time.sleep(wait)
             producer.send(topic, key=key, value=value)
             sent += 1
-            if progress is not None and sent % 50_000 == 0:
-                progress(f"{topic}: {sent:,} sent")
+            if bar is not None and sent % 1000 == 0:
+                bar.update(sent)
         producer.flush()
     finally:
         producer.close()
+        if bar is not None:
+            bar.close()
     return ReplayResult(topic, sent, skipped, time.monotonic() - began)

@@ -18,10 +18,13 @@ trained batches skipped).
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,25 @@ class WorkerSettings:
     use_gpu: bool
     #: An earlier run's checkpoint to start from (Ray Train v2 has no resume of its own).
     resume_path: str | None = None
+    #: Where rank 0 keeps the step it is at, for the driver's progress line.
+    live_path: str | None = None
+
+
+def write_live(path: str | None, status: dict[str, Any]) -> None:
+    """Rank 0's step, for the driver's progress line.
+
+    Best effort: a worker on a host that does not see the run's folder has no progress
+    to show, and trains all the same.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    try:
+        partial = target.with_name(f".{target.name}.{os.getpid()}")
+        partial.write_text(json.dumps(status))
+        partial.replace(target)
+    except OSError:
+        pass
 
 
 def loss_function(task: str) -> Any:
@@ -169,11 +191,18 @@ def run(settings: WorkerSettings, data: TrainingData, session: Session) -> None:
     # every step costs a collective a step (the curve is the same, step for step).
     pending: list[tuple[dict[str, Any], Any]] = []
 
+    total_steps = sum(steps)
+
     def settle() -> None:
         if pending:
             values = strategy.reduce_losses([loss for _, loss in pending])
             for (entry, _), value in zip(pending, values, strict=True):
                 entry["loss"] = value
+            if session.rank == 0:
+                last = pending[-1][0]
+                status = {"step": last["step"], "total": total_steps,
+                          "epoch": last["epoch"], "loss": last["loss"]}  # fmt: skip
+                write_live(settings.live_path, status)
         pending.clear()
 
     began = time.perf_counter()

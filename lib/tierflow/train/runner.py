@@ -21,13 +21,16 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tierflow.config.training import TrainingConfig
+from tierflow.progress import Progress
 from tierflow.train.planner import TrainPlan, model_size, plan_training
 from tierflow.train.plots import curves_png
 
@@ -196,17 +199,22 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
     plan = plan_for(config, data.rows["train"], width, gpus)
     progress(plan.explain())
+    live = str(folder / "live.json")
+    Path(live).unlink(missing_ok=True)
     if plan.strategy == "horovod":
         began = time.perf_counter()
-        settings = WorkerSettings(config, plan.strategy, plan.use_gpu)
-        meta, state = run_horovod(settings, data, folder, plan.workers)
+        settings = WorkerSettings(config, plan.strategy, plan.use_gpu, live_path=live)
+        with _watching(Path(live), config.name):
+            meta, state = run_horovod(settings, data, folder, plan.workers)
         latest = None
     else:
         latest = _latest_checkpoint(folder / "ray")
         # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
         # checkpoint when Ray has none of its own (a worker-group restart has one).
         start = latest.path if latest is not None else None
-        settings = WorkerSettings(config, plan.strategy, plan.use_gpu, resume_path=start)
+        settings = WorkerSettings(
+            config, plan.strategy, plan.use_gpu, resume_path=start, live_path=live
+        )
         trainer = TorchTrainer(
             train_loop,
             train_loop_config={"settings": settings, "data": data},
@@ -223,7 +231,8 @@ def train(  # noqa: PLR0915 - the run's steps, in order
             ),
         )
         began = time.perf_counter()
-        result = trainer.fit()
+        with _watching(Path(live), config.name):
+            result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
         with result.checkpoint.as_directory() as ckpt:
@@ -248,6 +257,39 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     resumed = latest_step(latest)
     publish(folder, published, run_id, version)
     return TrainResult(config.name, plan, version, metrics, published, resumed, run_id)
+
+
+@contextmanager
+def _watching(live: Path, name: str) -> Iterator[None]:
+    """While the workers train: their step, epoch and loss as a progress line.
+
+    Rank 0 rewrites ``live`` every few dozen steps; this reads it once a second (a
+    terminal shows it redrawn, a log a line every half minute).
+    """
+    bar = Progress(f"{name}: training", None, "steps")
+    stop = threading.Event()
+
+    def watch() -> None:
+        seen = False
+        while not stop.wait(1.0):
+            try:
+                status = json.loads(live.read_text())
+            except (OSError, ValueError):
+                continue  # not written yet (the workers are starting)
+            bar.total = int(status["total"])
+            if not seen:
+                bar.rebase(int(status["step"]))  # the rate from the first step seen
+                seen = True
+            bar.update(int(status["step"]), f"epoch {status['epoch']}, loss {status['loss']:.4f}")
+
+    thread = threading.Thread(target=watch, name="tierflow-training-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
 
 
 #: A run's artifacts, copied to ``<storage>/<name>/`` when it ends.
