@@ -247,8 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
     srv.add_argument("--data-dir", help="data folder")
     srv.add_argument(
-        "--model", action="append", dest="models", default=[], metavar="NAME",
-        help="also serve predictions of this trained model (conf/training/NAME.yaml; repeatable)",
+        "--model", action="append", dest="models", default=[], metavar="NAME[@VERSION|@ALIAS]",
+        help="also serve predictions of this model from the MLflow registry (the newest "
+        "version unless one is named; repeatable)",
     )  # fmt: skip
 
     from tierflow.stream.commands import add_parsers
@@ -526,12 +527,30 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
     views = project.feature_views()
     models = {}
     if args.models:
+        import tempfile
+
         from tierflow.train.commands import load_training
         from tierflow.train.predict import Predictor
+        from tierflow.train.tracking import Tracking, load_model_folder, parse_model_ref
 
-        for name in args.models:
-            config = load_training(project, name)
-            folder = project.data_dir / config.storage_path / config.name
+        tracking = Tracking.resolve(project.config.tracking.uri, project.data_dir)
+        downloads = Path(tempfile.mkdtemp(prefix="tierflow-models-"))
+        for ref in args.models:
+            name, version, alias = parse_model_ref(ref)
+            found = load_model_folder(tracking, ref, downloads / name)
+            if found is not None:
+                folder, number = found
+                print(f"model {name}: version {number} from the registry ({tracking.uri})",
+                      file=sys.stderr)  # fmt: skip
+            elif version is None and alias is None:
+                # Not registered (trained before tracking): the model published in the
+                # data folder, as `tierflow train` leaves it.
+                config = load_training(project, name)
+                folder = project.data_dir / config.storage_path / config.name
+                print(f"model {name}: not in the registry; the one published in {folder}",
+                      file=sys.stderr)  # fmt: skip
+            else:
+                raise UsageError(f"--model {ref}: no model {name!r} in {tracking.uri}")
             models[name] = Predictor.load(folder, views)
     store = project.open_store(args.store)
     store.check()  # unreachable: exit 3 now, not an error on every request

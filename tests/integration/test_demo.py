@@ -144,6 +144,17 @@ def test_the_model_beats_the_baseline(runs):
     assert comparison["model"]["auc"] > comparison["baseline"]["auc"] + 0.05
     assert comparison["model"]["logloss"] < comparison["baseline"]["logloss"]
     assert comparison["model_beats_baseline"] is True
+    # Tracked in MLflow, registered, and served from the registry in both runs (the second
+    # reused the training, so the same version).
+    tracked = training["mlflow"]
+    assert tracked["model"] == "flight_delays_mlp" and tracked["model_version"] == 1
+    assert f"registered flight_delays_mlp version 1 (MLflow run {tracked['run_id']}" in (
+        runs["runs"][0].stdout
+    )
+    serves = sorted((runs["logs"] / "demo").glob("2*/serve.log"))
+    assert len(serves) == 2
+    for log in serves:
+        assert "model flight_delays_mlp: version 1 from the registry" in log.read_text()
 
 
 def test_streaming_applies_every_event_once_and_parity_holds(runs):

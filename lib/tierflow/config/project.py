@@ -122,6 +122,14 @@ class ServingConfig(FrozenModel):
     max_entities: Annotated[int, Field(ge=1)] = 1000
 
 
+class TrackingConfig(FrozenModel):
+    """Where training runs and models are recorded (MLflow)."""
+
+    #: A tracking URI (``http://host:5000``, ``sqlite:///path``); ``MLFLOW_TRACKING_URI``
+    #: wins; unset, an embedded SQLite store in the data folder.
+    uri: str | None = None
+
+
 class ProjectConfig(FrozenModel):
     """Settings that apply to every job of the project."""
 
@@ -133,6 +141,7 @@ class ProjectConfig(FrozenModel):
     clusters: ClustersConfig = ClustersConfig()
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     serving: ServingConfig = ServingConfig()
+    tracking: TrackingConfig = TrackingConfig()
     object_store: ObjectStoreConfig = ObjectStoreConfig()
     materialize_chunk_rows: Annotated[int, Field(ge=100)] = 200_000
 

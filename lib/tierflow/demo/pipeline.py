@@ -328,7 +328,8 @@ class Demo:
                 predictor = Predictor.load(folder, project.feature_views())
                 snapshot = str(project.data_dir / config.snapshot.path)
                 comparison = evaluate(snapshot, snapshot_version, predictor)
-                cached = {"metrics": metrics, "comparison": comparison}
+                tracked = json.loads((folder / "run.json").read_text())["mlflow"]
+                cached = {"metrics": metrics, "comparison": comparison, "mlflow": tracked}
                 self._remember("training", key, None, cached)
             else:
                 stage.cached = True
@@ -342,6 +343,10 @@ class Demo:
                      f"({metrics['strategy']}, {metrics['workers']} workers)")  # fmt: skip
             self.say(f"test AUC {model['auc']:.3f} vs baseline {base['auc']:.3f}; log loss "
                      f"{model['logloss']:.4f} vs {base['logloss']:.4f}")  # fmt: skip
+            tracked = cached.get("mlflow")
+            if tracked:
+                self.say(f"registered {tracked['model']} version {tracked['model_version']} "
+                         f"(MLflow run {tracked['run_id']}; `tierflow serve --model` loads it)")  # fmt: skip
             stage.details = cached
             self.results["training"] = cached
 

@@ -79,9 +79,12 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
         out = {"folder": str(result.folder), "run": result.run_id, **result.metrics}
         print(json.dumps(out, default=str))  # noqa: T201
     else:
+        tracked = result.metrics["mlflow"]
         print(  # noqa: T201
             f"trained {config.name} ({result.plan.strategy}, {result.plan.workers} worker(s), "
             f"snapshot v{result.version}, run {result.run_id}) -> {result.folder}\n"
+            f"registered {tracked['model']} version {tracked['model_version']} "
+            f"(MLflow run {tracked['run_id']} in {tracked['tracking_uri']})\n"
             + json.dumps({k: result.metrics.get(k) for k in ("valid", "test")}, indent=2)
         )
     return 0
@@ -104,6 +107,7 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         inputs=[{"path": config.snapshot.path, "version": config.snapshot.version}],
     )
     began = time.monotonic()
+    started_ms = int(time.time() * 1000)
     try:
         result = train(
             config,
@@ -121,6 +125,8 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         record.plan = {"reasons": result.plan.reasons, **result.plan.numbers}
         record.inputs = [{"path": config.snapshot.path, "version": result.version}]
         record.rows_in = sum(result.metrics.get("rows", {}).values())
+        tracked = _track(project, config, result, started_ms)
+        result.metrics["mlflow"] = tracked
         record.output = {"folder": str(result.folder), "metrics": result.metrics,
                          "resumed_from_step": result.resumed_from_step}  # fmt: skip
         return result
@@ -128,6 +134,32 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         record.finished_at = datetime.now(timezone.utc).isoformat()
         record.duration_s = round(time.monotonic() - began, 3)
         record.save(project.logs_dir / "runs")
+
+
+def _track(
+    project: Project, config: TrainingConfig, result: Any, started_ms: int
+) -> dict[str, Any]:
+    """Record the finished run in MLflow and register its model (:mod:`.tracking`)."""
+    from tierflow.storage import locate
+    from tierflow.train.tracking import Tracking, record_run
+
+    tracking = Tracking.resolve(project.config.tracking.uri, project.data_dir)
+    tracked = record_run(
+        tracking, config, run_id=result.run_id, run_folder=result.run_folder,
+        snapshot=(locate(config.snapshot.path, project.data_dir), result.version),
+        plan={"strategy": result.plan.strategy, "workers": result.plan.workers},
+        metrics=result.metrics, started_ms=started_ms,
+    )  # fmt: skip
+    out = {"tracking_uri": tracking.uri, "experiment_id": tracked.experiment_id,
+           "run_id": tracked.run_id, "model": tracked.model_name,
+           "model_version": tracked.model_version}  # fmt: skip
+    # The published model names its registry version beside its run.
+    published = result.folder / "run.json"
+    record = json.loads(published.read_text()) | {"mlflow": out}
+    partial = published.with_name(".run.json.partial")
+    partial.write_text(json.dumps(record))
+    partial.replace(published)
+    return out
 
 
 def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:

@@ -35,8 +35,11 @@ class Predictor:
     request_features: tuple[str, ...]
 
     @classmethod
-    def load(cls, folder: Path, views: Mapping[str, FeatureViewConfig]) -> Predictor:
+    def load(cls, folder: Path, views: Mapping[str, FeatureViewConfig] | None) -> Predictor:
         """Load ``<folder>/model.pt`` (written by ``tierflow train``).
+
+        ``views`` are the project's, to check the features against (``None``: rows come
+        with every feature, as in batch scoring through MLflow).
 
         Raises:
             TierflowError: no artifact, or a feature names a view that is not known.
@@ -58,7 +61,7 @@ class Predictor:
         own: list[str] = []
         for feature in config.features:
             view, sep, _ = feature.partition("__")
-            if sep and view not in views:
+            if sep and views is not None and view not in views:
                 raise ConfigError(f"model {config.name}: feature {feature} names no known view")
             (from_views if sep else own).append(view if sep else feature)
         return cls(

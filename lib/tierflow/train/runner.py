@@ -11,8 +11,9 @@ latest checkpoint and on the snapshot version it read. At the end the final mode
 evaluated on the valid and test splits next to a baseline that predicts the training
 base rate (or mean), and the artifacts are written to the run's folder and published to
 ``<storage>/<name>/`` (what serving loads), with ``run.json`` naming the run:
-``model.pt`` (state dict, preprocessing, config), ``model.onnx`` (the MLP),
-``metrics.json``, ``history.json`` and ``curves.png``.
+``model.pt`` (state dict, preprocessing, config), ``metrics.json``, ``history.json``
+and ``curves.png``. The command then records the run in MLflow and registers the model
+(:mod:`tierflow.train.tracking`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class TrainResult:
     folder: Path  # where the model is published: <storage>/<name>
     resumed_from_step: int | None
     run_id: str = ""
+    run_folder: Path | None = None  # <storage>/<name>/runs/<run id>: what the run wrote
 
 
 def device_budget(config: TrainingConfig, gpus: int, workers: int) -> float:
@@ -132,20 +134,6 @@ def final_model(config: TrainingConfig, strategy: str, width: int, state: dict[s
 
     model = build_model(config.model.name, width, dict(config.model.params))
     return strategy_class(strategy).final_model(model, state).eval()
-
-
-def export_onnx(model: Any, width: int, path: Path) -> bool:
-    """Export an MLP to ONNX (batch size dynamic); False for models it does not support."""
-    import torch
-
-    if hasattr(model, "stages"):
-        return False  # the transformer: its state dict is the artifact
-    torch.onnx.export(
-        model, (torch.zeros(2, width),), str(path), dynamo=False,
-        input_names=["features"], output_names=["logit"],
-        dynamic_axes={"features": {0: "batch"}, "logit": {0: "batch"}},
-    )  # fmt: skip
-    return True
 
 
 def train(  # noqa: PLR0915 - the run's steps, in order
@@ -252,11 +240,10 @@ def train(  # noqa: PLR0915 - the run's steps, in order
                folder / "model.pt")  # fmt: skip
     (folder / "history.json").write_text(json.dumps(meta["history"]))
     (folder / "curves.png").write_bytes(curves_png(meta["history"]))
-    metrics["onnx"] = export_onnx(model, width, folder / "model.onnx")
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     resumed = latest_step(latest)
     publish(folder, published, run_id, version)
-    return TrainResult(config.name, plan, version, metrics, published, resumed, run_id)
+    return TrainResult(config.name, plan, version, metrics, published, resumed, run_id, folder)
 
 
 @contextmanager
@@ -293,7 +280,7 @@ def _watching(live: Path, name: str) -> Iterator[None]:
 
 
 #: A run's artifacts, copied to ``<storage>/<name>/`` when it ends.
-ARTIFACTS = ("model.pt", "model.onnx", "metrics.json", "history.json", "curves.png")
+ARTIFACTS = ("model.pt", "metrics.json", "history.json", "curves.png")
 
 
 def run_folder(storage: Path, name: str, run_id: str) -> Path:

@@ -1,0 +1,282 @@
+"""Every training run an MLflow run, and its model a new version in the registry.
+
+After ``tierflow train`` (or ``jobs/train.py`` under ``ray job submit``) finishes, the
+driver records the run in MLflow: the training config as params (flattened, ``model.
+params.hidden``), every step's loss and every epoch's validation loss as metric
+histories, the evaluation next to the baseline, the curves image, the snapshot it read as
+the run's dataset input (path, Delta version and, for a point-in-time training set, its
+recipe), and the model with its fitted preprocessing as one MLflow model (``pyfunc``,
+:mod:`tierflow.train.mlflow_model`) registered under the config's name. A tierflow run
+maps to one MLflow run (tag ``tierflow.run_id``; a resumed run is recorded once, when it
+finishes).
+
+Where: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` in ``conf/tierflow.yaml``,
+else an embedded SQLite store in the data folder (``<data>/mlflow/mlflow.db``, artifacts
+beside it), which ``mlflow ui --backend-store-uri sqlite:///<data>/mlflow/mlflow.db``
+shows (the UI comes with the full ``mlflow`` package, not with the light client tierflow
+uses).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tierflow.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from tierflow.config.training import TrainingConfig
+
+#: The tag that ties an MLflow run (and a model version) to tierflow's run id.
+RUN_TAG = "tierflow.run_id"
+#: MLflow's limits: a batch call takes at most 1,000 metrics and 100 params.
+_METRICS_PER_CALL = 1000
+_PARAMS_PER_CALL = 100
+_PARAM_VALUE_MAX = 6000
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where runs and models are recorded.
+
+    Attributes:
+        uri: The tracking (and registry) URI.
+        artifacts: Where a new experiment keeps its artifacts (``None``: the server's
+            default, for a tracking server).
+    """
+
+    uri: str
+    artifacts: str | None
+
+    @classmethod
+    def resolve(cls, configured: str | None, data_dir: Path) -> Tracking:
+        """``MLFLOW_TRACKING_URI``, else ``configured``, else the embedded store."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+        if uri:
+            return cls(uri, None)
+        folder = (data_dir / "mlflow").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """What the registry holds for one training run."""
+
+    experiment_id: str
+    run_id: str
+    model_name: str
+    model_version: int
+
+
+def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"model": {"params": {"hidden": [16]}}}`` -> ``{"model.params.hidden": "[16]"}``."""
+    out: dict[str, str] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= flatten(value, f"{name}.")
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            out[name] = text[:_PARAM_VALUE_MAX]
+    return out
+
+
+def history_metrics(
+    history: list[dict[str, Any]], began_ms: int
+) -> Iterator[tuple[str, float, int, int]]:
+    """``(key, value, step, timestamp ms)`` of each step's loss and epoch's validation loss.
+
+    As the run recorded them; a value that is not a number is left out.
+    """
+    for entry in history:
+        step = int(entry.get("step", 0))
+        at = began_ms + int(1000 * float(entry.get("seconds", 0.0)))
+        for key in ("loss", "valid_loss"):
+            value = entry.get(key)
+            if isinstance(value, int | float) and not math.isnan(value):
+                yield key, float(value), step, at
+
+
+def evaluation_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``valid.auc``, ``test.log_loss``, ``test.baseline.auc``... from ``metrics.json``."""
+    out: dict[str, float] = {}
+    for split in ("valid", "test"):
+        for key, value in flatten(metrics.get(split) or {}, f"{split}.").items():
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            if not math.isnan(number):
+                out[key] = number
+    for key in ("seconds", "steps"):
+        if isinstance(metrics.get(key), int | float):
+            out[f"train.{key}"] = float(metrics[key])
+    return out
+
+
+def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """``NAME``, ``NAME@3`` (a version) or ``NAME@champion`` (an alias).
+
+    Raises:
+        UsageError: an empty name or reference.
+    """
+    name, sep, which = ref.partition("@")
+    if not name or (sep and not which):
+        raise UsageError(f"--model {ref!r}: give NAME, NAME@VERSION or NAME@ALIAS")
+    if not sep:
+        return name, None, None
+    return (name, int(which), None) if which.isdigit() else (name, None, which)
+
+
+def record_run(
+    tracking: Tracking,
+    config: TrainingConfig,
+    *,
+    run_id: str,
+    run_folder: Path,
+    snapshot: tuple[str, int],
+    plan: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    started_ms: int,
+) -> TrackedRun:
+    """Record a finished training run in MLflow and register its model (see the module doc).
+
+    ``run_folder`` holds what the run wrote: ``model.pt``, ``history.json``,
+    ``metrics.json``, ``curves.png``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+    mlflow.set_tracking_uri(tracking.uri)
+    mlflow.set_registry_uri(tracking.uri)
+    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    experiment = client.get_experiment_by_name(config.name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(config.name, artifact_location=_artifacts(tracking, config))
+    )
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", max_results=1
+    )
+    run = found[0] if found else client.create_run(
+        experiment_id, start_time=started_ms, run_name=run_id,
+        tags={RUN_TAG: run_id, "tierflow.strategy": str(plan.get("strategy")),
+              "tierflow.workers": str(plan.get("workers"))},
+    )  # fmt: skip
+    mlflow_run = run.info.run_id
+
+    params = [Param(k, v) for k, v in flatten(config.model_dump(mode="json")).items()]
+    for i in range(0, len(params), _PARAMS_PER_CALL):
+        client.log_batch(mlflow_run, params=params[i : i + _PARAMS_PER_CALL])
+    history = json.loads((run_folder / "history.json").read_text())
+    rows = [Metric(k, v, at, step) for k, v, step, at in history_metrics(history, started_ms)]
+    now = _now_ms()
+    last = int(metrics.get("steps", 0))
+    rows += [Metric(k, v, now, last) for k, v in evaluation_metrics(metrics).items()]
+    for i in range(0, len(rows), _METRICS_PER_CALL):
+        client.log_batch(mlflow_run, metrics=rows[i : i + _METRICS_PER_CALL])
+
+    path, version = snapshot
+    recipe = _recipe(path, version)
+    dataset = Dataset(
+        name=Path(path).name, digest=f"v{version}", source_type="delta",
+        source=json.dumps({"path": path, "version": version}),
+        profile=json.dumps({"rows": metrics.get("rows", {})}),
+        schema=json.dumps({"recipe": recipe}) if recipe else None,
+    )  # fmt: skip
+    client.log_inputs(
+        mlflow_run, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
+    )
+    client.log_batch(mlflow_run, tags=[RunTag("tierflow.snapshot", f"{path}@v{version}")])
+    for name in ("curves.png", "metrics.json", "history.json"):
+        if (run_folder / name).is_file():
+            client.log_artifact(mlflow_run, str(run_folder / name))
+
+    from tierflow.train.mlflow_model import log_model
+
+    with mlflow.start_run(run_id=mlflow_run):
+        info = log_model(run_folder / "model.pt", config.name)
+    model_version = _version_of(client, config.name, info.model_id, mlflow_run)
+    tags = {RUN_TAG: run_id, "tierflow.snapshot": f"{path}@v{version}"}
+    for key, value in tags.items():
+        client.set_model_version_tag(config.name, str(model_version), key, value)
+    client.set_terminated(mlflow_run, "FINISHED")
+    return TrackedRun(experiment_id, mlflow_run, config.name, model_version)
+
+
+def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, int] | None:
+    """Download a registered model version's ``model.pt`` into ``into``.
+
+    Returns:
+        The folder holding it and the version; ``None`` when the registry has no model of
+        that name (serving then looks for the model published in the data folder).
+
+    Raises:
+        UsageError: the registry has the model, but not that version or alias.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_model_ref(ref)
+    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return None
+    try:
+        if alias is not None:
+            found = client.get_model_version_by_alias(name, alias)
+        elif version is not None:
+            found = client.get_model_version(name, str(version))
+        else:
+            versions = client.search_model_versions(f"name = '{name}'")
+            found = max(versions, key=lambda v: int(v.version))
+    except (MlflowException, ValueError) as exc:
+        raise UsageError(f"model {ref}: no such version or alias in {tracking.uri}") from exc
+    import mlflow.artifacts
+
+    uri = f"models:/{name}/{found.version}"
+    local = Path(
+        mlflow.artifacts.download_artifacts(uri, dst_path=str(into), tracking_uri=tracking.uri)
+    )
+    weights = sorted(local.rglob("model.pt"))
+    if not weights:
+        raise ConfigError(f"model {name} version {found.version} has no model.pt ({local})")
+    return weights[0].parent, int(found.version)
+
+
+def _version_of(client: Any, name: str, model_id: str | None, run_id: str) -> int:
+    versions = client.search_model_versions(f"name = '{name}'")
+    mine = [v for v in versions if v.run_id == run_id or (model_id and v.model_id == model_id)]
+    return max(int(v.version) for v in mine)
+
+
+def _artifacts(tracking: Tracking, config: TrainingConfig) -> str | None:
+    if tracking.artifacts is None:
+        return None
+    return f"{tracking.artifacts}/{re.sub(r'[^A-Za-z0-9_.-]', '_', config.name)}"
+
+
+def _recipe(path: str, version: int) -> dict[str, Any] | None:
+    """The training-set recipe recorded with the snapshot version, if it has one."""
+    from tierflow.features.training import read_recipe
+
+    try:
+        return read_recipe(path, version)
+    except (ValueError, OSError):
+        return None
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
