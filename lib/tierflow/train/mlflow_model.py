@@ -15,6 +15,10 @@ from typing import Any
 
 import pandas as pd  # noqa: TC002 - MLflow reads the hint at run time
 
+from tierflow.train.tracking import no_telemetry
+
+no_telemetry()
+
 with warnings.catch_warnings():
     # MLflow's own loaders, imported with pyfunc, have ``Any`` hints it warns about.
     warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")

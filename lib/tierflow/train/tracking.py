@@ -14,7 +14,7 @@ Where: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` in ``conf/tierflow.
 else an embedded SQLite store in the data folder (``<data>/mlflow/mlflow.db``, artifacts
 beside it), which ``mlflow ui --backend-store-uri sqlite:///<data>/mlflow/mlflow.db``
 shows (the UI comes with the full ``mlflow`` package, not with the light client tierflow
-uses).
+uses). MLflow's usage telemetry is off unless ``MLFLOW_DISABLE_TELEMETRY=false``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ from tierflow.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from tierflow.config.training import TrainingConfig
+
+
+def no_telemetry() -> None:
+    """Keep MLflow from sending usage events to its makers.
+
+    ``MLFLOW_DISABLE_TELEMETRY=false`` in the environment lets it.
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 #: The tag that ties an MLflow run (and a model version) to tierflow's run id.
 RUN_TAG = "tierflow.run_id"
@@ -151,6 +160,7 @@ def record_run(
     ``run_folder`` holds what the run wrote: ``model.pt``, ``history.json``,
     ``metrics.json``, ``curves.png``.
     """
+    no_telemetry()
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -223,6 +233,7 @@ def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, i
     Raises:
         UsageError: the registry has the model, but not that version or alias.
     """
+    no_telemetry()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
