@@ -91,6 +91,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "training": {
         "plan-train": "tierflow plan-train flight_delays_mlp",
         "train": "tierflow train flight_delays_mlp [--resume RUN]",
+        "predict": "tierflow predict flight_delays_mlp --input gold/to_score --output gold/scored",
     },
     "services and clusters": {
         "services": "tierflow services up kafka redis",
@@ -227,6 +228,15 @@ def _parser() -> argparse.ArgumentParser:
     mat.add_argument("--buckets", type=int, help="override the number of buckets")
     mat.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
     _add_engine_options(mat)
+
+    pred = sub.add_parser(
+        "predict", help="score a table with a registered model, features point-in-time"
+    )
+    pred.add_argument("model", metavar="MODEL[@VERSION|@ALIAS]")
+    pred.add_argument("--input", required=True, help="Delta or Parquet table of rows to score")
+    pred.add_argument("--output", required=True, help="Delta table to write (overwritten)")
+    pred.add_argument("--timestamp", help="the rows' time column (default: the training set's)")
+    _add_engine_options(pred)
 
     ts = sub.add_parser("training-set", help="build or rebuild point-in-time training sets")
     ts_actions = ts.add_subparsers(dest="action", required=True)
@@ -441,6 +451,8 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("features", "materialize", "training-set", "serve"):
         return _features(args, project)
+    if args.command == "predict":
+        return _predict(args, project)
     from tierflow.stream.commands import COMMANDS, run_command
     from tierflow.train import commands as training
 
@@ -451,6 +463,57 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.command == "examples":
         return _examples(args, project)
     return _table(args, project.data_dir)
+
+
+def _predict(args: argparse.Namespace, project: Any) -> int:
+    """Score a table on the tier the planner picks for it; a run record like a job's."""
+    import tempfile
+    import time
+    from datetime import datetime, timezone
+
+    from tierflow.config.jobs import SourceConfig
+    from tierflow.engines import create_engine
+    from tierflow.jobs.records import RunRecord
+    from tierflow.jobs.runner import new_run_id
+    from tierflow.jobs.sources import resolve_source
+    from tierflow.storage import locate
+    from tierflow.train.batch import predict, table_format
+
+    source = locate(args.input, project.data_dir)
+    kind = table_format(source)
+    resolved = resolve_source("input", SourceConfig(format=kind, path=source), project.data_dir)
+    options = _engine_options(args)
+    choice = project.choose_engine([resolved], args.engine, options)
+    record = RunRecord(
+        run_id=new_run_id(f"predict-{args.model.partition('@')[0]}"),
+        job=f"predict:{args.model.partition('@')[0]}", engine=choice,
+        started_at=datetime.now(timezone.utc).isoformat(),
+        inputs=[{"path": source, "version": resolved.version}],
+    )  # fmt: skip
+    began = time.monotonic()
+    engine = create_engine(choice, options)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tierflow-predict-") as downloads:
+            result = predict(
+                project, args.model, input_path=source, output_path=args.output,
+                engine=engine, timestamp=args.timestamp, downloads=Path(downloads),
+            )  # fmt: skip
+        record.status, record.engine = "succeeded", engine.describe()
+        record.rows_in = record.rows_out = result.rows
+        record.output = {"path": result.output, "rows": result.rows,
+                         "model": result.model, "model_version": result.version}  # fmt: skip
+    except BaseException as exc:
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        engine.close()
+        record.finished_at = datetime.now(timezone.utc).isoformat()
+        record.duration_s = round(time.monotonic() - began, 3)
+        record.save(project.logs_dir / "runs")
+    version = "" if result.version is None else f" version {result.version}"
+    print(f"scored {result.rows:,} rows with {result.model}{version} on {engine.describe()} "
+          f"-> {result.output}")  # fmt: skip
+    return 0
 
 
 def _calibrate(args: argparse.Namespace, project: Any) -> int:

@@ -213,3 +213,35 @@ def test_every_transform_agrees_on_every_engine(name, inputs, params, spark, pro
     assert outputs["single"], name
     for engine in ("dask", "spark"):
         assert_same_rows(outputs[engine], outputs["single"], f"{name} on {engine}")
+
+
+def test_map_arrow_runs_a_batch_function_alike_on_every_engine(spark, dask_scheduler):
+    from tierflow.engines import create_engine
+
+    class Doubled:
+        """A batch function that travels to the workers, as a model's scorer does (defined
+        here, so it is pickled by value: the workers need not import the tests)."""
+
+        def __call__(self, table: pa.Table) -> pa.Table:
+            import pyarrow.compute as pc
+
+            return table.append_column("score", pc.multiply(table["x"], 2.0))
+
+    table = pa.table({"id": pa.array(range(500), pa.int64()),
+                      "x": pa.array([i / 7 for i in range(500)], pa.float64())})  # fmt: skip
+    outputs = {}
+    for name in ENGINES:
+        engine = create_engine(
+            name, engine_options(name, spark=spark, dask_scheduler=dask_scheduler)
+        )
+        try:
+            outputs[name] = normalise(
+                collect(engine.map_arrow(engine_frame(table, name, spark), Doubled()))
+            )
+        finally:
+            engine.close()
+    expected = Doubled()(table)
+    assert outputs["single"].num_rows == 500
+    assert_same_rows(outputs["single"], normalise(expected), "map_arrow on single")
+    for name in ("dask", "spark"):
+        assert_same_rows(outputs[name], outputs["single"], f"map_arrow on {name}")

@@ -230,6 +230,55 @@ def test_a_second_run_reuses_the_batch_stages_and_is_faster(runs):
     assert all(p["ok"] for p in report2["results"]["parity"])
 
 
+def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tmp_path):
+    """`tierflow predict` on December's label rows: the features point-in-time from the
+    views' tables (the training set's definitions, read from the model's snapshot recipe)
+    and the scores equal what the registered model gives for the training snapshot's rows
+    of the same flights; and on the feature rows `POST /v1/predict` answered with, the
+    scores it served."""
+    import deltalake
+
+    from tierflow.train.predict import Predictor
+
+    data, logs = runs["data"], tmp_path / "logs"
+    env = dict(os.environ, TIERFLOW_DATA_DIR=str(data), TIERFLOW_LOGS_DIR=str(logs))
+    labels = read_table(data / "silver" / "labels")
+    december = labels.filter(pc.equal(labels["split"], "test")).slice(0, 2000)
+    deltalake.write_deltalake(str(tmp_path / "to_score"), december)
+    tierflow = str(Path(sys.executable).parent / "tierflow")
+    done = subprocess.run(
+        [tierflow, "predict", "flight_delays_mlp", "--input", str(tmp_path / "to_score"),
+         "--output", str(tmp_path / "scored")],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scored 2,000 rows with flight_delays_mlp version 1 on single" in done.stdout
+    scored = read_table(tmp_path / "scored").sort_by("flight_id")
+    snapshot = read_table(data / "gold" / "training" / "flight_delays")
+    mine = snapshot.filter(pc.is_in(snapshot["flight_id"], december["flight_id"]))
+    predictor = Predictor.load(data / "models" / "flight_delays_mlp", None)
+    expected = dict(zip(mine["flight_id"].to_pylist(), predictor.predict_table(mine),
+                        strict=True))  # fmt: skip
+    assert scored.num_rows == 2000 and len(expected) == 2000
+    got = dict(zip(scored["flight_id"].to_pylist(), scored["score"].to_pylist(), strict=True))
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    (record,) = [json.loads(p.read_text()) for p in (logs / "runs").glob("predict-*.json")]
+    assert record["status"] == "succeeded" and record["output"]["model_version"] == 1
+
+    # The served rows, with the features the server read from the online store.
+    served = runs["reports"][1]["results"]["serving"]["predictions"]
+    feature_rows = [p["request"] | p["features"] for p in served]
+    deltalake.write_deltalake(str(tmp_path / "served"), pa.Table.from_pylist(feature_rows))
+    again = subprocess.run(
+        [tierflow, "predict", "flight_delays_mlp@1", "--input", str(tmp_path / "served"),
+         "--output", str(tmp_path / "served_scored")],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    batch = read_table(tmp_path / "served_scored")["score"].to_pylist()
+    assert batch == pytest.approx([p["score"] for p in served], rel=1e-9, abs=1e-12)
+
+
 def test_scale_two_moves_stages_to_dask_with_the_same_features(runs, tmp_path):
     reference = read_table(runs["data"] / "gold" / "training" / "flight_delays")
     data = tmp_path / "data"

@@ -348,7 +348,7 @@ def serve_predictions(
     finally:
         server.stop()
     out = []
-    for flight, prediction in zip(flights, answer["predictions"], strict=True):
+    for flight, row, prediction in zip(flights, rows, answer["predictions"], strict=True):
         when: datetime = flight["sched_dep_at"]
         out.append({
             "flight": f"{flight['carrier']}{flight['flight']}",
@@ -358,5 +358,9 @@ def serve_predictions(
             "carrier_delay_1h": prediction["features"].get("carrier_delays__dep_delay_mean_1h"),
             "origin_delay_1h": prediction["features"].get("origin_delays__dep_delay_mean_1h"),
             "arr_delay": flight["arr_delay"],
+            # What was asked and what the server read from the store: batch scoring of
+            # these feature rows must give the same scores (tested).
+            "request": row,
+            "features": prediction["features"],
         })  # fmt: skip
     return out

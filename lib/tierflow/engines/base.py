@@ -67,6 +67,8 @@ class WriteResult:
 EntityFunction = Callable[["nw.LazyFrame[Any]", "Engine"], "nw.LazyFrame[Any]"]
 # Shrinks each key's rows without mixing keys (a group-by on the keys and more).
 Reducer = Callable[["nw.LazyFrame[Any]"], "nw.LazyFrame[Any]"]
+#: A function of an Arrow table to an Arrow table of the same rows (a model's scores...).
+ArrowFunction = Callable[[Any], Any]
 
 
 #: Rows a distributed tier hands to one call of an entity function: its window steps hold
@@ -246,6 +248,16 @@ class Engine(ABC):
         it natively before moving rows (their group-by combines map-side, so a hot key's
         rows do not all reach one task), the single-node engine per bucket (so its
         group-by holds one bucket's table, not the whole input's).
+        """
+
+    @abstractmethod
+    def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
+        """``fn`` over ``frame``'s rows, a batch at a time, in the engine's own workers.
+
+        ``fn`` takes an Arrow table and returns one of the same rows (and any columns);
+        its output's schema is what ``fn`` returns for an empty table of the input's.
+        It is sent to each worker once (a model inside it is loaded once per worker),
+        and the single-node engine streams batches through it.
         """
 
     def count(self, frame: nw.LazyFrame[Any]) -> int:

@@ -28,6 +28,7 @@ from tierflow.config.jobs import ExtraPolicy, SinkConfig
 from tierflow.engines.base import (
     ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
+    ArrowFunction,
     Engine,
     EngineOptions,
     EntityFunction,
@@ -175,6 +176,14 @@ def _by_entity_partition(frame: Any, fn: EntityFunction) -> Any:
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     return run_on_polars(fn, table).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _arrow_partition(frame: Any, fn: ArrowFunction) -> Any:
+    import pandas as pd
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return fn(table).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 class DaskEngine(Engine):
@@ -407,6 +416,16 @@ class DaskEngine(Engine):
         meta = run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
         shuffled = native.shuffle(on=list(keys), npartitions=parts)
         return nw.from_native(shuffled.map_partitions(_by_entity_partition, fn, meta=meta))
+
+    def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
+        """``fn`` per partition on the workers (one copy of ``fn`` in the task graph)."""
+        import pandas as pd
+        import pyarrow as pa
+
+        native = optimized(frame.to_native())
+        empty = pa.Table.from_pandas(native._meta, preserve_index=False)
+        meta = fn(empty).to_pandas(types_mapper=pd.ArrowDtype)
+        return nw.from_native(native.map_partitions(_arrow_partition, fn, meta=meta))
 
     def epoch_us(self, frame: nw.LazyFrame[Any], column: str, name: str) -> nw.LazyFrame[Any]:
         """Microseconds since the epoch as an Arrow-backed int64 (like every other column)."""

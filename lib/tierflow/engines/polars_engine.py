@@ -32,6 +32,7 @@ from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import (
     ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
+    ArrowFunction,
     Engine,
     EngineOptions,
     EntityFunction,
@@ -272,6 +273,21 @@ class PolarsEngine(Engine):
 
         bucket = (pl.struct(list(columns)).hash(seed=0) % buckets).cast(pl.Int64)
         return nw.from_native(frame.to_native().with_columns(bucket.alias(name)))
+
+    def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
+        """``fn`` per batch of Polars' streaming engine."""
+        import polars as pl
+
+        native = frame.to_native()
+        empty = native.clear().collect().to_arrow()
+        schema = pl.from_arrow(fn(empty)).schema  # type: ignore[union-attr]
+
+        def batch(df: pl.DataFrame) -> pl.DataFrame:
+            out = pl.from_arrow(fn(df.to_arrow()))
+            assert isinstance(out, pl.DataFrame)
+            return out
+
+        return nw.from_native(native.map_batches(batch, schema=schema, streamable=True))
 
     def collect_arrow(self, frame: nw.LazyFrame[Any]) -> Any:
         """Collect with Polars' streaming engine, so scans and filters run in batches."""

@@ -22,6 +22,7 @@ from tierflow.config.jobs import ExtraPolicy, SinkConfig, is_uri
 from tierflow.engines.base import (
     ENTITY_CHUNK_ROWS,
     HASH_SEPARATOR,
+    ArrowFunction,
     Engine,
     EngineOptions,
     EntityFunction,
@@ -286,6 +287,22 @@ class SparkEngine(Engine):
 
         partitioned = native.repartition(*keys).sortWithinPartitions(*keys)
         return nw.from_native(partitioned.mapInArrow(apply, from_arrow_schema(out)))
+
+    def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
+        """``mapInArrow``; ``fn`` is broadcast, so each executor receives it once."""
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+        native = frame.to_native()
+        out = fn(to_arrow_schema(native.schema).empty_table()).schema
+        shared = native.sparkSession.sparkContext.broadcast(fn)
+
+        def apply(batches: Iterator[Any]) -> Iterator[Any]:
+            run = shared.value  # unpickled once per Python worker, then cached by Spark
+            for batch in batches:
+                yield from run(pa.Table.from_batches([batch])).cast(out).to_batches()
+
+        return nw.from_native(native.mapInArrow(apply, from_arrow_schema(out)))
 
     def persist(
         self, frame: nw.LazyFrame[Any], *, size_hint: int | None = None
