@@ -261,6 +261,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve predictions of this model from the MLflow registry (the newest "
         "version unless one is named; repeatable)",
     )  # fmt: skip
+    srv.add_argument(
+        "--canary", action="append", dest="canaries", default=[],
+        metavar="NAME@VERSION=SHARE",
+        help="send SHARE (0-1) of NAME's requests to this version (a canary) and the rest "
+        "to --model NAME's; repeatable, one per model",
+    )  # fmt: skip
 
     from tierflow.stream.commands import add_parsers
     from tierflow.train.commands import add_parsers as add_training_parsers
@@ -584,37 +590,47 @@ def _examples(args: argparse.Namespace, project: Any) -> int:
     return 0
 
 
+def _is_share(text: str) -> bool:
+    try:
+        return 0.0 < float(text) < 1.0
+    except ValueError:
+        return False
+
+
 def _serve(args: argparse.Namespace, project: Any) -> int:
     from tierflow.serving import serve
 
     views = project.feature_views()
-    models = {}
-    if args.models:
+    models: dict[str, Any] = {}
+    if args.models or args.canaries:
         import tempfile
 
-        from tierflow.train.commands import load_training
+        from tierflow.serving import Route
+        from tierflow.train.batch import find_model
         from tierflow.train.predict import Predictor
-        from tierflow.train.tracking import Tracking, load_model_folder, parse_model_ref
+        from tierflow.train.tracking import parse_model_ref
 
-        tracking = Tracking.resolve(project.config.tracking.uri, project.data_dir)
         downloads = Path(tempfile.mkdtemp(prefix="tierflow-models-"))
+
+        def load(ref: str) -> tuple[Any, str]:
+            found = find_model(project, ref, downloads / ref.replace("@", "-"))
+            print(f"model {ref.partition('@')[0]}: {found.where}", file=sys.stderr)
+            version = "published" if found.version is None else str(found.version)
+            return Predictor.load(found.folder, views), version
+
         for ref in args.models:
-            name, version, alias = parse_model_ref(ref)
-            found = load_model_folder(tracking, ref, downloads / name)
-            if found is not None:
-                folder, number = found
-                print(f"model {name}: version {number} from the registry ({tracking.uri})",
-                      file=sys.stderr)  # fmt: skip
-            elif version is None and alias is None:
-                # Not registered (trained before tracking): the model published in the
-                # data folder, as `tierflow train` leaves it.
-                config = load_training(project, name)
-                folder = project.data_dir / config.storage_path / config.name
-                print(f"model {name}: not in the registry; the one published in {folder}",
-                      file=sys.stderr)  # fmt: skip
-            else:
-                raise UsageError(f"--model {ref}: no model {name!r} in {tracking.uri}")
-            models[name] = Predictor.load(folder, views)
+            predictor, version = load(ref)
+            models[predictor.name] = Route(predictor, version)
+        for spec in args.canaries:
+            ref, _, share = spec.rpartition("=")
+            name, number, alias = parse_model_ref(ref or spec)
+            if not ref or (number is None and alias is None) or not _is_share(share):
+                raise UsageError(f"--canary {spec!r}: give NAME@VERSION=SHARE, SHARE in (0, 1)")
+            if name not in models:
+                raise UsageError(f"--canary {spec!r}: serve the main version with --model {name}")
+            predictor, canary = load(ref)
+            models[name] = Route(models[name].main, models[name].main_version,
+                                 predictor, canary, float(share))  # fmt: skip
     store = project.open_store(args.store)
     store.check()  # unreachable: exit 3 now, not an error on every request
     cfg = project.config.serving

@@ -6,8 +6,13 @@
   own facts and the entity keys of its views) returns ``{"predictions": [{"score": p,
   "features": {...}}, ...]}``: the online features are read for the row's keys, joined
   with its facts and run through the model (``tierflow serve --model NAME``).
-- ``GET /v1/views`` lists the views and their features; ``GET /v1/models`` the models;
-  ``GET /health`` answers ok.
+- ``GET /v1/views`` lists the views and their features; ``GET /v1/models`` the models
+  and their versions; ``GET /health`` answers ok; ``GET /metrics`` is Prometheus' text
+  format: requests, rows and latency per model and version, and feature requests.
+
+Two versions of a model can be live at once (:class:`Route`): a share of the requests
+(drawn per request) goes to the canary, the rest to the main version; each answer names
+the version that gave it.
 
 Errors are JSON ``{"error": "..."}``: 400 for malformed JSON, a missing or mistyped key
 or too many entities, 404 for an unknown view.
@@ -15,8 +20,12 @@ or too many entities, 404 for an unknown view.
 
 from __future__ import annotations
 
+import bisect
 import json
+import random
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tierflow.config.features import FeatureViewConfig
@@ -27,20 +36,104 @@ if TYPE_CHECKING:
     from tierflow.train.predict import Predictor
 
 
-def make_app(
+@dataclass(frozen=True)
+class Route:
+    """A model name's live versions: the main one, and a canary taking ``share`` of requests."""
+
+    main: Predictor
+    main_version: str = "published"
+    canary: Predictor | None = None
+    canary_version: str | None = None
+    share: float = 0.0
+
+    def pick(self, draw: float) -> tuple[Predictor, str]:
+        """The version for a request whose uniform draw in [0, 1) is ``draw``."""
+        if self.canary is not None and draw < self.share:
+            return self.canary, str(self.canary_version)
+        return self.main, self.main_version
+
+
+#: Latency buckets of ``/metrics``, seconds.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass
+class ServingMetrics:
+    """Counters and latency histograms per (model, version), in Prometheus' text format."""
+
+    requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)
+    latency: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # [*buckets, sum]
+    feature_requests: dict[str, int] = field(default_factory=dict)
+
+    def observe(self, model: str, version: str, status: int, rows: int, seconds: float) -> None:
+        """One prediction request."""
+        key = (model, version, str(status))
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.rows[model, version] = self.rows.get((model, version), 0) + rows
+        counts = self.latency.setdefault((model, version), [0.0] * (len(BUCKETS) + 2))
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def text(self) -> str:
+        """The exposition."""
+        out = ["# HELP tierflow_predict_requests_total Prediction requests, by model, version "
+               "and status.", "# TYPE tierflow_predict_requests_total counter"]  # fmt: skip
+        for (model, version, status), n in sorted(self.requests.items()):
+            out.append(f'tierflow_predict_requests_total{{model="{model}",version="{version}",'
+                       f'status="{status}"}} {n}')  # fmt: skip
+        out += ["# HELP tierflow_predict_rows_total Rows scored, by model and version.",
+                "# TYPE tierflow_predict_rows_total counter"]  # fmt: skip
+        for (model, version), n in sorted(self.rows.items()):
+            out.append(f'tierflow_predict_rows_total{{model="{model}",version="{version}"}} {n}')
+        out += ["# HELP tierflow_predict_seconds Time to answer a prediction request.",
+                "# TYPE tierflow_predict_seconds histogram"]  # fmt: skip
+        for (model, version), counts in sorted(self.latency.items()):
+            labels = f'model="{model}",version="{version}"'
+            total = 0.0
+            for bound, seen in zip([*BUCKETS, float("inf")], counts[:-1], strict=True):
+                total += seen
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                out.append(f'tierflow_predict_seconds_bucket{{{labels},le="{le}"}} {total:.0f}')
+            out.append(f"tierflow_predict_seconds_sum{{{labels}}} {counts[-1]}")
+            out.append(f"tierflow_predict_seconds_count{{{labels}}} {total:.0f}")
+        out += ["# HELP tierflow_feature_requests_total Feature requests, by status.",
+                "# TYPE tierflow_feature_requests_total counter"]  # fmt: skip
+        for status, n in sorted(self.feature_requests.items()):
+            out.append(f'tierflow_feature_requests_total{{status="{status}"}} {n}')
+        return "\n".join(out) + "\n"
+
+
+def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and routes
     store: OnlineStore,
     views: Mapping[str, FeatureViewConfig],
     *,
     max_entities: int = 1000,
-    models: Mapping[str, Predictor] | None = None,
+    models: Mapping[str, Predictor | Route] | None = None,
+    draw: Any = random.random,
 ) -> Any:
-    """The aiohttp application serving ``views`` from ``store`` (and ``models``)."""
+    """The aiohttp application serving ``views`` from ``store`` (and ``models``).
+
+    ``draw`` gives each prediction request its uniform number in [0, 1) for the canary
+    split (tests pass their own).
+    """
     from aiohttp import web
+
+    from tierflow.train.predict import PredictionRequestError
+
+    routes = {name: m if isinstance(m, Route) else Route(m) for name, m in (models or {}).items()}
+    metrics = ServingMetrics()
 
     def error(status: int, message: str) -> Any:
         return web.json_response({"error": message}, status=status)
 
     async def features(request: Any) -> Any:
+        answer = await _features(request)
+        key = str(answer.status)
+        metrics.feature_requests[key] = metrics.feature_requests.get(key, 0) + 1
+        return answer
+
+    async def _features(request: Any) -> Any:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -61,21 +154,27 @@ def make_app(
         return web.json_response({"features": result})
 
     async def predict(request: Any) -> Any:
-        from tierflow.train.predict import PredictionRequestError
-
-        predictor = (models or {}).get(request.match_info["model"])
-        if predictor is None:
-            known = ", ".join(sorted(models or {})) or "none"
+        route = routes.get(request.match_info["model"])
+        if route is None:
+            known = ", ".join(sorted(routes)) or "none"
             return error(404, f"unknown model {request.match_info['model']!r}; known: {known}")
+        predictor, version = route.pick(draw())
+        began = time.perf_counter()
+        answer, rows = await _score(request, predictor, version)
+        metrics.observe(predictor.name, version, answer.status, rows, time.perf_counter() - began)
+        return answer
+
+    async def _score(request: Any, predictor: Predictor, version: str) -> tuple[Any, int]:
+        """The answer and the number of rows scored."""
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "the body is not valid JSON")
+            return error(400, "the body is not valid JSON"), 0
         rows = body.get("rows") if isinstance(body, dict) else None
         if not isinstance(rows, list):
-            return error(400, "the body must be a JSON object with `rows`, a list of objects")
+            return error(400, "the body must be a JSON object with `rows`, a list of objects"), 0
         if len(rows) > max_entities:
-            return error(400, f"{len(rows)} rows is above the limit of {max_entities}")
+            return error(400, f"{len(rows)} rows is above the limit of {max_entities}"), 0
         try:
             predictor.check_rows(rows, predictor.entity_columns(views))
             features = (
@@ -84,25 +183,37 @@ def make_app(
                 else [dict(r) for r in rows]
             )
         except (FeatureRequestError, PredictionRequestError) as exc:
-            return error(getattr(exc, "status", 400), str(exc))
+            return error(getattr(exc, "status", 400), str(exc)), 0
         scores = predictor.predict(features)
-        return web.json_response(
+        answer = web.json_response(
             {
                 "model": predictor.name,
+                "version": version,
                 "predictions": [
                     {"score": s, "features": {c: f.get(c) for c in predictor.config.features}}
                     for s, f in zip(scores, features, strict=True)
                 ],
             }
         )
+        return answer, len(rows)
 
     async def list_models(_request: Any) -> Any:
         return web.json_response(
             {
-                name: {"features": list(p.config.features), "task": p.config.task}
-                for name, p in sorted((models or {}).items())
+                name: {
+                    "features": list(r.main.config.features),
+                    "task": r.main.config.task,
+                    "version": r.main_version,
+                    "canary": None
+                    if r.canary is None
+                    else {"version": r.canary_version, "share": r.share},
+                }
+                for name, r in sorted(routes.items())
             }
         )
+
+    async def prometheus(_request: Any) -> Any:
+        return web.Response(text=metrics.text(), content_type="text/plain")
 
     async def list_views(_request: Any) -> Any:
         return web.json_response(
@@ -126,6 +237,7 @@ def make_app(
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/views", list_views)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 
@@ -136,7 +248,7 @@ def serve(
     host: str,
     port: int,
     max_entities: int,
-    models: Mapping[str, Predictor] | None = None,
+    models: Mapping[str, Predictor | Route] | None = None,
 ) -> None:
     """Serve until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     from aiohttp import web

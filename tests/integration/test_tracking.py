@@ -11,7 +11,15 @@ training tests check the same on a real Ray Train run.)
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,30 +56,39 @@ def fake_run(folder: Path, config: TrainingConfig, steps: int) -> None:
     (folder / "curves.png").write_bytes(b"\x89PNG fake")
 
 
-def test_a_run_is_recorded_and_its_model_registered_and_served(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> dict[str, Any]:
+    """Two runs of config ``tracked`` recorded in a data folder's embedded store."""
+    from tierflow.train.tracking import Tracking, record_run
+
+    data = training_snapshot(tmp_path_factory.mktemp("tracking") / "data")
+    config = load_model(TrainingConfig, training_config(data, "tracked"))
+    tracking = Tracking.resolve(None, data)
+    snapshot = str(data / "gold" / "snap")
+    runs = []
+    for run_id in ("run-1", "run-2"):
+        folder = data / "runs" / run_id
+        fake_run(folder, config, steps=40)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        runs.append(record_run(
+            tracking, config, run_id=run_id, run_folder=folder, snapshot=(snapshot, 0),
+            plan={"strategy": "ddp", "workers": 2}, metrics=metrics, started_ms=1_000_000,
+        ))  # fmt: skip
+    return {"data": data, "tracking": tracking, "snapshot": snapshot, "runs": runs}
+
+
+def test_a_run_is_recorded_and_its_model_registered_and_served(registry, tmp_path: Path) -> None:
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
 
     from tierflow.train.predict import Predictor
-    from tierflow.train.tracking import Tracking, load_model_folder, record_run
+    from tierflow.train.tracking import load_model_folder
 
-    data = training_snapshot(tmp_path / "data")
-    config = load_model(TrainingConfig, training_config(data, "tracked"))
-    tracking = Tracking.resolve(None, data)
+    data, tracking, snapshot = registry["data"], registry["tracking"], registry["snapshot"]
     assert tracking.uri == f"sqlite:///{(data / 'mlflow' / 'mlflow.db').resolve()}"
-    snapshot = str(data / "gold" / "snap")
-    versions = []
-    for run_id in ("run-1", "run-2"):
-        folder = data / "runs" / run_id
-        fake_run(folder, config, steps=40)
-        metrics = json.loads((folder / "metrics.json").read_text())
-        tracked = record_run(
-            tracking, config, run_id=run_id, run_folder=folder, snapshot=(snapshot, 0),
-            plan={"strategy": "ddp", "workers": 2}, metrics=metrics, started_ms=1_000_000,
-        )  # fmt: skip
-        versions.append(tracked.model_version)
-    assert versions == [1, 2]  # a new version per run
+    assert [r.model_version for r in registry["runs"]] == [1, 2]  # a new version per run
+    tracked = registry["runs"][1]
 
     client = MlflowClient(tracking.uri)
     run = client.get_run(tracked.run_id)
@@ -107,3 +124,62 @@ def test_a_run_is_recorded_and_its_model_registered_and_served(tmp_path: Path) -
     served = Predictor.load(found["tracked"][0], None).predict(rows.to_dict(orient="records"))
     assert list(loaded.predict(rows)) == pytest.approx(served)
     assert all(0.0 < p < 1.0 for p in served)
+
+
+def test_two_versions_live_split_the_requests_and_are_counted_apart(registry, tmp_path) -> None:
+    """`tierflow serve --model tracked@1 --canary tracked@2=0.3`: about 30% of requests
+    answered by version 2, each answer naming its version, and /metrics counting
+    requests, rows and latency per version."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, TIERFLOW_DATA_DIR=str(registry["data"]),
+               TIERFLOW_ONLINE_DB=str(tmp_path / "online.db"))  # fmt: skip
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tierflow"), "serve", "--store", "sqlite",
+         "--model", "tracked@1", "--canary", "tracked@2=0.3", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(base + path, data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode()
+        return text if path == "/metrics" else json.loads(text)
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0][-3000:]
+            try:
+                call("/health")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        models = call("/v1/models")["tracked"]
+        assert models["version"] == "1" and models["canary"] == {"version": "2", "share": 0.3}
+        versions = [
+            call("/v1/predict/tracked", {"rows": [{"a": 0.5, "b": 1.0, "c": "x"}] * 2})["version"]
+            for _ in range(200)
+        ]
+        canary = versions.count("2")
+        assert versions.count("1") + canary == 200 and 30 <= canary <= 90, canary
+        metrics = call("/metrics")
+        assert (
+            f'tierflow_predict_requests_total{{model="tracked",version="2",status="200"}} {canary}'
+            in metrics
+        )
+        assert (
+            f'tierflow_predict_rows_total{{model="tracked",version="1"}} {2 * (200 - canary)}'
+            in metrics
+        )
+        assert f'tierflow_predict_seconds_count{{model="tracked",version="2"}} {canary}' in metrics
+    finally:
+        server.send_signal(signal.SIGINT)
+        out = server.communicate(timeout=30)[0]
+    assert "model tracked: version 1 from the registry" in out
+    assert "model tracked: version 2 from the registry" in out
