@@ -269,12 +269,17 @@ def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tm
     served = runs["reports"][1]["results"]["serving"]["predictions"]
     feature_rows = [p["request"] | p["features"] for p in served]
     deltalake.write_deltalake(str(tmp_path / "served"), pa.Table.from_pylist(feature_rows))
-    again = subprocess.run(
-        [tierflow, "predict", "flight_delays_mlp@1", "--input", str(tmp_path / "served"),
-         "--output", str(tmp_path / "served_scored")],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+    # In process this time (the command was run above): the same function behind it.
+    from tierflow.engines import create_engine
+    from tierflow.train.batch import predict
+
+    engine = create_engine("single")
+    result = predict(
+        project_for(data), "flight_delays_mlp@1", input_path=str(tmp_path / "served"),
+        output_path=str(tmp_path / "served_scored"), engine=engine, downloads=tmp_path / "dl",
     )  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
+    engine.close()
+    assert result.version == 1 and result.rows == len(served)
     batch = read_table(tmp_path / "served_scored")["score"].to_pylist()
     assert batch == pytest.approx([p["score"] for p in served], rel=1e-9, abs=1e-12)
 

@@ -48,13 +48,24 @@ class TierflowModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-define
 
 def log_model(weights: Path, name: str) -> Any:
     """Log ``weights`` as the active run's model and register it as ``name``; the info."""
+    import logging
+
     import torch
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=TierflowModel(),
-        artifacts={WEIGHTS: str(weights)},
-        registered_model_name=name,
-        # Given, not inferred: inference imports the model's code and takes seconds.
-        pip_requirements=["tierflow", f"torch=={torch.__version__.split('+', maxsplit=1)[0]}"],
-    )
+    # MLflow would print, at every training run, that a Python object is pickled (ours is,
+    # by design: the weights travel as an artifact) and that it inferred no signature
+    # (rows mix types per column; the features are the config's).
+    quiet = logging.getLogger("mlflow.pyfunc")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=TierflowModel(),
+            artifacts={WEIGHTS: str(weights)},
+            registered_model_name=name,
+            # Given, not inferred: inference imports the model's code and takes seconds.
+            pip_requirements=["tierflow", f"torch=={torch.__version__.split('+', maxsplit=1)[0]}"],
+        )
+    finally:
+        quiet.setLevel(level)
