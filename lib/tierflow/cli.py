@@ -31,7 +31,7 @@ _PASSTHROUGH = {
 
 _EXIT_STATUSES = """exit statuses:
   0  done
-  1  the data failed its contract, a bad-row threshold or a schema check
+  1  the data failed its contract, a threshold (bad rows, drift) or a schema check
   2  a bad command line or configuration, or a missing dependency
   3  a service unreachable (Kafka, Redis, ...), or `services status` found one down
   4  anything else failed (an unexpected error comes with its traceback)
@@ -92,6 +92,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "plan-train": "tierflow plan-train flight_delays_mlp",
         "train": "tierflow train flight_delays_mlp [--resume RUN]",
         "predict": "tierflow predict flight_delays_mlp --input gold/to_score --output gold/scored",
+        "monitor": "tierflow monitor drift flight_delays_mlp --input gold/scored",
     },
     "services and clusters": {
         "services": "tierflow services up kafka redis",
@@ -237,6 +238,16 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--output", required=True, help="Delta table to write (overwritten)")
     pred.add_argument("--timestamp", help="the rows' time column (default: the training set's)")
     _add_engine_options(pred)
+
+    mon = sub.add_parser("monitor", help="compare what a model scores now with its training")
+    mon_actions = mon.add_subparsers(dest="action", required=True)
+    drift = mon_actions.add_parser(
+        "drift", help="PSI of each feature and of the score against the training split"
+    )
+    drift.add_argument("model", metavar="MODEL[@VERSION|@ALIAS]")
+    drift.add_argument("--input", required=True, help="Delta or Parquet table of scored rows")
+    drift.add_argument("--threshold", type=float, help="PSI over which to fail (default: conf)")
+    drift.add_argument("--data-dir", help="data folder")
 
     ts = sub.add_parser("training-set", help="build or rebuild point-in-time training sets")
     ts_actions = ts.add_subparsers(dest="action", required=True)
@@ -457,8 +468,8 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("features", "materialize", "training-set", "serve"):
         return _features(args, project)
-    if args.command == "predict":
-        return _predict(args, project)
+    if args.command in ("predict", "monitor"):
+        return _predict(args, project) if args.command == "predict" else _monitor(args, project)
     from tierflow.stream.commands import COMMANDS, run_command
     from tierflow.train import commands as training
 
@@ -519,6 +530,38 @@ def _predict(args: argparse.Namespace, project: Any) -> int:
     version = "" if result.version is None else f" version {result.version}"
     print(f"scored {result.rows:,} rows with {result.model}{version} on {engine.describe()} "
           f"-> {result.output}")  # fmt: skip
+    return 0
+
+
+def _monitor(args: argparse.Namespace, project: Any) -> int:
+    """``monitor drift``: exit 1 when a feature or the score is over the threshold."""
+    import tempfile
+
+    from tierflow.jobs.runner import new_run_id
+    from tierflow.storage import locate
+    from tierflow.train import drift
+    from tierflow.train.batch import find_model
+    from tierflow.train.predict import Predictor
+
+    threshold = args.threshold or project.config.monitoring.psi_threshold
+    with tempfile.TemporaryDirectory(prefix="tierflow-monitor-") as downloads:
+        found = find_model(project, args.model, Path(downloads))
+        predictor = Predictor.load(found.folder, None)
+        if found.snapshot is None:
+            raise UsageError(f"model {args.model}: its training snapshot is not known")
+        training = drift.training_rows(found.snapshot, predictor)
+        now = drift.read_rows(locate(args.input, project.data_dir))
+        drifts = drift.compare(training, now, predictor, threshold=threshold)
+    folder = project.logs_dir / "monitor" / new_run_id(f"drift-{predictor.name}")
+    out = drift.write_report(folder, drifts, model=f"{predictor.name} ({found.where})",
+                             threshold=threshold, rows=(training.num_rows, now.num_rows))  # fmt: skip
+    for d in sorted(drifts, key=lambda d: -d.psi):
+        print(f"{'OVER ' if d.flagged else '     '}{d.name}: PSI {d.psi:.4f}")
+    flagged = [d.name for d in drifts if d.flagged]
+    print(f"report: {out}")
+    if flagged:
+        print(f"drift over {threshold:g}: {', '.join(flagged)}", file=sys.stderr)
+        return int(ExitCode.DATA)
     return 0
 
 

@@ -14,7 +14,7 @@ class ExitCode(IntEnum):
     """The ``tierflow`` command's exit statuses."""
 
     OK = 0
-    DATA = 1  # the data failed its contract, a bad-row threshold or a schema check
+    DATA = 1  # the data failed its contract, a threshold (bad rows, drift) or a schema check
     USAGE = 2  # a bad command line, configuration or missing dependency
     SERVICE = 3  # a service (Kafka, Redis, Spark, Dask, Ray, object storage) unreachable
     FAILED = 4  # anything else went wrong (a bug comes with its traceback)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import training_config, training_snapshot
+from tests.support import PROJECT, training_config, training_snapshot
 from tierflow.config.loader import load_model
 from tierflow.config.training import TrainingConfig
 from tierflow.errors import UsageError
@@ -183,3 +183,38 @@ def test_two_versions_live_split_the_requests_and_are_counted_apart(registry, tm
         out = server.communicate(timeout=30)[0]
     assert "model tracked: version 1 from the registry" in out
     assert "model tracked: version 2 from the registry" in out
+
+
+def test_drift_passes_on_training_like_rows_and_fails_on_a_shifted_feature(
+    registry, tmp_path, capsys
+) -> None:
+    """`tierflow monitor drift`: rows like the training split pass (exit 0); with one
+    feature shifted, that feature is over the threshold, the command exits 1, and the
+    HTML report and its JSON say which."""
+    import deltalake
+    import pyarrow.compute as pc
+
+    from tierflow.cli import main
+
+    data = registry["data"]
+    rows = deltalake.DeltaTable(str(data / "gold" / "snap")).to_pyarrow_table()
+    same = rows.slice(0, 1500)
+    deltalake.write_deltalake(str(tmp_path / "same"), same)
+    shifted = same.set_column(1, "a", pc.add(same["a"], 2.0))
+    deltalake.write_deltalake(str(tmp_path / "shifted"), shifted)
+    args = ["--project-dir", str(PROJECT), "monitor", "drift", "tracked"]
+    env = {"TIERFLOW_DATA_DIR": str(data), "TIERFLOW_LOGS_DIR": str(tmp_path / "logs")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        assert main([*args, "--input", str(tmp_path / "same")]) == 0
+        calm = capsys.readouterr().out
+        assert main([*args, "--input", str(tmp_path / "shifted")]) == 1
+        alarm = capsys.readouterr()
+    assert "OVER" not in calm and "score: PSI" in calm
+    assert "OVER a: PSI" in alarm.out and "drift over 0.25: a" in alarm.err
+    (report,) = sorted((tmp_path / "logs" / "monitor").glob("*/drift.json"))[-1:]
+    numbers = json.loads(report.read_text())
+    assert numbers["flagged"][0] == "a" and numbers["features"]["a"]["psi"] > 1.0
+    assert numbers["features"]["b"]["psi"] < 0.05
+    assert "<svg" in (report.parent / "drift.html").read_text()

@@ -130,6 +130,14 @@ class TrackingConfig(FrozenModel):
     uri: str | None = None
 
 
+class MonitoringConfig(FrozenModel):
+    """Thresholds of ``tierflow monitor``."""
+
+    #: A feature (or the score) whose population stability index against training is
+    #: above this is flagged, and the command exits 1.
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.25
+
+
 class ProjectConfig(FrozenModel):
     """Settings that apply to every job of the project."""
 
@@ -142,6 +150,7 @@ class ProjectConfig(FrozenModel):
     online_store: OnlineStoreConfig = OnlineStoreConfig()
     serving: ServingConfig = ServingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     object_store: ObjectStoreConfig = ObjectStoreConfig()
     materialize_chunk_rows: Annotated[int, Field(ge=100)] = 200_000
 

@@ -178,11 +178,7 @@ def _recipe(snapshot: tuple[str, int] | None, read: Any) -> dict[str, Any] | Non
 
 
 def table_format(path: str) -> Literal["delta", "parquet"]:
-    """Delta where ``path`` opens as a Delta table, else Parquet files."""
-    from tierflow.storage import delta_table
+    """Delta where ``path`` is a Delta table, else Parquet files."""
+    from tierflow.storage import is_delta_table
 
-    try:
-        delta_table(path)
-    except Exception:  # any failure to open it as Delta: read it as Parquet
-        return "parquet"
-    return "delta"
+    return "delta" if is_delta_table(path) else "parquet"
