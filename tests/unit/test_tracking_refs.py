@@ -47,3 +47,20 @@ def test_histories_keep_steps_and_times_and_leave_out_what_is_not_a_number() -> 
         "train.steps": 2.0,
         "train.seconds": 3.5,
     }
+
+
+def test_a_removed_working_directory_is_replaced_before_mlflow_runs(tmp_path, monkeypatch) -> None:
+    # A `ray job submit` driver's folder can be gone when the run ends; MLflow resolves
+    # its default artifact root against the working directory.
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from tierflow.train.tracking import _working_directory
+
+    gone = tmp_path / "job"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    _working_directory()
+    assert Path(os.getcwd()) == Path(tempfile.gettempdir()).resolve()

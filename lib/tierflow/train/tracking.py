@@ -34,6 +34,21 @@ if TYPE_CHECKING:
     from tierflow.config.training import TrainingConfig
 
 
+def _working_directory() -> None:
+    """Make sure the process has a working directory before MLflow runs.
+
+    MLflow resolves its default artifact root against it, and a ``ray job submit``
+    driver's directory (Ray's copy of the job's files) can be gone by the time the run
+    ends; then the system's temporary folder stands in.
+    """
+    try:
+        Path.cwd()
+    except FileNotFoundError:
+        import tempfile
+
+        os.chdir(tempfile.gettempdir())
+
+
 def no_telemetry() -> None:
     """Keep MLflow from sending usage events to its makers.
 
@@ -161,6 +176,7 @@ def record_run(
     ``metrics.json``, ``curves.png``.
     """
     no_telemetry()
+    _working_directory()
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
@@ -234,6 +250,7 @@ def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, i
         UsageError: the registry has the model, but not that version or alias.
     """
     no_telemetry()
+    _working_directory()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
