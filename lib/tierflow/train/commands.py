@@ -125,7 +125,16 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         record.plan = {"reasons": result.plan.reasons, **result.plan.numbers}
         record.inputs = [{"path": config.snapshot.path, "version": result.version}]
         record.rows_in = sum(result.metrics.get("rows", {}).values())
-        tracked = _track(project, config, result, started_ms)
+        try:
+            tracked = _track(project, config, result, started_ms)
+        except Exception as exc:
+            from tierflow.errors import ServiceError
+
+            # The model is trained and published: say so, and that only the record failed.
+            raise ServiceError(
+                f"{config.name}: run {result.run_id} trained and published to "
+                f"{result.folder}, but MLflow did not record it: {exc!r}"
+            ) from exc
         result.metrics["mlflow"] = tracked
         record.output = {"folder": str(result.folder), "metrics": result.metrics,
                          "resumed_from_step": result.resumed_from_step}  # fmt: skip
