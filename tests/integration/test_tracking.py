@@ -108,18 +108,24 @@ def test_a_run_is_recorded_and_its_model_registered_and_served(registry, tmp_pat
     version = client.get_model_version("tracked", "2")
     assert version.tags == {"tierflow.run_id": "run-2", "tierflow.snapshot": f"{snapshot}@v0"}
 
-    # Found again by version, by alias and by name (the newest).
+    # Found again by version, by alias and by name (the newest), whatever MLflow's global
+    # URIs and the working directory say (a server process has neither set).
     client.set_registered_model_alias("tracked", "champion", "1")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(elsewhere)
+    mlflow.set_registry_uri(elsewhere)
     found = {ref: load_model_folder(tracking, ref, tmp_path / ref.replace("@", "-"))
              for ref in ("tracked@1", "tracked@champion", "tracked")}  # fmt: skip
     assert [v for _, v in found.values()] == [1, 1, 2]
     assert load_model_folder(tracking, "unknown", tmp_path / "u") is None
+    assert not (tmp_path / "elsewhere.db").exists()
     with pytest.raises(UsageError, match="no such version or alias"):
         load_model_folder(tracking, "tracked@7", tmp_path / "seven")
 
     # MLflow's own loader and serving's give the same numbers for the same rows.
     rows = pd.DataFrame({"a": [0.1, -1.0, 2.0], "b": [1.0, 0.0, None], "c": ["x", "z", "w"]})
     mlflow.set_tracking_uri(tracking.uri)
+    mlflow.set_registry_uri(tracking.uri)
     loaded = mlflow.pyfunc.load_model("models:/tracked/2")
     served = Predictor.load(found["tracked"][0], None).predict(rows.to_dict(orient="records"))
     assert list(loaded.predict(rows)) == pytest.approx(served)
@@ -213,7 +219,9 @@ def test_drift_passes_on_training_like_rows_and_fails_on_a_shifted_feature(
         alarm = capsys.readouterr()
     assert "OVER" not in calm and "score: PSI" in calm
     assert "OVER a: PSI" in alarm.out and "drift over 0.25: a" in alarm.err
-    (report,) = sorted((tmp_path / "logs" / "monitor").glob("*/drift.json"))[-1:]
+    reports = list((tmp_path / "logs" / "monitor").glob("*/drift.json"))
+    assert len(reports) == 2
+    report = max(reports, key=lambda p: p.stat().st_mtime_ns)  # the shifted input's
     numbers = json.loads(report.read_text())
     assert numbers["flagged"][0] == "a" and numbers["features"]["a"]["psi"] > 1.0
     assert numbers["features"]["b"]["psi"] < 0.05

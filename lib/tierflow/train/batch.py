@@ -72,11 +72,8 @@ def find_model(project: Project, ref: str, into: Path) -> FoundModel:
 def _snapshot_tag(tracking: Any, name: str, version: int) -> tuple[str, int] | None:
     from mlflow import MlflowClient
 
-    tag = (
-        MlflowClient(tracking.uri)
-        .get_model_version(name, str(version))
-        .tags.get("tierflow.snapshot")
-    )
+    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
+    tag = client.get_model_version(name, str(version)).tags.get("tierflow.snapshot")
     if not tag or "@v" not in tag:
         return None
     path, _, number = tag.rpartition("@v")

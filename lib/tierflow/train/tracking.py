@@ -272,7 +272,9 @@ def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, i
         raise UsageError(f"model {ref}: no such version or alias in {tracking.uri}") from exc
     import mlflow.artifacts
 
-    uri = f"models:/{name}/{found.version}"
+    # Where the version's files are, from this client: a ``models:/`` URI would be resolved
+    # against MLflow's global registry, a database in the working directory by default.
+    uri = client.get_model_version_download_uri(name, str(found.version))
     local = Path(
         mlflow.artifacts.download_artifacts(uri, dst_path=str(into), tracking_uri=tracking.uri)
     )
