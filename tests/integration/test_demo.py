@@ -281,7 +281,9 @@ def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tm
     engine.close()
     assert result.version == 1 and result.rows == len(served)
     batch = read_table(tmp_path / "served_scored")["score"].to_pylist()
-    assert batch == pytest.approx([p["score"] for p in served], rel=1e-9, abs=1e-12)
+    # The same model on the same features; float32 sums in another batch shape differ in
+    # the last bits (measured: 2e-7 relative at most).
+    assert batch == pytest.approx([p["score"] for p in served], rel=1e-6, abs=1e-9)
 
 
 def test_scale_two_moves_stages_to_dask_with_the_same_features(runs, tmp_path):

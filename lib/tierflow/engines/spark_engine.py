@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,6 +136,21 @@ def _parquet_rows(path: str, files: set[str] | None = None) -> tuple[int, set[st
     found = {str(p) for p in Path(path).rglob("*.parquet")} if not is_uri(path) else set()
     new = found - files if files is not None else found
     return sum(pq.read_metadata(f).num_rows for f in new), found
+
+
+#: Functions broadcast by :meth:`SparkEngine.map_arrow`, unpickled once per Python worker
+#: (Spark reuses its Python workers across tasks), by the token they were sent with.
+_UNPICKLED: dict[str, Any] = {}
+
+
+def unpickled(shared: Any) -> Any:
+    """The function a broadcast ``(token, pickled)`` holds, unpickled once per worker."""
+    token, pickled = shared.value
+    if token not in _UNPICKLED:
+        from pyspark.serializers import CloudPickleSerializer
+
+        _UNPICKLED[token] = CloudPickleSerializer().loads(pickled)
+    return _UNPICKLED[token]
 
 
 class SparkEngine(Engine):
@@ -291,14 +307,17 @@ class SparkEngine(Engine):
     def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
         """``mapInArrow``; ``fn`` is broadcast, so each executor receives it once."""
         import pyarrow as pa
+        from pyspark.serializers import CloudPickleSerializer
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
         native = frame.to_native()
         out = fn(to_arrow_schema(native.schema).empty_table()).schema
-        shared = native.sparkSession.sparkContext.broadcast(fn)
+        # Pickled by value (a function defined anywhere travels), sent once per executor.
+        payload = (uuid.uuid4().hex, CloudPickleSerializer().dumps(fn))
+        shared = native.sparkSession.sparkContext.broadcast(payload)
 
         def apply(batches: Iterator[Any]) -> Iterator[Any]:
-            run = shared.value  # unpickled once per Python worker, then cached by Spark
+            run = unpickled(shared)  # by reference: the worker's own module and its cache
             for batch in batches:
                 yield from run(pa.Table.from_batches([batch])).cast(out).to_batches()
 
