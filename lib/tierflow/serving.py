@@ -20,12 +20,11 @@ or too many entities, 404 for an unknown view.
 
 from __future__ import annotations
 
-import bisect
 import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tierflow.config.features import FeatureViewConfig
@@ -57,51 +56,43 @@ class Route:
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-@dataclass
 class ServingMetrics:
-    """Counters and latency histograms per (model, version), in Prometheus' text format."""
+    """Requests, rows and latency per (model, version).
 
-    requests: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    rows: dict[tuple[str, str], int] = field(default_factory=dict)
-    latency: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # [*buckets, sum]
-    feature_requests: dict[str, int] = field(default_factory=dict)
+    In a registry of the app's own: two apps in one process count apart.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "tierflow_predict_requests", "Prediction requests, by model, version and status.",
+            ["model", "version", "status"], registry=r,
+        )  # fmt: skip
+        self.rows = Counter(
+            "tierflow_predict_rows", "Rows scored, by model and version.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "tierflow_predict_seconds", "Time to answer a prediction request.",
+            ["model", "version"], buckets=BUCKETS, registry=r,
+        )  # fmt: skip
+        self.feature_requests = Counter(
+            "tierflow_feature_requests", "Feature requests, by status.", ["status"], registry=r
+        )
 
     def observe(self, model: str, version: str, status: int, rows: int, seconds: float) -> None:
         """One prediction request."""
-        key = (model, version, str(status))
-        self.requests[key] = self.requests.get(key, 0) + 1
-        self.rows[model, version] = self.rows.get((model, version), 0) + rows
-        counts = self.latency.setdefault((model, version), [0.0] * (len(BUCKETS) + 2))
-        counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        counts[-1] += seconds
+        self.requests.labels(model, version, str(status)).inc()
+        self.rows.labels(model, version).inc(rows)
+        self.latency.labels(model, version).observe(seconds)
 
-    def text(self) -> str:
-        """The exposition."""
-        out = ["# HELP tierflow_predict_requests_total Prediction requests, by model, version "
-               "and status.", "# TYPE tierflow_predict_requests_total counter"]  # fmt: skip
-        for (model, version, status), n in sorted(self.requests.items()):
-            out.append(f'tierflow_predict_requests_total{{model="{model}",version="{version}",'
-                       f'status="{status}"}} {n}')  # fmt: skip
-        out += ["# HELP tierflow_predict_rows_total Rows scored, by model and version.",
-                "# TYPE tierflow_predict_rows_total counter"]  # fmt: skip
-        for (model, version), n in sorted(self.rows.items()):
-            out.append(f'tierflow_predict_rows_total{{model="{model}",version="{version}"}} {n}')
-        out += ["# HELP tierflow_predict_seconds Time to answer a prediction request.",
-                "# TYPE tierflow_predict_seconds histogram"]  # fmt: skip
-        for (model, version), counts in sorted(self.latency.items()):
-            labels = f'model="{model}",version="{version}"'
-            total = 0.0
-            for bound, seen in zip([*BUCKETS, float("inf")], counts[:-1], strict=True):
-                total += seen
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f'tierflow_predict_seconds_bucket{{{labels},le="{le}"}} {total:.0f}')
-            out.append(f"tierflow_predict_seconds_sum{{{labels}}} {counts[-1]}")
-            out.append(f"tierflow_predict_seconds_count{{{labels}}} {total:.0f}")
-        out += ["# HELP tierflow_feature_requests_total Feature requests, by status.",
-                "# TYPE tierflow_feature_requests_total counter"]  # fmt: skip
-        for status, n in sorted(self.feature_requests.items()):
-            out.append(f'tierflow_feature_requests_total{{status="{status}"}} {n}')
-        return "\n".join(out) + "\n"
+    def text(self) -> bytes:
+        """The exposition, in Prometheus' text format."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
 
 
 def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and routes
@@ -130,7 +121,7 @@ def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and ro
     async def features(request: Any) -> Any:
         answer = await _features(request)
         key = str(answer.status)
-        metrics.feature_requests[key] = metrics.feature_requests.get(key, 0) + 1
+        metrics.feature_requests.labels(key).inc()
         return answer
 
     async def _features(request: Any) -> Any:
@@ -213,7 +204,9 @@ def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and ro
         )
 
     async def prometheus(_request: Any) -> Any:
-        return web.Response(text=metrics.text(), content_type="text/plain")
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        return web.Response(body=metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def list_views(_request: Any) -> Any:
         return web.json_response(
