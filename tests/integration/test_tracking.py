@@ -132,6 +132,49 @@ def test_a_run_is_recorded_and_its_model_registered_and_served(registry, tmp_pat
     assert all(0.0 < p < 1.0 for p in served)
 
 
+def test_losses_are_logged_while_the_run_trains_and_once_each(registry) -> None:
+    """The recorder opens the run as training starts: the losses the workers report are
+    in MLflow before the run ends; at the end, the history adds the steps not seen live,
+    and a step seen live is not logged again (a resumed run does the same)."""
+    from mlflow import MlflowClient
+
+    from tierflow.train.tracking import RunRecorder
+
+    data, tracking = registry["data"], registry["tracking"]
+    config = load_model(TrainingConfig, training_config(data, "tracked"))
+    recorder = RunRecorder(tracking, config, run_id="run-live", started_ms=2_000_000)
+    recorder.start({"strategy": "single", "workers": 1})
+    for step, loss in ((8, 0.125), (16, 0.0625)):
+        recorder.live({"step": step, "total": 40, "epoch": 0, "loss": loss})
+    client = MlflowClient(tracking.uri)
+    deadline = time.monotonic() + 60
+
+    def live_steps() -> list[int]:
+        runs = client.search_runs(
+            [client.get_experiment_by_name("tracked").experiment_id],
+            filter_string="tags.`tierflow.run_id` = 'run-live'",
+        )
+        if not runs:
+            return []
+        return [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+
+    while live_steps() != [8, 16]:
+        assert time.monotonic() < deadline, live_steps()
+        time.sleep(0.2)
+    folder = data / "runs" / "run-live"
+    fake_run(folder, config, steps=40)
+    tracked = recorder.finish(
+        run_folder=folder,
+        snapshot=(registry["snapshot"], 0),
+        metrics=json.loads((folder / "metrics.json").read_text()),
+    )
+    losses = client.get_metric_history(tracked.run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(1, 41))  # each step once
+    assert {m.step: m.value for m in losses}[16] == 0.0625
+    assert client.get_run(tracked.run_id).info.status == "FINISHED"
+    assert tracked.model_version == 3
+
+
 def test_two_versions_live_split_the_requests_and_are_counted_apart(registry, tmp_path) -> None:
     """`tierflow serve --model tracked@1 --canary tracked@2=0.3`: about 30% of requests
     answered by version 2, each answer naming its version, and /metrics counting
@@ -176,14 +219,16 @@ def test_two_versions_live_split_the_requests_and_are_counted_apart(registry, tm
         assert versions.count("1") + canary == 200 and 30 <= canary <= 90, canary
         metrics = call("/metrics")
         assert (
-            f'tierflow_predict_requests_total{{model="tracked",version="2",status="200"}} {canary}'
+            f'tierflow_predict_requests_total{{model="tracked",status="200",version="2"}} {canary:.1f}'
             in metrics
         )
         assert (
-            f'tierflow_predict_rows_total{{model="tracked",version="1"}} {2 * (200 - canary)}'
+            f'tierflow_predict_rows_total{{model="tracked",version="1"}} {2 * (200 - canary):.1f}'
             in metrics
         )
-        assert f'tierflow_predict_seconds_count{{model="tracked",version="2"}} {canary}' in metrics
+        assert (
+            f'tierflow_predict_seconds_count{{model="tracked",version="2"}} {canary:.1f}' in metrics
+        )
     finally:
         server.send_signal(signal.SIGINT)
         out = server.communicate(timeout=30)[0]

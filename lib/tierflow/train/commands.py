@@ -108,6 +108,7 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
     )
     began = time.monotonic()
     started_ms = int(time.time() * 1000)
+    recorder = _recorder(project, config, record.run_id, started_ms)
     try:
         result = train(
             config,
@@ -115,9 +116,11 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
             run_id=record.run_id,
             resume=args.resume is not None,
             ray_address=args.ray_address,
+            recorder=recorder,
         )
     except BaseException as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        recorder.fail()
         raise
     else:
         record.status = "succeeded"
@@ -126,7 +129,7 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         record.inputs = [{"path": config.snapshot.path, "version": result.version}]
         record.rows_in = sum(result.metrics.get("rows", {}).values())
         try:
-            tracked = _track(project, config, result, started_ms)
+            tracked = _track(project, config, result, recorder)
         except Exception as exc:
             from tierflow.errors import ServiceError
 
@@ -145,21 +148,24 @@ def _train_with_record(args: argparse.Namespace, project: Project, config: Train
         record.save(project.logs_dir / "runs")
 
 
-def _track(
-    project: Project, config: TrainingConfig, result: Any, started_ms: int
-) -> dict[str, Any]:
-    """Record the finished run in MLflow and register its model (:mod:`.tracking`)."""
-    from tierflow.storage import locate
-    from tierflow.train.tracking import Tracking, record_run
+def _recorder(project: Project, config: TrainingConfig, run_id: str, started_ms: int) -> Any:
+    """The run's MLflow recorder (:mod:`.tracking`), opened by the runner once it has a plan."""
+    from tierflow.train.tracking import RunRecorder, Tracking
 
     tracking = Tracking.resolve(project.config.tracking.uri, project.data_dir)
-    tracked = record_run(
-        tracking, config, run_id=result.run_id, run_folder=result.run_folder,
+    return RunRecorder(tracking, config, run_id=run_id, started_ms=started_ms)
+
+
+def _track(project: Project, config: TrainingConfig, result: Any, recorder: Any) -> dict[str, Any]:
+    """Finish the run's MLflow record and register its model (:mod:`.tracking`)."""
+    from tierflow.storage import locate
+
+    tracked = recorder.finish(
+        run_folder=result.run_folder,
         snapshot=(locate(config.snapshot.path, project.data_dir), result.version),
-        plan={"strategy": result.plan.strategy, "workers": result.plan.workers},
-        metrics=result.metrics, started_ms=started_ms,
-    )  # fmt: skip
-    out = {"tracking_uri": tracking.uri, "experiment_id": tracked.experiment_id,
+        metrics=result.metrics,
+    )
+    out = {"tracking_uri": recorder.tracking.uri, "experiment_id": tracked.experiment_id,
            "run_id": tracked.run_id, "model": tracked.model_name,
            "model_version": tracked.model_version}  # fmt: skip
     # The published model names its registry version beside its run.

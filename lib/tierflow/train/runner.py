@@ -24,16 +24,19 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tierflow.config.training import TrainingConfig
 from tierflow.progress import Progress
 from tierflow.train.planner import TrainPlan, model_size, plan_training
 from tierflow.train.plots import curves_png
+
+if TYPE_CHECKING:
+    from tierflow.train.tracking import RunRecorder
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,12 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     resume: bool = False,
     ray_address: str | None = None,
     progress: Any = print,
+    recorder: RunRecorder | None = None,
 ) -> TrainResult:
     """Run ``config`` on Ray Train (see the module doc).
+
+    ``recorder`` (the run's MLflow run) is started once the plan is known, and given the
+    workers' steps and losses as they report them.
 
     Raises:
         UsageError: ``resume`` names a run that does not exist.
@@ -189,10 +196,14 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     progress(plan.explain())
     live = str(folder / "live.json")
     Path(live).unlink(missing_ok=True)
+    on_status = None
+    if recorder is not None:
+        recorder.start({"strategy": plan.strategy, "workers": plan.workers})
+        on_status = recorder.live
     if plan.strategy == "horovod":
         began = time.perf_counter()
         settings = WorkerSettings(config, plan.strategy, plan.use_gpu, live_path=live)
-        with _watching(Path(live), config.name):
+        with _watching(Path(live), config.name, on_status):
             meta, state = run_horovod(settings, data, folder, plan.workers)
         latest = None
     else:
@@ -219,7 +230,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
             ),
         )
         began = time.perf_counter()
-        with _watching(Path(live), config.name):
+        with _watching(Path(live), config.name, on_status):
             result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
@@ -247,17 +258,21 @@ def train(  # noqa: PLR0915 - the run's steps, in order
 
 
 @contextmanager
-def _watching(live: Path, name: str) -> Iterator[None]:
+def _watching(
+    live: Path, name: str, on_status: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[None]:
     """While the workers train: their step, epoch and loss as a progress line.
 
     Rank 0 rewrites ``live`` every few dozen steps; this reads it once a second (a
-    terminal shows it redrawn, a log a line every half minute).
+    terminal shows it redrawn, a log a line every half minute) and hands each new status
+    to ``on_status``.
     """
     bar = Progress(f"{name}: training", None, "steps")
     stop = threading.Event()
 
     def watch() -> None:
         seen = False
+        last: dict[str, Any] = {}
         while not stop.wait(1.0):
             try:
                 status = json.loads(live.read_text())
@@ -267,6 +282,9 @@ def _watching(live: Path, name: str) -> Iterator[None]:
             if not seen:
                 bar.rebase(int(status["step"]))  # the rate from the first step seen
                 seen = True
+            if on_status is not None and status != last:
+                on_status(status)
+            last = status
             bar.update(int(status["step"]), f"epoch {status['epoch']}, loss {status['loss']:.4f}")
 
     thread = threading.Thread(target=watch, name="tierflow-training-progress", daemon=True)

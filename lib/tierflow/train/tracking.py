@@ -1,14 +1,15 @@
 """Every training run an MLflow run, and its model a new version in the registry.
 
-After ``tierflow train`` (or ``jobs/train.py`` under ``ray job submit``) finishes, the
-driver records the run in MLflow: the training config as params (flattened, ``model.
-params.hidden``), every step's loss and every epoch's validation loss as metric
+While ``tierflow train`` (or ``jobs/train.py`` under ``ray job submit``) runs, the
+driver records it in MLflow (:class:`RunRecorder`): the training config as params
+(flattened, ``model.params.hidden``), the workers' losses live as they report them, and
+when the run ends every step's loss and every epoch's validation loss as metric
 histories, the evaluation next to the baseline, the curves image, the snapshot it read as
 the run's dataset input (path, Delta version and, for a point-in-time training set, its
 recipe), and the model with its fitted preprocessing as one MLflow model (``pyfunc``,
 :mod:`tierflow.train.mlflow_model`) registered under the config's name. A tierflow run
-maps to one MLflow run (tag ``tierflow.run_id``; a resumed run is recorded once, when it
-finishes).
+maps to one MLflow run (tag ``tierflow.run_id``; a resumed run continues the MLflow run
+of the interrupted one, and each step's loss is logged once).
 
 Where: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` in ``conf/tierflow.yaml``,
 else an embedded SQLite store in the data folder (``<data>/mlflow/mlflow.db``, artifacts
@@ -159,6 +160,183 @@ def parse_model_ref(ref: str) -> tuple[str, int | None, str | None]:
     return (name, int(which), None) if which.isdigit() else (name, None, which)
 
 
+class RunRecorder:
+    """One training run's MLflow run, opened while the model trains.
+
+    :meth:`start` opens the run in a thread of its own (importing MLflow and, for a new
+    embedded store, creating its tables take seconds, while the driver only waits for
+    its workers): the experiment, the run (found again by its tierflow run id when a
+    run is resumed) and the config as params. :meth:`live` queues the step and loss the
+    workers report, which that thread logs as they come, so the MLflow UI shows the
+    curve growing. :meth:`finish` waits for the thread, then logs what the run left:
+    the history not logged live, the evaluation, the dataset, the artifacts, and the
+    model, registered as a new version. An error in the thread is raised by
+    :meth:`finish`: a run that MLflow could not record fails after its model is
+    published.
+    """
+
+    def __init__(
+        self, tracking: Tracking, config: TrainingConfig, *, run_id: str, started_ms: int
+    ) -> None:
+        import queue
+        import threading
+
+        self.tracking, self.config, self.run_id = tracking, config, run_id
+        self.started_ms = started_ms
+        self._queue: queue.SimpleQueue[tuple[str, float, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._client: Any = None
+        self._experiment_id = ""
+        self._mlflow_run = ""
+
+    def start(self, plan: Mapping[str, Any]) -> None:
+        """Open the run in the background (see the class doc)."""
+        import threading
+
+        def work() -> None:
+            try:
+                self._open(plan)
+                # Live metrics until finish() puts None; a failed call loses a live point,
+                # which finish() logs again from the history.
+                while (item := self._queue.get()) is not None:
+                    key, value, step = item
+                    self._client.log_metric(self._mlflow_run, key, value, _now_ms(), step)
+            except BaseException as exc:  # raised again by finish()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="tierflow-mlflow", daemon=True)
+        self._thread.start()
+
+    def live(self, status: Mapping[str, Any]) -> None:
+        """A step's loss as the workers report it (``live.json``)."""
+        loss = status.get("loss")
+        if isinstance(loss, int | float) and not math.isnan(loss):
+            self._queue.put(("loss", float(loss), int(status["step"])))
+
+    def _open(self, plan: Mapping[str, Any]) -> None:
+        no_telemetry()
+        _working_directory()
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        import tierflow.train.mlflow_model  # noqa: F401 - MLflow's pyfunc, imported now
+
+        config = self.config
+        client = MlflowClient(tracking_uri=self.tracking.uri, registry_uri=self.tracking.uri)
+        experiment = client.get_experiment_by_name(config.name)
+        self._experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else client.create_experiment(
+                config.name, artifact_location=_artifacts(self.tracking, config)
+            )
+        )
+        found = client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{self.run_id}'",
+            max_results=1,
+        )  # fmt: skip
+        if found:  # a resumed run: the same MLflow run
+            self._mlflow_run = found[0].info.run_id
+            client.update_run(self._mlflow_run, status="RUNNING")
+        else:
+            self._mlflow_run = client.create_run(
+                self._experiment_id, start_time=self.started_ms, run_name=self.run_id,
+                tags={RUN_TAG: self.run_id, "tierflow.strategy": str(plan.get("strategy")),
+                      "tierflow.workers": str(plan.get("workers"))},
+            ).info.run_id  # fmt: skip
+            params = [Param(k, v) for k, v in flatten(config.model_dump(mode="json")).items()]
+            for i in range(0, len(params), _PARAMS_PER_CALL):
+                client.log_batch(self._mlflow_run, params=params[i : i + _PARAMS_PER_CALL])
+        self._client = client
+
+    def _opened(self, timeout: float | None = None) -> Any:
+        """The client, once the thread has opened the run (its error raised)."""
+        if self._thread is None:
+            raise RuntimeError("RunRecorder.finish() before start()")
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"MLflow did not answer within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._client
+
+    def fail(self) -> None:
+        """Mark the run failed (training raised); quiet if it was never opened."""
+        try:
+            # Briefly: a tracking server that does not answer must not hold up the error.
+            client = self._opened(timeout=10)
+            client.set_terminated(self._mlflow_run, "FAILED")
+        except Exception:  # noqa: S110 - the training error is the one to report
+            pass
+
+    def finish(
+        self,
+        *,
+        run_folder: Path,
+        snapshot: tuple[str, int],
+        metrics: Mapping[str, Any],
+    ) -> TrackedRun:
+        """Log what the finished run left in ``run_folder`` and register its model.
+
+        ``run_folder`` holds ``model.pt``, ``history.json``, ``metrics.json`` and
+        ``curves.png``.
+        """
+        client = self._opened()
+        import mlflow
+        from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunTag
+
+        config, mlflow_run = self.config, self._mlflow_run
+        history = json.loads((run_folder / "history.json").read_text())
+        # What is logged already (live, or before a resumed run was interrupted) once.
+        logged = {
+            (key, m.step)
+            for key in ("loss", "valid_loss")
+            for m in client.get_metric_history(mlflow_run, key)
+        }
+        rows = [
+            Metric(k, v, at, step)
+            for k, v, step, at in history_metrics(history, self.started_ms)
+            if (k, step) not in logged
+        ]
+        now = _now_ms()
+        last = int(metrics.get("steps", 0))
+        rows += [Metric(k, v, now, last) for k, v in evaluation_metrics(metrics).items()]
+        for i in range(0, len(rows), _METRICS_PER_CALL):
+            client.log_batch(mlflow_run, metrics=rows[i : i + _METRICS_PER_CALL])
+
+        path, version = snapshot
+        recipe = _recipe(path, version)
+        dataset = Dataset(
+            name=Path(path).name, digest=f"v{version}", source_type="delta",
+            source=json.dumps({"path": path, "version": version}),
+            profile=json.dumps({"rows": metrics.get("rows", {})}),
+            schema=json.dumps({"recipe": recipe}) if recipe else None,
+        )  # fmt: skip
+        client.log_inputs(
+            mlflow_run,
+            datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])],
+        )
+        client.log_batch(mlflow_run, tags=[RunTag("tierflow.snapshot", f"{path}@v{version}")])
+        for name in ("curves.png", "metrics.json", "history.json"):
+            if (run_folder / name).is_file():
+                client.log_artifact(mlflow_run, str(run_folder / name))
+
+        from tierflow.train.mlflow_model import log_model
+
+        mlflow.set_tracking_uri(self.tracking.uri)
+        mlflow.set_registry_uri(self.tracking.uri)
+        with mlflow.start_run(run_id=mlflow_run):
+            info = log_model(run_folder / "model.pt", config.name)
+        model_version = _version_of(client, config.name, info.model_id, mlflow_run)
+        tags = {RUN_TAG: self.run_id, "tierflow.snapshot": f"{path}@v{version}"}
+        for key, value in tags.items():
+            client.set_model_version_tag(config.name, str(model_version), key, value)
+        client.set_terminated(mlflow_run, "FINISHED")
+        return TrackedRun(self._experiment_id, mlflow_run, config.name, model_version)
+
+
 def record_run(
     tracking: Tracking,
     config: TrainingConfig,
@@ -170,73 +348,10 @@ def record_run(
     metrics: Mapping[str, Any],
     started_ms: int,
 ) -> TrackedRun:
-    """Record a finished training run in MLflow and register its model (see the module doc).
-
-    ``run_folder`` holds what the run wrote: ``model.pt``, ``history.json``,
-    ``metrics.json``, ``curves.png``.
-    """
-    no_telemetry()
-    _working_directory()
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
-
-    mlflow.set_tracking_uri(tracking.uri)
-    mlflow.set_registry_uri(tracking.uri)
-    client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
-    experiment = client.get_experiment_by_name(config.name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(config.name, artifact_location=_artifacts(tracking, config))
-    )
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", max_results=1
-    )
-    run = found[0] if found else client.create_run(
-        experiment_id, start_time=started_ms, run_name=run_id,
-        tags={RUN_TAG: run_id, "tierflow.strategy": str(plan.get("strategy")),
-              "tierflow.workers": str(plan.get("workers"))},
-    )  # fmt: skip
-    mlflow_run = run.info.run_id
-
-    params = [Param(k, v) for k, v in flatten(config.model_dump(mode="json")).items()]
-    for i in range(0, len(params), _PARAMS_PER_CALL):
-        client.log_batch(mlflow_run, params=params[i : i + _PARAMS_PER_CALL])
-    history = json.loads((run_folder / "history.json").read_text())
-    rows = [Metric(k, v, at, step) for k, v, step, at in history_metrics(history, started_ms)]
-    now = _now_ms()
-    last = int(metrics.get("steps", 0))
-    rows += [Metric(k, v, now, last) for k, v in evaluation_metrics(metrics).items()]
-    for i in range(0, len(rows), _METRICS_PER_CALL):
-        client.log_batch(mlflow_run, metrics=rows[i : i + _METRICS_PER_CALL])
-
-    path, version = snapshot
-    recipe = _recipe(path, version)
-    dataset = Dataset(
-        name=Path(path).name, digest=f"v{version}", source_type="delta",
-        source=json.dumps({"path": path, "version": version}),
-        profile=json.dumps({"rows": metrics.get("rows", {})}),
-        schema=json.dumps({"recipe": recipe}) if recipe else None,
-    )  # fmt: skip
-    client.log_inputs(
-        mlflow_run, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
-    )
-    client.log_batch(mlflow_run, tags=[RunTag("tierflow.snapshot", f"{path}@v{version}")])
-    for name in ("curves.png", "metrics.json", "history.json"):
-        if (run_folder / name).is_file():
-            client.log_artifact(mlflow_run, str(run_folder / name))
-
-    from tierflow.train.mlflow_model import log_model
-
-    with mlflow.start_run(run_id=mlflow_run):
-        info = log_model(run_folder / "model.pt", config.name)
-    model_version = _version_of(client, config.name, info.model_id, mlflow_run)
-    tags = {RUN_TAG: run_id, "tierflow.snapshot": f"{path}@v{version}"}
-    for key, value in tags.items():
-        client.set_model_version_tag(config.name, str(model_version), key, value)
-    client.set_terminated(mlflow_run, "FINISHED")
-    return TrackedRun(experiment_id, mlflow_run, config.name, model_version)
+    """Record a finished training run at once (:class:`RunRecorder` without live metrics)."""
+    recorder = RunRecorder(tracking, config, run_id=run_id, started_ms=started_ms)
+    recorder.start(plan)
+    return recorder.finish(run_folder=run_folder, snapshot=snapshot, metrics=metrics)
 
 
 def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, int] | None:
