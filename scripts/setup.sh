@@ -81,6 +81,10 @@ if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
   fi
   mark venv "$want"
 fi
+# tierflow itself is installed editable, so the install compiled none of it: compiled
+# here (what changed since the last time), or every process compiles what it imports
+# where bytecode may not be written (under PYTHONDONTWRITEBYTECODE).
+.venv/bin/python -m compileall -q -j 0 lib >/dev/null
 fi  # base
 
 command -v mvn >/dev/null 2>&1 || ! { wants base || wants s3; } \
