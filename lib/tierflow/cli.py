@@ -91,6 +91,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "training": {
         "plan-train": "tierflow plan-train flight_delays_mlp",
         "train": "tierflow train flight_delays_mlp [--resume RUN]",
+        "tune": "tierflow tune flight_delays_mlp --trials 8",
         "predict": "tierflow predict flight_delays_mlp --input gold/to_score --output gold/scored",
         "monitor": "tierflow monitor drift flight_delays_mlp --input gold/scored",
     },

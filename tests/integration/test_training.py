@@ -119,6 +119,64 @@ def test_pipeline_trains_the_transformer_split_across_two_workers(
     assert_close_curves(piped["losses"], single["losses"])
 
 
+def test_tune_finds_a_better_setting_tracks_each_trial_and_registers_the_best(
+    training_data: Path, training_env: dict[str, str]
+) -> None:
+    """`tierflow tune` over four learning rates (a grid), one worker per trial, two trials
+    at a time, ASHA after the first epoch: the best trial's validation loss is well below
+    the worst's; each trial is a child run of the search's MLflow run, and the best one's
+    model is the registered version and the published model."""
+    import torch
+    from mlflow import MlflowClient
+
+    name = "mlp_tuned"
+    rates = [3e-5, 3e-4, 3e-3, 3e-2]
+    tune = {"trials": 1, "concurrent": 2, "seed": 5,
+            "space": {"optimizer.lr": {"grid": rates}},
+            "asha": {"grace_period": 1, "reduction_factor": 2}}  # fmt: skip
+    config = training_config(training_data, name, strategy="single", workers=1, epochs=2,
+                             tune=tune)  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "tierflow"), "tune", str(config), "--data-dir", str(training_data), "--json"],
+        cwd=PROJECT, env=training_env, capture_output=True, text=True, timeout=400, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json_line(done.stdout)
+    trials = {t["trial"]: t for t in out["trials"]}
+    assert sorted(t["params"]["optimizer.lr"] for t in trials.values()) == rates
+    assert all(t["status"] in ("completed", "stopped") for t in trials.values()), trials
+    best = trials[out["best"]]
+    assert best["status"] == "completed" and len(best["valid_losses"]) == 2
+    worst = max(t["valid_losses"][-1] for t in trials.values() if t["valid_losses"])
+    assert best["valid_losses"][-1] < 0.9 * worst, trials
+    assert best["params"]["optimizer.lr"] >= 3e-3, trials
+
+    tracked = out["mlflow"]
+    client = MlflowClient(tracked["tracking_uri"])
+    children = client.search_runs(
+        [tracked["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{tracked['run_id']}'"
+    )
+    assert len(children) == 4
+    by_trial = {c.data.tags["tierflow.trial_id"]: c for c in children}
+    assert by_trial.keys() == trials.keys()
+    for trial_id, child in by_trial.items():
+        assert child.data.tags["tierflow.trial_status"] == trials[trial_id]["status"]
+        assert (
+            float(child.data.params["optimizer.lr"]) == trials[trial_id]["params"]["optimizer.lr"]
+        )
+    version = client.get_model_version(name, str(tracked["model_version"]))
+    assert version.run_id == tracked["best_run_id"] == by_trial[out["best"]].info.run_id
+    parent = client.get_run(tracked["run_id"])
+    assert parent.data.tags["tierflow.best_trial"] == out["best"]
+    assert parent.data.metrics["best.valid_loss"] == best["valid_losses"][-1]
+    # The published model is the best trial's, with its setting.
+    published = torch.load(training_data / "models" / name / "model.pt", weights_only=False)
+    assert published["config"]["optimizer"]["lr"] == best["params"]["optimizer.lr"]
+    run = json.loads((training_data / "models" / name / "run.json").read_text())
+    assert run["run"] == out["run"]
+    assert out["test"]["logloss"] < out["test"]["baseline_logloss"]
+
+
 def training_worker_pids(env: dict[str, str]) -> list[int]:
     """PIDs of the live Ray Train workers, from Ray's state API (``ray list actors``)."""
     listed = subprocess.run(

@@ -63,6 +63,87 @@ class PipelineConfig(FrozenModel):
     schedule: Literal["gpipe", "1f1b"] = "1f1b"
 
 
+class SearchParam(FrozenModel):
+    """One setting searched by ``tierflow tune``: exactly one kind of range.
+
+    ``choice`` draws one of the values per trial, ``grid`` runs every value (in each of
+    the ``trials`` samples), ``uniform`` and ``loguniform`` draw a float in ``[low,
+    high]``, ``randint`` an integer in ``[low, high)``.
+    """
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchParam:
+        kinds = [k for k in ("choice", "grid", "uniform", "loguniform", "randint")
+                 if getattr(self, k) is not None]  # fmt: skip
+        if len(kinds) != 1:
+            raise ValueError(
+                "give exactly one of choice, grid, uniform, loguniform, randint "
+                f"(got {', '.join(kinds) or 'none'})"
+            )
+        for kind in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, kind)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{kind}: low must be below high, not {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: the range must be positive, not {list(self.loguniform)}")
+        return self
+
+    def values(self) -> list[Any]:
+        """Values a trial may be given that bound the range (checked against the config)."""
+        for kind in ("choice", "grid", "uniform", "loguniform"):
+            if getattr(self, kind) is not None:
+                return list(getattr(self, kind))
+        assert self.randint is not None
+        return [self.randint[0], self.randint[1] - 1]
+
+
+class AshaConfig(FrozenModel):
+    """ASHA early stopping of the trials of a search.
+
+    After ``grace_period`` epochs, and at each rung after it, a trial whose validation
+    loss is not in the best 1/``reduction_factor`` of the trials that reached that epoch
+    is stopped.
+    """
+
+    grace_period: Annotated[int, Field(ge=1)] = 1
+    reduction_factor: Annotated[int, Field(ge=2)] = 2
+
+
+#: What a search may change: the optimizer, the model's parameters and how batches are
+#: drawn. The data, its columns and split, the strategy and workers are the config's.
+TUNABLE = ("optimizer.", "model.params.", "batch_size", "epochs", "shuffle_buffer", "seed")
+
+
+class TuneConfig(FrozenModel):
+    """``tierflow tune``: a search over settings of the training config.
+
+    Settings are dotted keys (``optimizer.lr``, ``model.params.hidden``); each trial is a
+    training run, ranked by its validation loss (lower is better).
+    """
+
+    trials: Annotated[int, Field(ge=1)] = 8
+    concurrent: Annotated[int, Field(ge=1)] = 2
+    space: dict[str, SearchParam] = Field(min_length=1)
+    asha: AshaConfig | None = AshaConfig()  # None: every trial runs every epoch
+    seed: int | None = None  # of the search's draws
+
+    @model_validator(mode="after")
+    def _tunable(self) -> TuneConfig:
+        for key in self.space:
+            if not any(key == t or (t.endswith(".") and key.startswith(t)) for t in TUNABLE):
+                raise ValueError(
+                    f"space: {key!r} cannot be searched; searchable: "
+                    + ", ".join(t + "*" if t.endswith(".") else t for t in TUNABLE)
+                )
+        return self
+
+
 class TrainingConfig(FrozenModel):
     """One training run of a model on a training snapshot."""
 
@@ -100,6 +181,7 @@ class TrainingConfig(FrozenModel):
     max_failures: Annotated[int, Field(ge=0)] = 3
     storage_path: Annotated[str, Field(min_length=1)] = "models"  # under the data folder
     device_memory_gb: Annotated[float, Field(gt=0)] | None = None  # default: measured
+    tune: TuneConfig | None = None  # the search of `tierflow tune`
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
@@ -112,6 +194,8 @@ class TrainingConfig(FrozenModel):
             raise ValueError(f"the split column {self.split_column!r} is also a feature")
         if self.label in self.features:
             raise ValueError(f"the label {self.label!r} is also a feature")
+        if self.tune is not None and self.split_column is None and not self.split.get("valid"):
+            raise ValueError("tune ranks trials by their validation loss: give a valid split")
         if self.strategy == "pipeline":
             if self.workers % 2:
                 raise ValueError(
@@ -131,3 +215,19 @@ class TrainingConfig(FrozenModel):
                 f"batch_size {self.batch_size} must split evenly across {self.workers} workers"
             )
         return self
+
+
+def with_params(config: TrainingConfig, params: dict[str, Any]) -> TrainingConfig:
+    """``config`` with dotted settings replaced (``{"optimizer.lr": 0.01}``), validated.
+
+    Raises:
+        pydantic.ValidationError: the result is not a valid config.
+    """
+    doc = config.model_dump()
+    for key, value in params.items():
+        *parents, leaf = key.split(".")
+        node = doc
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return TrainingConfig.model_validate(doc)

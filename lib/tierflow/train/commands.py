@@ -1,4 +1,4 @@
-"""``tierflow train CONFIG`` and ``tierflow plan-train CONFIG``.
+"""``tierflow train CONFIG``, ``tierflow tune CONFIG`` and ``tierflow plan-train CONFIG``.
 
 ``CONFIG`` is a name in ``conf/training/`` or a YAML path. Parsers are added without
 importing torch or Ray.
@@ -17,13 +17,14 @@ if TYPE_CHECKING:
     from tierflow.config.training import TrainingConfig
     from tierflow.project import Project
 
-COMMANDS = ("train", "plan-train")
+COMMANDS = ("train", "tune", "plan-train")
 
 
 def add_parsers(sub: Any) -> None:
     """Add the training subcommands."""
     for name, text in (
         ("train", "train a model on Ray Train (the strategy planned from data and model size)"),
+        ("tune", "search the config's `tune:` settings with Ray Tune; register the best"),
         ("plan-train", "explain which training strategy a config would use, and why"),
     ):
         cmd = sub.add_parser(name, help=text)
@@ -32,8 +33,12 @@ def add_parsers(sub: Any) -> None:
         cmd.add_argument("--strategy", choices=("auto", "single", "ddp", "fsdp", "pipeline"))
         cmd.add_argument("--workers", type=int, help="override the config's workers")
         cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+    for name in ("train", "tune"):
+        sub.choices[name].add_argument("--ray-address", help="Ray cluster (default: RAY_ADDRESS)")
+    sub.choices["tune"].add_argument(
+        "--trials", type=int, help="override the tune block's trial budget"
+    )
     train = sub.choices["train"]
-    train.add_argument("--ray-address", help="Ray cluster (default: RAY_ADDRESS)")
     train.add_argument(
         "--resume",
         metavar="RUN",
@@ -74,6 +79,8 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
         config = TrainingConfig.model_validate({**config.model_dump(), **updates})
     if args.command == "plan-train":
         return _plan(args, project, config)
+    if args.command == "tune":
+        return _tune(args, project, config)
     result = _train_with_record(args, project, config)
     if args.json:
         out = {"folder": str(result.folder), "run": result.run_id, **result.metrics}
@@ -198,4 +205,68 @@ def _plan(args: argparse.Namespace, project: Project, config: TrainingConfig) ->
         print(json.dumps({**decided, "reasons": plan.reasons, **plan.numbers}))  # noqa: T201
     else:
         print(f"{config.name}: snapshot {path} v{version}\n{plan.explain()}")  # noqa: T201
+    return 0
+
+
+def _tune(args: argparse.Namespace, project: Project, config: TrainingConfig) -> int:
+    """``tierflow tune``: the search, recorded like a job, its best registered."""
+    import time
+    from datetime import datetime, timezone
+
+    from tierflow.jobs.records import RunRecord
+    from tierflow.jobs.runner import new_run_id
+    from tierflow.train.tracking import Tracking
+    from tierflow.train.tune import tune_training
+
+    if config.tune is None:
+        raise ConfigError(
+            f"{config.name}: no `tune:` block in its training config (see docs/training.md)"
+        )
+    if args.trials:
+        from tierflow.config.training import TrainingConfig
+
+        tuned = config.tune.model_copy(update={"trials": args.trials})
+        config = TrainingConfig.model_validate({**config.model_dump(), "tune": tuned})
+    record = RunRecord(
+        run_id=new_run_id(f"tune-{config.name}"),
+        job=f"tune:{config.name}",
+        engine="ray-tune",
+        started_at=datetime.now(timezone.utc).isoformat(),
+        inputs=[{"path": config.snapshot.path, "version": config.snapshot.version}],
+    )
+    began = time.monotonic()
+    tracking = Tracking.resolve(project.config.tracking.uri, project.data_dir)
+    try:
+        outcome = tune_training(config, project.data_dir, run_id=record.run_id,
+                                tracking=tracking, ray_address=args.ray_address)  # fmt: skip
+    except BaseException as exc:
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    else:
+        record.status = "succeeded"
+        record.engine = f"ray-tune/{outcome.result.plan.strategy}"
+        record.output = {"folder": str(outcome.result.folder), "metrics": outcome.result.metrics,
+                         "mlflow": outcome.mlflow}  # fmt: skip
+    finally:
+        record.finished_at = datetime.now(timezone.utc).isoformat()
+        record.duration_s = round(time.monotonic() - began, 3)
+        record.save(project.logs_dir / "runs")
+    trials = [
+        {"trial": t.trial_id, "params": t.params, "status": t.status,
+         "valid_losses": t.valid_losses, "error": t.error}
+        for t in outcome.trials
+    ]  # fmt: skip
+    if args.json:
+        out = {"run": outcome.run_id, "best": outcome.best.trial_id, "trials": trials,
+               "folder": str(outcome.result.folder), "mlflow": outcome.mlflow,
+               **outcome.result.metrics}  # fmt: skip
+        print(json.dumps(out, default=str))  # noqa: T201
+    else:
+        tracked = outcome.mlflow
+        print(  # noqa: T201
+            f"searched {config.name}: {len(trials)} trials, best {outcome.best.trial_id} "
+            f"(validation loss {outcome.best.final:.4f}) -> {outcome.result.folder}\n"
+            f"registered {tracked['model']} version {tracked['model_version']} "
+            f"(MLflow run {tracked['best_run_id']}, child of {tracked['run_id']})"
+        )
     return 0

@@ -158,15 +158,10 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         UsageError: ``resume`` names a run that does not exist.
     """
     import ray
-    import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from tierflow.storage import locate
     from tierflow.train.data import prepare, snapshot_version
-    from tierflow.train.ingest import split_chunks
-    from tierflow.train.loop import WorkerSettings, train_loop
-    from tierflow.train.session import read_checkpoint
+    from tierflow.train.loop import WorkerSettings
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
@@ -207,36 +202,84 @@ def train(  # noqa: PLR0915 - the run's steps, in order
             meta, state = run_horovod(settings, data, folder, plan.workers)
         latest = None
     else:
-        latest = _latest_checkpoint(folder / "ray")
+        latest = newest_checkpoint(folder / "ray")
         # Ray Train v2 has no resume_from_checkpoint: the loop starts from this
         # checkpoint when Ray has none of its own (a worker-group restart has one).
         start = latest.path if latest is not None else None
         settings = WorkerSettings(
             config, plan.strategy, plan.use_gpu, resume_path=start, live_path=live
         )
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"settings": settings, "data": data},
-            scaling_config=ScalingConfig(
-                num_workers=plan.workers,
-                use_gpu=plan.use_gpu,
-                placement_strategy=config.placement.upper(),
-            ),
-            run_config=RunConfig(
-                name="ray",
-                storage_path=str(folder),
-                failure_config=FailureConfig(max_failures=config.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
-            ),
-        )
         began = time.perf_counter()
         with _watching(Path(live), config.name, on_status):
-            result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
-        with result.checkpoint.as_directory() as ckpt:
-            meta, state = read_checkpoint(Path(ckpt))
+            meta, state = fit_on_ray(settings, data, plan, folder)
     seconds = time.perf_counter() - began
+    metrics = write_artifacts(config, plan, data, version, folder, (meta, state), seconds)
+    resumed = latest_step(latest)
+    publish(folder, published, run_id, version)
+    return TrainResult(config.name, plan, version, metrics, published, resumed, run_id, folder)
+
+
+def fit_on_ray(
+    settings: Any, data: Any, plan: TrainPlan, folder: Path, callbacks: Iterable[Any] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the worker loop on a ``TorchTrainer`` (checkpoints under ``folder/ray``).
+
+    ``callbacks`` are Ray Train callbacks (a tuning trial's, which hands the epochs'
+    validation losses to Ray Tune).
+
+    Returns:
+        The ``(meta, state)`` of the run's last checkpoint.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tierflow.train.loop import train_loop
+    from tierflow.train.session import read_checkpoint
+
+    config = settings.config
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"settings": settings, "data": data},
+        scaling_config=ScalingConfig(
+            num_workers=plan.workers,
+            use_gpu=plan.use_gpu,
+            placement_strategy=config.placement.upper(),
+        ),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str(folder),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep),
+            callbacks=list(callbacks),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {config.name} produced no checkpoint: {result.error!r}")
+    with result.checkpoint.as_directory() as ckpt:
+        return read_checkpoint(Path(ckpt))
+
+
+def write_artifacts(
+    config: TrainingConfig,
+    plan: TrainPlan,
+    data: Any,
+    version: int,
+    folder: Path,
+    checkpoint: tuple[dict[str, Any], dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
+    """Evaluate the final model on the valid and test splits; write the run's artifacts.
+
+    Returns:
+        The metrics (also in ``metrics.json``).
+    """
+    import torch
+
+    from tierflow.train.ingest import split_chunks
+
+    meta, state = checkpoint
+    width = data.preprocessor.width
     model = final_model(config, plan.strategy, width, state)
     metrics: dict[str, Any] = {"strategy": plan.strategy, "workers": plan.workers,
                                "snapshot_version": version, "rows": data.rows,
@@ -252,9 +295,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     (folder / "history.json").write_text(json.dumps(meta["history"]))
     (folder / "curves.png").write_bytes(curves_png(meta["history"]))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    resumed = latest_step(latest)
-    publish(folder, published, run_id, version)
-    return TrainResult(config.name, plan, version, metrics, published, resumed, run_id, folder)
+    return metrics
 
 
 @contextmanager
@@ -367,7 +408,7 @@ def run_horovod(
     return read_checkpoint(found[-1])
 
 
-def _latest_checkpoint(run_folder: Path) -> Any:
+def newest_checkpoint(run_folder: Path) -> Any:
     """The newest checkpoint an earlier run of this config left, if any."""
     from ray.train import Checkpoint
 

@@ -176,13 +176,22 @@ class RunRecorder:
     """
 
     def __init__(
-        self, tracking: Tracking, config: TrainingConfig, *, run_id: str, started_ms: int
+        self,
+        tracking: Tracking,
+        config: TrainingConfig,
+        *,
+        run_id: str,
+        started_ms: int,
+        parent: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
+        """``parent``: the MLflow run this one is a child of (a search's trial)."""
         import queue
         import threading
 
         self.tracking, self.config, self.run_id = tracking, config, run_id
         self.started_ms = started_ms
+        self.tags = dict(tags or {}) | ({"mlflow.parentRunId": parent} if parent else {})
         self._queue: queue.SimpleQueue[tuple[str, float, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -243,7 +252,7 @@ class RunRecorder:
             self._mlflow_run = client.create_run(
                 self._experiment_id, start_time=self.started_ms, run_name=self.run_id,
                 tags={RUN_TAG: self.run_id, "tierflow.strategy": str(plan.get("strategy")),
-                      "tierflow.workers": str(plan.get("workers"))},
+                      "tierflow.workers": str(plan.get("workers")), **self.tags},
             ).info.run_id  # fmt: skip
             params = [Param(k, v) for k, v in flatten(config.model_dump(mode="json")).items()]
             for i in range(0, len(params), _PARAMS_PER_CALL):
@@ -261,6 +270,20 @@ class RunRecorder:
         if self._error is not None:
             raise self._error
         return self._client
+
+    def client(self) -> Any:
+        """The MLflow client, once the run is open (live metrics end here)."""
+        return self._opened()
+
+    @property
+    def mlflow_run(self) -> str:
+        """The MLflow run's id (once open)."""
+        return self._mlflow_run
+
+    @property
+    def experiment_id(self) -> str:
+        """The experiment's id (once open)."""
+        return self._experiment_id
 
     def fail(self) -> None:
         """Mark the run failed (training raised); quiet if it was never opened."""
