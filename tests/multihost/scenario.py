@@ -361,15 +361,17 @@ class PlannerJob:
             "TIERFLOW_LOGS_DIR": str(data / "_logs"), "SPARK_CONF_DIR": str(conf),
         }  # fmt: skip
         args = ["orders_clean", "--data-dir", str(data)]
-        plan = subprocess.run([str(BIN / "tierflow"), "plan", *args, "--json"], cwd=PROJECT,
-                              env=self.env, capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert plan.returncode == 0, plan.stderr[-3000:]
-        self.plan = json.loads(plan.stdout)
         self.log = cluster.work / "logs" / "planner-run.log"
         self.run = subprocess.Popen(
             [str(BIN / "tierflow"), "run", *args, "--quiet"], cwd=PROJECT, env=self.env,
             stdout=subprocess.PIPE, stderr=self.log.open("wb"), text=True,
         )  # fmt: skip
+        # The plan the run makes, asked for on the side while it starts (its own process,
+        # the same inputs): the run does not wait for it.
+        plan = subprocess.run([str(BIN / "tierflow"), "plan", *args, "--json"], cwd=PROJECT,
+                              env=self.env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert plan.returncode == 0, plan.stderr[-3000:]
+        self.plan = json.loads(plan.stdout)
 
     def wait(self, timeout: float) -> dict[str, Any]:
         out, _ = self.run.communicate(timeout=timeout)
