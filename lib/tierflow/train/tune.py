@@ -14,8 +14,9 @@ In MLflow the search is one run (tag ``tierflow.run_id``, the space as params, t
 validation loss) with a child run per trial (its settings as params, its validation loss
 per epoch, ``tierflow.trial_status`` ``completed``, ``stopped`` by ASHA or ``failed``);
 the best trial's child run holds the model, registered as a new version of the config's
-name. Tune's own trial actor takes no CPU (it only waits for its Ray Train run), so
-``concurrent`` trials of one worker each fit on as many CPUs.
+name. A plan of one worker trains in Tune's trial actor (one CPU); a data-parallel
+trial's actor takes no CPU (it only waits for its Ray Train run), so ``concurrent``
+trials of N workers each need N times as many CPUs.
 """
 
 from __future__ import annotations
@@ -122,37 +123,71 @@ def _epoch_reports() -> Any:
     return EpochReports()  # type: ignore[no-untyped-call]
 
 
+def in_process(plan: Any) -> bool:
+    """Whether a trial trains in Tune's own actor.
+
+    A plan of one worker needs no Ray Train worker group: two processes fewer to start
+    for each trial.
+    """
+    return bool(plan.workers == 1 and plan.strategy == "single")
+
+
+def _trial_session(folder: Path, keep: int) -> Any:
+    """A one-process session whose epoch ends are also Tune's reports."""
+    from ray import tune
+
+    from tierflow.train.session import LocalSession
+
+    class TrialSession(LocalSession):
+        def save(
+            self, metrics: dict[str, Any], state: dict[str, Any], meta: dict[str, Any]
+        ) -> None:
+            super().save(metrics, state, meta)  # the checkpoint first: ASHA may stop here
+            if "valid_loss" in metrics:
+                keys = ("valid_loss", "epoch", "step")
+                tune.report({k: metrics[k] for k in keys if k in metrics})
+
+    return TrialSession(folder, 0, 1, keep)
+
+
 def run_trial(
     params: dict[str, Any], *, base: TrainingConfig, data: Any, plan: Any, root: str
 ) -> None:
-    """One trial (in Tune's trial actor): a Ray Train run with ``params`` applied.
+    """One trial (in Tune's trial actor): a training run with ``params`` applied.
 
-    Its checkpoints go under the trial's folder; ASHA (or the last epoch: a trial that
-    reaches ``max_t`` is stopped as it reports) may end it as soon as it reports, so the
-    driver reads the best trial's model from its last checkpoint, not from anything
-    written after the run.
+    On a plan of one worker it trains in this process; otherwise it runs a Ray Train
+    worker group. Its checkpoints go under the trial's folder; ASHA (or the last epoch: a
+    trial that reaches ``max_t`` is stopped as it reports) may end it as soon as it
+    reports, so the driver reads the best trial's model from its last checkpoint, not
+    from anything written after the run.
     """
     from ray import tune
 
-    from tierflow.train.loop import WorkerSettings
+    from tierflow.train.loop import WorkerSettings, run
     from tierflow.train.runner import fit_on_ray
 
     config = with_params(base, params)
     folder = Path(root) / tune.get_context().get_trial_id()
     folder.mkdir(parents=True, exist_ok=True)
     settings = WorkerSettings(config, plan.strategy, plan.use_gpu)
-    fit_on_ray(settings, data, plan, folder, callbacks=[_epoch_reports()])
+    if in_process(plan):
+        run(settings, data, _trial_session(folder, config.checkpoint.keep))
+    else:
+        fit_on_ray(settings, data, plan, folder, callbacks=[_epoch_reports()])
 
 
 def _last_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ``(meta, state)`` of the last checkpoint of a trial's Ray Train run."""
+    """The ``(meta, state)`` of the last checkpoint of a trial (Ray Train's, or its own)."""
     from tierflow.train.runner import newest_checkpoint
-    from tierflow.train.session import read_checkpoint
+    from tierflow.train.session import LocalSession, read_checkpoint
 
     latest = newest_checkpoint(folder / "ray")
-    if latest is None:
+    if latest is not None:
+        return read_checkpoint(Path(latest.path))
+    own = LocalSession(folder, 0, 1, keep=1).checkpoints()
+    if not own:
         raise RuntimeError(f"the trial in {folder} left no checkpoint")
-    return read_checkpoint(Path(latest.path))
+    return read_checkpoint(own[-1])
 
 
 def tune_training(
@@ -260,17 +295,27 @@ def _tuner(config: TrainingConfig, space: dict[str, Any], shared: dict[str, Any]
     if settings.seed is not None:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=settings.seed)
+        # Given a generator, Tune leaves the limit on trials at once to it.
+        search_alg = BasicVariantGenerator(
+            random_state=settings.seed, max_concurrent=settings.concurrent
+        )
     trainable = tune.with_parameters(run_trial, base=config, **shared)
-    # The trial's actor only waits for its Ray Train run, whose workers hold the CPUs: it
-    # asks for no CPU (Tune wants something asked for: a MiB of Ray's memory resource).
-    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 2**20})
+    plan = shared["plan"]
+    resources: dict[str, float]
+    if in_process(plan):
+        resources = {"cpu": 1, "gpu": 1 if plan.use_gpu else 0}
+    else:
+        # The trial's actor only waits for its Ray Train run, whose workers hold the CPUs:
+        # it asks for none (Tune wants something asked for: a MiB of Ray's memory).
+        resources = {"cpu": 0, "memory": 2**20}
+    trainable = tune.with_resources(trainable, resources)
     return tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric="valid_loss", mode="min", num_samples=settings.trials,
-            max_concurrent_trials=settings.concurrent, scheduler=scheduler,
+            max_concurrent_trials=None if search_alg else settings.concurrent,
+            scheduler=scheduler,
             search_alg=search_alg,
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(folder), verbose=0),
