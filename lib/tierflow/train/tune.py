@@ -65,18 +65,17 @@ class TuneOutcome:
     mlflow: dict[str, Any] = field(default_factory=dict)
 
 
-def search_space(config: TrainingConfig) -> dict[str, Any]:
-    """The ``tune`` block's space as Ray Tune's, each range checked against the config.
+def check_space(config: TrainingConfig) -> None:
+    """Check every range of the ``tune`` block against the config, before anything runs.
 
     Raises:
-        ConfigError: a value of the space gives an invalid training config.
+        ConfigError: no ``tune`` block, or a value that gives an invalid training config
+            (naming the key and the value).
     """
     from pydantic import ValidationError
-    from ray import tune
 
     if config.tune is None:
         raise ConfigError(f"{config.name}: the training config has no `tune:` block to search")
-    space: dict[str, Any] = {}
     for key, param in config.tune.space.items():
         for value in param.values():
             try:
@@ -87,8 +86,15 @@ def search_space(config: TrainingConfig) -> dict[str, Any]:
                     f"{config.name}: tune.space.{key} = {value!r} gives an invalid config: "
                     f"{problem['msg']}"
                 ) from exc
-        space[key] = _domain(tune, param)
-    return space
+
+
+def search_space(config: TrainingConfig) -> dict[str, Any]:
+    """The ``tune`` block's space as Ray Tune's, checked first (:func:`check_space`)."""
+    from ray import tune
+
+    check_space(config)
+    assert config.tune is not None
+    return {key: _domain(tune, param) for key, param in config.tune.space.items()}
 
 
 def _domain(tune: Any, param: SearchParam) -> Any:
