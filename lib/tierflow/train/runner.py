@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from tierflow.config.training import TrainingConfig
 from tierflow.progress import Progress
 from tierflow.train.planner import TrainPlan, model_size, plan_training
-from tierflow.train.plots import curves_png
+from tierflow.train.plots import curves_png, warm
 
 if TYPE_CHECKING:
     from tierflow.train.tracking import RunRecorder
@@ -191,6 +191,7 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     progress(plan.explain())
     live = str(folder / "live.json")
     Path(live).unlink(missing_ok=True)
+    warm()  # the curves' plotting library, imported while the workers train
     on_status = None
     if recorder is not None:
         recorder.start({"strategy": plan.strategy, "workers": plan.workers})
@@ -293,7 +294,7 @@ def write_artifacts(
                 "config": config.model_dump(mode="json"), "width": width},
                folder / "model.pt")  # fmt: skip
     (folder / "history.json").write_text(json.dumps(meta["history"]))
-    (folder / "curves.png").write_bytes(curves_png(meta["history"]))
+    (folder / "curves.png").write_bytes(curves_png(meta["history"], config.name))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
 
