@@ -64,3 +64,20 @@ def test_a_removed_working_directory_is_replaced_before_mlflow_runs(tmp_path, mo
     gone.rmdir()
     _working_directory()
     assert Path(os.getcwd()) == Path(tempfile.gettempdir()).resolve()
+
+
+def test_the_embedded_store_is_made_when_a_run_is_recorded_not_when_looked_up(
+    tmp_path, monkeypatch
+) -> None:
+    from tierflow.train.tracking import Tracking, load_model_folder
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = Tracking.resolve(None, tmp_path / "data")
+    assert tracking.local_file == (tmp_path / "data" / "mlflow" / "mlflow.db").resolve()
+    # A lookup in a data folder where nothing was ever recorded: not registered, and the
+    # folder is left as it was.
+    assert load_model_folder(tracking, "anything", tmp_path / "dl") is None
+    assert not (tmp_path / "data").exists()
+    tracking.prepare()
+    assert tracking.local_file.parent.is_dir()
+    assert Tracking.resolve("http://mlflow:5000", tmp_path).local_file is None

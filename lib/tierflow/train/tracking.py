@@ -81,13 +81,27 @@ class Tracking:
 
     @classmethod
     def resolve(cls, configured: str | None, data_dir: Path) -> Tracking:
-        """``MLFLOW_TRACKING_URI``, else ``configured``, else the embedded store."""
+        """``MLFLOW_TRACKING_URI``, else ``configured``, else the embedded store.
+
+        The embedded store's folder is made when a run is first recorded, not here: a
+        lookup (serving, scoring) leaves the data folder as it is.
+        """
         uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
         if uri:
             return cls(uri, None)
         folder = (data_dir / "mlflow").resolve()
-        folder.mkdir(parents=True, exist_ok=True)
         return cls(f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri())
+
+    @property
+    def local_file(self) -> Path | None:
+        """The SQLite file of an ``sqlite:///`` store (``None`` for any other store)."""
+        prefix = "sqlite:///"
+        return Path(self.uri[len(prefix) :]) if self.uri.startswith(prefix) else None
+
+    def prepare(self) -> None:
+        """Make the folder of an SQLite store (MLflow creates the file, not its folder)."""
+        if self.local_file is not None:
+            self.local_file.parent.mkdir(parents=True, exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -232,6 +246,7 @@ class RunRecorder:
         import tierflow.train.mlflow_model  # noqa: F401 - MLflow's pyfunc, imported now
 
         config = self.config
+        self.tracking.prepare()
         client = MlflowClient(tracking_uri=self.tracking.uri, registry_uri=self.tracking.uri)
         experiment = client.get_experiment_by_name(config.name)
         self._experiment_id = (
@@ -387,12 +402,14 @@ def load_model_folder(tracking: Tracking, ref: str, into: Path) -> tuple[Path, i
     Raises:
         UsageError: the registry has the model, but not that version or alias.
     """
+    name, version, alias = parse_model_ref(ref)
+    if tracking.local_file is not None and not tracking.local_file.is_file():
+        return None  # no run was ever recorded here: nothing is registered (MLflow unread)
     no_telemetry()
     _working_directory()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    name, version, alias = parse_model_ref(ref)
     client = MlflowClient(tracking_uri=tracking.uri, registry_uri=tracking.uri)
     try:
         client.get_registered_model(name)
