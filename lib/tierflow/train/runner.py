@@ -364,11 +364,24 @@ def publish(folder: Path, published: Path, run_id: str, version: int) -> None:
     (published / ".run.json.partial").replace(published / "run.json")
 
 
+#: Snapshots up to this many rows get their fitting pass in the driver: measured here, the
+#: demo's 327,342 rows take 1.6 s in process, while starting Ray's task workers takes
+#: longer than that before they read a row.
+IN_PROCESS_ROWS = 1_000_000
+
+
 def on_ray(snapshot: Any, chunks: list[list[int]], config: TrainingConfig) -> list[Any]:
-    """The fitting pass as Ray tasks, a chunk of blocks each, on the cluster's CPUs."""
+    """The fitting pass as Ray tasks, a chunk of blocks each, on the cluster's CPUs.
+
+    A snapshot of at most :data:`IN_PROCESS_ROWS` rows is summarised in this process.
+    """
     import ray
 
+    from tierflow.train.data import in_process
     from tierflow.train.ingest import summarize
+
+    if snapshot.rows <= IN_PROCESS_ROWS:
+        return in_process(snapshot, chunks, config)
 
     task = ray.remote(num_cpus=1)(summarize)
     shared = ray.put(snapshot)
