@@ -93,7 +93,7 @@ GROUPS: dict[str, dict[str, str]] = {
         "train": "tierflow train flight_delays_mlp [--resume RUN]",
         "tune": "tierflow tune flight_delays_mlp --trials 8",
         "predict": "tierflow predict flight_delays_mlp --input gold/to_score --output gold/scored",
-        "monitor": "tierflow monitor drift flight_delays_mlp --input gold/scored",
+        "monitor": "tierflow monitor consistency flight_delays_mlp",
     },
     "services and clusters": {
         "services": "tierflow services up kafka redis",
@@ -249,6 +249,18 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("--input", required=True, help="Delta or Parquet table of scored rows")
     drift.add_argument("--threshold", type=float, help="PSI over which to fail (default: conf)")
     drift.add_argument("--data-dir", help="data folder")
+    consistency = mon_actions.add_parser(
+        "consistency",
+        help="the features serving gave, against batch at the same window ends, per feature",
+    )
+    consistency.add_argument("model", metavar="MODEL[@VERSION]")
+    consistency.add_argument(
+        "--log", help="the served log (default: serving.log_path/MODEL in the data folder)"
+    )
+    consistency.add_argument(
+        "--threshold", type=float, help="mismatch share over which to fail (default: conf)"
+    )
+    _add_engine_options(consistency)
 
     ts = sub.add_parser("training-set", help="build or rebuild point-in-time training sets")
     ts_actions = ts.add_subparsers(dest="action", required=True)
@@ -268,6 +280,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="port (default: conf, 28300)")
     srv.add_argument("--store", choices=("sqlite", "redis"), help="override the online store")
     srv.add_argument("--data-dir", help="data folder")
+    srv.add_argument(
+        "--no-served-log", action="store_true",
+        help="do not keep the scored rows (serving.log_served in conf/tierflow.yaml)",
+    )  # fmt: skip
     srv.add_argument(
         "--model", action="append", dest="models", default=[], metavar="NAME[@VERSION|@ALIAS]",
         help="also serve predictions of this model from the MLflow registry (the newest "
@@ -538,6 +554,9 @@ def _monitor(args: argparse.Namespace, project: Any) -> int:
     """``monitor drift``: exit 1 when a feature or the score is over the threshold."""
     import tempfile
 
+    if args.action == "consistency":
+        return _consistency(args, project)
+
     from tierflow.jobs.runner import new_run_id
     from tierflow.storage import locate
     from tierflow.train import drift
@@ -562,6 +581,66 @@ def _monitor(args: argparse.Namespace, project: Any) -> int:
     print(f"report: {out}")
     if flagged:
         print(f"drift over {threshold:g}: {', '.join(flagged)}", file=sys.stderr)
+        return int(ExitCode.DATA)
+    return 0
+
+
+def _consistency(args: argparse.Namespace, project: Any) -> int:
+    """``monitor consistency``: exit 1 when a feature's mismatch share is over the threshold."""
+    import pyarrow.compute as pc
+
+    from tierflow.config.jobs import SourceConfig
+    from tierflow.engines import create_engine
+    from tierflow.jobs.runner import new_run_id, read_source
+    from tierflow.jobs.sources import resolve_source
+    from tierflow.storage import is_delta_table, locate
+    from tierflow.train import consistency
+    from tierflow.train.drift import read_rows
+    from tierflow.train.served import WINDOW_END
+    from tierflow.train.tracking import parse_model_ref
+
+    name, number, alias = parse_model_ref(args.model)
+    if alias is not None:
+        raise UsageError(f"{args.model}: give NAME or NAME@VERSION (the log names versions)")
+    path = locate(args.log or f"{project.config.serving.log_path}/{name}", project.data_dir)
+    if not is_delta_table(path):
+        raise UsageError(f"no served log at {path}: serve the model first "
+                         "(`tierflow serve --model NAME`)")  # fmt: skip
+    log = read_rows(path)
+    log = log.filter(pc.equal(log["model"], name))
+    if number is not None:
+        log = log.filter(pc.equal(log["version"], str(number)))
+    if not log.num_rows:
+        raise UsageError(f"the served log {path} has no rows of {args.model}")
+    views = project.feature_views()
+    names = [c[: -len(WINDOW_END)] for c in log.column_names if c.endswith(WINDOW_END)]
+    sources = {
+        v: resolve_source(v, SourceConfig(format=views[v].source.format,
+                                          path=views[v].source.path), project.data_dir)
+        for v in names
+    }  # fmt: skip
+    engine = create_engine(
+        project.choose_engine(list(sources.values()), args.engine), _engine_options(args)
+    )
+    monitoring = project.config.monitoring
+    threshold = monitoring.mismatch_threshold if args.threshold is None else args.threshold
+    try:
+        events = {v: read_source(engine, source) for v, source in sources.items()}
+        checks = consistency.check(log, views, events, engine,
+                                   tolerance=monitoring.mismatch_tolerance, threshold=threshold)  # fmt: skip
+        where = engine.describe()
+    finally:
+        engine.close()
+    folder = project.logs_dir / "monitor" / new_run_id(f"consistency-{name}")
+    out = consistency.write_report(folder, checks, model=args.model, threshold=threshold,
+                                   rows=log.num_rows)  # fmt: skip
+    for c in checks:
+        print(f"{'OVER ' if c.flagged else '     '}{c.feature}: {c.mismatches:,} of "
+              f"{c.compared:,} differ ({c.rate:.2%})")  # fmt: skip
+    print(f"{log.num_rows:,} served rows of {args.model} against batch on {where}; report: {out}")
+    flagged = [c.feature for c in checks if c.flagged]
+    if flagged:
+        print(f"mismatch share over {threshold:g}: {', '.join(flagged)}", file=sys.stderr)
         return int(ExitCode.DATA)
     return 0
 
@@ -678,6 +757,14 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
     store = project.open_store(args.store)
     store.check()  # unreachable: exit 3 now, not an error on every request
     cfg = project.config.serving
+    served_log = None
+    if models and cfg.log_served and not args.no_served_log:
+        from tierflow.storage import locate
+        from tierflow.train.served import ServedLog
+
+        root = locate(cfg.log_path, project.data_dir)
+        served_log = ServedLog(root, views, flush_seconds=cfg.log_flush_seconds)
+        print(f"served rows are kept in {root}/<model>", file=sys.stderr)
     serve(
         store,
         views,
@@ -685,6 +772,7 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
         port=args.port or cfg.port,
         max_entities=cfg.max_entities,
         models=models,
+        served_log=served_log,
     )
     return 0
 

@@ -33,6 +33,7 @@ from tierflow.stores.base import OnlineStore
 
 if TYPE_CHECKING:
     from tierflow.train.predict import Predictor
+    from tierflow.train.served import ServedLog
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,13 @@ def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and ro
     max_entities: int = 1000,
     models: Mapping[str, Predictor | Route] | None = None,
     draw: Any = random.random,
+    served_log: ServedLog | None = None,
 ) -> Any:
     """The aiohttp application serving ``views`` from ``store`` (and ``models``).
 
     ``draw`` gives each prediction request its uniform number in [0, 1) for the canary
-    split (tests pass their own).
+    split (tests pass their own). ``served_log`` keeps every scored row with its features
+    (:mod:`tierflow.train.served`); it is closed (flushed) when the app stops.
     """
     from aiohttp import web
 
@@ -176,6 +179,8 @@ def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and ro
         except (FeatureRequestError, PredictionRequestError) as exc:
             return error(getattr(exc, "status", 400), str(exc)), 0
         scores = predictor.predict(features)
+        if served_log is not None:
+            served_log.add(predictor, version, rows, features, scores)
         answer = web.json_response(
             {
                 "model": predictor.name,
@@ -225,6 +230,12 @@ def make_app(  # noqa: PLR0915 - a handler per route, sharing the metrics and ro
         return web.json_response({"status": "ok", "store": store.kind, "views": len(views)})
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
+    if served_log is not None:
+
+        async def close_log(_app: Any) -> None:
+            served_log.close()
+
+        app.on_cleanup.append(close_log)
     app.router.add_post("/v1/features", features)
     app.router.add_post("/v1/predict/{model}", predict)
     app.router.add_get("/v1/models", list_models)
@@ -242,12 +253,13 @@ def serve(
     port: int,
     max_entities: int,
     models: Mapping[str, Predictor | Route] | None = None,
+    served_log: ServedLog | None = None,
 ) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    """Serve until interrupted (SIGINT/SIGTERM stop it cleanly, the served log flushed)."""
     from aiohttp import web
 
     web.run_app(
-        make_app(store, views, max_entities=max_entities, models=models),
+        make_app(store, views, max_entities=max_entities, models=models, served_log=served_log),
         host=host,
         port=port,
         print=lambda line: print(line, flush=True),  # noqa: T201 - the server's start line

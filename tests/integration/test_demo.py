@@ -103,7 +103,7 @@ def test_the_demo_succeeds_end_to_end(runs):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Demo succeeded" in first.stdout
     assert report["status"] == "succeeded"
-    assert list(stages(report)) == [*BATCH, "streaming", "parity", "serving"]
+    assert list(stages(report)) == [*BATCH, "streaming", "parity", "serving", "monitoring"]
     jobs = {j["job"]: j for j in report["results"]["jobs"]}
     # The real data's anomalies, quarantined with their reasons; the counts add up.
     assert jobs["flights_silver"]["quarantine_by_rule"] == {
@@ -285,6 +285,47 @@ def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tm
     # The same model on the same features; float32 sums in another batch shape differ in
     # the last bits (measured: 2e-7 relative at most).
     assert batch == pytest.approx([p["score"] for p in served], rel=1e-6, abs=1e-9)
+
+
+def test_served_features_equal_batch_and_a_skewed_feature_is_flagged(runs, tmp_path):
+    """The served log holds every row serving scored, with its features and window ends;
+    the demo's monitoring stage found none differing from batch at those window ends. A
+    copy of the log with one feature nudged on every row: `tierflow monitor consistency`
+    flags that feature alone, on exactly the rows where it had a value, and exits 1."""
+    import deltalake
+
+    data = runs["data"]
+    log = read_table(data / "served" / "flight_delays_mlp")
+    serving = [stages(r)["serving"]["details"] for r in runs["reports"]]
+    assert log.num_rows == sum(len(s["predictions"]) + s["traffic_rows"] for s in serving)
+    assert set(log["version"].to_pylist()) == {"1"}
+    for report in runs["reports"]:
+        checked = stages(report)["monitoring"]["details"]["consistency"]
+        assert checked["mismatches"] == 0 and checked["flagged"] == [], checked
+        assert checked["compared"] > log.num_rows, checked  # several features a row
+
+    name = "carrier_delays__dep_delay_mean_24h"
+    nudged = pc.add(log[name], 0.5)
+    deltalake.write_deltalake(
+        str(tmp_path / "skewed"), log.set_column(log.column_names.index(name), name, nudged)
+    )
+    logs = tmp_path / "logs"
+    env = dict(os.environ, TIERFLOW_DATA_DIR=str(data), TIERFLOW_LOGS_DIR=str(logs))
+    tierflow = str(Path(sys.executable).parent / "tierflow")
+    done = subprocess.run(
+        [tierflow, "monitor", "consistency", "flight_delays_mlp", "--log", str(tmp_path / "skewed")],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    (found,) = (logs / "monitor").glob("consistency-*/consistency.json")
+    numbers = json.loads(found.read_text())
+    assert numbers["flagged"] == [name]
+    served = pc.is_valid(log["carrier_delays__window_end_us"])
+    with_value = pc.sum(pc.and_(served, pc.is_valid(log[name]))).as_py()
+    assert numbers["features"][name]["mismatches"] == with_value > 0
+    assert numbers["features"][name]["abs_difference"]["max"] == pytest.approx(0.5)
+    assert all(f["mismatches"] == 0 for n, f in numbers["features"].items() if n != name)
+    assert (found.parent / "consistency.html").read_text().count("<svg") == 1
 
 
 def test_scale_two_moves_stages_to_dask_with_the_same_features(runs, tmp_path):

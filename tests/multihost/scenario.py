@@ -206,7 +206,7 @@ class Cluster:
 
     def start_ray(self) -> None:
         ray = str(BIN / "ray")
-        temp = Path(f"/tmp/tfmh-{self.lab.tag}")
+        temp = self.lab.temp / "ray"  # removed with the lab (Ray keeps its sockets here)
         common = ["--block", "--disable-usage-stats", "--min-worker-port", "30000",
                   "--max-worker-port", "30199"]  # fmt: skip
         self._start("h1", "ray-head", [

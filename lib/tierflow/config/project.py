@@ -120,6 +120,12 @@ class ServingConfig(FrozenModel):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1024, le=65535)] = 28300
     max_entities: Annotated[int, Field(ge=1)] = 1000
+    #: Keep every row a model scores, with its served features, in a Delta table per
+    #: model under ``log_path`` (relative to the data folder): what ``tierflow monitor
+    #: consistency`` and ``drift`` read.
+    log_served: bool = True
+    log_path: str = "served"
+    log_flush_seconds: Annotated[float, Field(gt=0)] = 5.0
 
 
 class TrackingConfig(FrozenModel):
@@ -136,6 +142,11 @@ class MonitoringConfig(FrozenModel):
     #: A feature (or the score) whose population stability index against training is
     #: above this is flagged, and the command exits 1.
     psi_threshold: Annotated[float, Field(gt=0)] = 0.25
+    #: A feature whose served values differ from batch's on more than this share of the
+    #: rows compared is flagged by ``tierflow monitor consistency`` (exit 1).
+    mismatch_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Two numbers are the same value when they differ by at most this, relative.
+    mismatch_tolerance: Annotated[float, Field(ge=0)] = 1e-9
 
 
 class ProjectConfig(FrozenModel):

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -306,6 +306,15 @@ def check_parity(
 
 def upcoming_flights(data_dir: Path, after_us: int, count: int) -> list[dict[str, Any]]:
     """``count`` flights scheduled from ``after_us`` on that departed, spread over the evening."""
+    rows = evening_flights(data_dir, after_us)
+    if not rows:
+        return []
+    stride = max(1, len(rows) // count)
+    return list(rows[::stride][:count])
+
+
+def evening_flights(data_dir: Path, after_us: int) -> list[dict[str, Any]]:
+    """Every flight scheduled in the six hours from ``after_us`` that departed, in order."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from deltalake import DeltaTable
@@ -318,11 +327,14 @@ def upcoming_flights(data_dir: Path, after_us: int, count: int) -> list[dict[str
     day_us = 86_400_000_000
     window = pc.and_(pc.greater_equal(times, after_us), pc.less(times, after_us + day_us // 4))
     table = table.filter(pc.and_(window, pc.is_valid(table["arr_delay"])))
-    rows = table.sort_by([("sched_dep_at", "ascending"), ("flight_id", "ascending")]).to_pylist()
-    if not rows:
-        return []
-    stride = max(1, len(rows) // count)
-    return list(rows[::stride][:count])
+    return list(table.sort_by([("sched_dep_at", "ascending"), ("flight_id", "ascending")])
+                .to_pylist())  # fmt: skip
+
+
+def _request_row(flight: Mapping[str, Any]) -> dict[str, Any]:
+    return {"carrier": flight["carrier"], "origin": flight["origin"], "dest": flight["dest"],
+            "sched_hour": float(flight["hour"]), "distance": flight["distance"],
+            "plane_age": flight["plane_age"]}  # fmt: skip
 
 
 def serve_predictions(
@@ -331,22 +343,25 @@ def serve_predictions(
     model: str,
     env: Mapping[str, str],
     run_dir: Path,
+    traffic: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
-    """Start ``tierflow serve --model``, ask it about ``flights``, stop it."""
+    """Start ``tierflow serve --model``, ask it about ``flights``, stop it.
+
+    ``traffic`` (flights too) is asked about as well, a hundred rows a request, for the
+    served log the monitoring stage reads; its answers are not returned.
+    """
     port = free_port()
     args = [TIERFLOW, "serve", "--model", model, "--port", str(port)]
     server = Process.start("tierflow serve", args, env, run_dir / "serve.log")
     try:
         server.wait_http(f"http://127.0.0.1:{port}/health", timeout=120)
-        rows = [
-            {"carrier": f["carrier"], "origin": f["origin"], "dest": f["dest"],
-             "sched_hour": float(f["hour"]), "distance": f["distance"],
-             "plane_age": f["plane_age"]}
-            for f in flights
-        ]  # fmt: skip
+        rows = [_request_row(f) for f in flights]
         answer = _http(f"http://127.0.0.1:{port}/v1/predict/{model}", {"rows": rows})
+        for i in range(0, len(traffic), 100):
+            batch = [_request_row(f) for f in traffic[i : i + 100]]
+            _http(f"http://127.0.0.1:{port}/v1/predict/{model}", {"rows": batch})
     finally:
-        server.stop()
+        server.stop()  # SIGTERM: the server writes what it has left of its served log
     out = []
     for flight, row, prediction in zip(flights, rows, answer["predictions"], strict=True):
         when: datetime = flight["sched_dep_at"]

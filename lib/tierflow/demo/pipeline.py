@@ -398,18 +398,66 @@ class Demo:
             return False
         with self.stage("serving", "Serving: predictions for upcoming flights") as stage:
             flights = live.upcoming_flights(project.data_dir, end, self.config.upcoming_flights)
+            evening = live.evening_flights(project.data_dir, end)
             answers = live.serve_predictions(
-                flights, model=self.config.model, env=env, run_dir=self.run_dir
+                flights, model=self.config.model, env=env, run_dir=self.run_dir, traffic=evening
             )
+            self.say(f"and {len(evening):,} more rows of the evening's flights, for monitoring")
             stage.tier = "tierflow serve (online store + model)"
             threshold = self.results["training"]["comparison"]["model"]["threshold"]
             for a in answers:
                 verdict = "delayed" if a["score"] >= threshold else "on time"
                 self.say(f"{a['scheduled']} {a['flight']:>7} {a['route']}: p(delay) "
                          f"{a['score']:.2f} -> {verdict}; actual arrival delay {a['arr_delay']:+.0f} min")  # fmt: skip
-            stage.details = {"predictions": answers, "threshold": threshold}
+            stage.details = {"predictions": answers, "threshold": threshold,
+                             "traffic_rows": len(evening)}  # fmt: skip
             self.results["serving"] = stage.details
-        return True
+        return self.monitoring_stage(env)
+
+    def monitoring_stage(self, env: dict[str, str]) -> bool:
+        """``tierflow monitor consistency`` and ``drift`` on what serving answered."""
+        model = self.config.model
+        served = f"{self.project.config.serving.log_path}/{model}"
+        with self.stage("monitoring", "Monitoring: served features against batch, drift") as stage:
+            reports = {}
+            for kind, extra in (("consistency", []), ("drift", ["--input", served])):
+                command = [str(Path(sys.executable).parent / "tierflow"), "monitor", kind, model,
+                           *extra]  # fmt: skip
+                self.say(f"$ tierflow monitor {kind} {model} {' '.join(extra)}".rstrip())
+                log = self.run_dir / f"monitor-{kind}.log"
+                with log.open("wb") as handle:
+                    code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                          env={**os.environ, **env}, check=False).returncode  # fmt: skip
+                text = log.read_text(errors="replace")
+                found = [line.rsplit("report: ", 1)[1] for line in text.splitlines()
+                         if "report: " in line]  # fmt: skip
+                if code not in (0, 1) or not found:
+                    raise RuntimeError(
+                        f"tierflow monitor {kind} exited with {code}:\n{text[-3000:]}"
+                    )
+                report = Path(found[-1].strip())
+                reports[kind] = json.loads(report.with_suffix(".json").read_text())
+                shutil.copyfile(report, self.run_dir / report.name)
+            checked = reports["consistency"]["features"]
+            compared = sum(f["compared"] for f in checked.values())
+            differ = sum(f["mismatches"] for f in checked.values())
+            self.say(f"consistency: {len(checked)} features of "
+                     f"{len({f['view'] for f in checked.values()})} views, {compared:,} values "
+                     f"compared with batch, {differ:,} differ")  # fmt: skip
+            psi = reports["drift"]["features"]
+            top = sorted(psi, key=lambda n: -psi[n]["psi"])[:3]
+            self.say("drift of the evening's traffic against training (informational): "
+                     + ", ".join(f"{n} PSI {psi[n]['psi']:.2f}" for n in top))  # fmt: skip
+            stage.tier = "tierflow monitor (single)"
+            by_feature = {n: {k: f[k] for k in ("view", "compared", "mismatches", "not_served")}
+                          for n, f in checked.items()}  # fmt: skip
+            stage.details = {"consistency": {"features": len(checked), "compared": compared,
+                                             "mismatches": differ, "by_feature": by_feature,
+                                             "flagged": reports["consistency"]["flagged"]},
+                             "drift": {"flagged": reports["drift"]["flagged"],
+                                       "psi": {n: psi[n]["psi"] for n in psi}}}  # fmt: skip
+            self.results["monitoring"] = stage.details
+        return not reports["consistency"]["flagged"]
 
     def _store(self, store_env: dict[str, str]) -> Any:
         from tierflow.stores import open_store
@@ -449,7 +497,7 @@ class Demo:
             self.training_stage(version)
             store_env = services.store_env(self.run_dir)
             ok = self.live_stages(services.kafka(), store_env)
-            status = "succeeded" if ok else "failed: online values differ from batch"
+            status = "succeeded" if ok else "failed: online or served values differ from batch"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             print(f"\nDEMO FAILED: {error}", file=sys.stderr, flush=True)

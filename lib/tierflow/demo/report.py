@@ -142,6 +142,21 @@ def _tables(demo: Demo) -> list[Table]:
             f"the replay's end, so none of their own events were streamed. Threshold "
             f"{serving['threshold']:.3f}.",
         ))  # fmt: skip
+    monitoring = demo.results.get("monitoring")
+    if monitoring:
+        psi = monitoring["drift"]["psi"]
+        tables.append(Table(
+            "Monitoring: the served features against batch, and drift",
+            ("feature", "values compared", "differ from batch", "not in the store",
+             "PSI of the evening against training"),
+            tuple((n, f["compared"], f["mismatches"], f["not_served"],
+                   round(psi[n], 3) if n in psi else "-")
+                  for n, f in sorted(monitoring["consistency"]["by_feature"].items())),
+            "`tierflow monitor consistency`: every row serving scored (the served log), each "
+            "view's features computed again in batch at the window end the store served; "
+            "`tierflow monitor drift --input served/<model>`: informational here (one "
+            "December evening against January-September).",
+        ))  # fmt: skip
     return tables
 
 

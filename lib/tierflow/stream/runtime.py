@@ -41,6 +41,8 @@ from tierflow.stores.base import StoreError
 from tierflow.stream.connection import KafkaConnection, kafka_options
 
 log = logging.getLogger("tierflow.stream")
+#: Seconds a starting consumer waits for its topics' partitions to be in its metadata.
+TOPIC_WAIT_S = 5.0
 
 
 class StreamError(TierflowError):
@@ -139,11 +141,35 @@ class ConsumerRuntime:
                 auto_offset_reset="earliest",
                 max_poll_records=self.config.max_poll_records,
                 session_timeout_ms=self.config.session_timeout_ms,
-                **self.consumer_options,
+                # A topic or partition created after the start is seen within 30 s, not
+                # at the client's default 5-minute metadata refresh.
+                **({"metadata_max_age_ms": 30_000} | self.consumer_options),
             )
         except KafkaError as exc:
             raise KafkaUnreachableError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
+        self._await_topics(TOPIC_WAIT_S)
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+
+    def _await_topics(self, seconds: float) -> None:
+        """Have every subscribed topic's partitions in the client's metadata first.
+
+        A topic created just before the daemon starts may not be in the metadata the
+        client holds: a group leader assigning then gives out no partition of it (Kafka's
+        "No partition metadata for topic"), and the member waits for the next refresh with
+        nothing to consume (seen: the demo's second daemon idle for a minute). Asked for
+        each topic's partitions up to ``seconds``; a topic still unknown is subscribed to
+        all the same (it may be created later), and the log says so.
+        """
+        deadline = time.monotonic() + seconds
+        missing = list(self.topics)
+        while missing:
+            missing = [t for t in missing if not self.consumer.partitions_for_topic(t)]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        if missing:
+            log.warning("no partitions known yet for %s; subscribing all the same",
+                        ", ".join(missing))  # fmt: skip
 
     def request_stop(self, *_args: object) -> None:
         """Finish the current poll, make everything durable, and leave (SIGTERM/SIGINT)."""
