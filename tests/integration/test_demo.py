@@ -1,13 +1,15 @@
-"""``make demo`` end to end, through its real entry point, twice; and its tiers at scale 2.
+"""``make demo`` end to end, through its real entry point; its batch stages again; and its
+tiers at scale 2.
 
-The demo runs as ``python -m tierflow.demo`` on a private data folder. The two main runs
-use the secure profile with the Redis online store: the demo starts its own Kafka
-(SASL/SCRAM over TLS) and Redis (ACL user) in a private state folder and stops them at
-the end. Their passwords are canaries, and so is a secret set in the environment: none
-may appear in any log, run record or report. The first run computes everything; the
-second reuses the batch stages and must be faster. At scale 2 (the batch stages, in
-process) the planner moves the ingest and the training set to Dask, and the original
-flights' features must be those of the scale-1 run.
+The demo runs as ``python -m tierflow.demo`` on a private data folder, with the secure
+profile and the Redis online store: it starts its own Kafka (SASL/SCRAM over TLS) and
+Redis (ACL user) in a private state folder and stops them at the end. Their passwords
+are canaries, and so is a secret set in the environment: none may appear in any log, run
+record or report. A second run's batch stages (in process, the same code as the entry
+point's) reuse the first run's outputs and must be far faster; its live stages are the
+first run's again, on fresh topics, and are left out here for the suite's time. At scale
+2 (the batch stages, in process) the planner moves the ingest and the training set to
+Dask, and the original flights' features must be those of the scale-1 run.
 """
 
 from __future__ import annotations
@@ -81,15 +83,14 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("demo")
     data, logs = base / "data", base / "logs"
     env = secure_env(base)
-    first, report1 = run_demo(data, logs, "--online-store", "redis", env=env)
+    first, report = run_demo(data, logs, "--online-store", "redis", env=env)
     html = (logs / "demo" / "latest" / "report.html").read_text()
-    second, report2 = run_demo(data, logs, "--online-store", "redis", env=env)
     return {
         "base": base,
         "data": data,
         "logs": logs,
-        "runs": [first, second],
-        "reports": [report1, report2],
+        "runs": [first],
+        "reports": [report],
         "html": html,
     }
 
@@ -144,17 +145,14 @@ def test_the_model_beats_the_baseline(runs):
     assert comparison["model"]["auc"] > comparison["baseline"]["auc"] + 0.05
     assert comparison["model"]["logloss"] < comparison["baseline"]["logloss"]
     assert comparison["model_beats_baseline"] is True
-    # Tracked in MLflow, registered, and served from the registry in both runs (the second
-    # reused the training, so the same version).
+    # Tracked in MLflow, registered, and served from the registry.
     tracked = training["mlflow"]
     assert tracked["model"] == "flight_delays_mlp" and tracked["model_version"] == 1
     assert f"registered flight_delays_mlp version 1 (MLflow run {tracked['run_id']}" in (
         runs["runs"][0].stdout
     )
-    serves = sorted((runs["logs"] / "demo").glob("2*/serve.log"))
-    assert len(serves) == 2
-    for log in serves:
-        assert "model flight_delays_mlp: version 1 from the registry" in log.read_text()
+    (serve,) = (runs["logs"] / "demo").glob("2*/serve.log")
+    assert "model flight_delays_mlp: version 1 from the registry" in serve.read_text()
 
 
 def test_streaming_applies_every_event_once_and_parity_holds(runs):
@@ -219,15 +217,24 @@ def test_the_report_is_written_and_readable(runs):
 
 
 def test_a_second_run_reuses_the_batch_stages_and_is_faster(runs):
-    second, (report1, report2) = runs["runs"][1], runs["reports"]
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    """The batch stages of a second run, as `Demo.run` calls them: each is skipped (its
+    inputs, configuration and code unchanged), the model is not trained again."""
+    data, (report1,) = runs["data"], runs["reports"]
+    project = project_for(data)
+    demo = Demo(project, load_demo_config(project), DemoOptions(online_store="redis"))
+    write_raw(demo.project.data_dir, 1)
+    demo.jobs_stage("ingest", "ingest", INGEST_JOBS)
+    demo.jobs_stage("clean", "clean", CLEAN_JOBS)
+    demo.profile_stage()
+    demo.jobs_stage("labels", "labels", LABEL_JOBS)
+    demo.training_stage(demo.training_set_stage())
+    again = {s.key: s for s in demo.stages}
     for key in ("ingest", "clean", "profile", "labels", "training_set", "training"):
-        assert stages(report2)[key]["cached"], key
-    batch1 = sum(stages(report1)[k]["seconds"] for k in BATCH)
-    batch2 = sum(stages(report2)[k]["seconds"] for k in BATCH)
+        assert again[key].cached, key
+    batch1 = sum(stages(report1)[k]["seconds"] for k in BATCH if k != "raw")
+    batch2 = sum(s.seconds for s in demo.stages)
     assert batch2 < batch1 / 5, (batch1, batch2)
-    assert report2["seconds"] < report1["seconds"]
-    assert all(p["ok"] for p in report2["results"]["parity"])
+    assert demo.results["training"]["mlflow"]["model_version"] == 1
 
 
 def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tmp_path):
@@ -266,7 +273,7 @@ def test_batch_scores_equal_the_training_features_and_the_served_scores(runs, tm
     assert record["status"] == "succeeded" and record["output"]["model_version"] == 1
 
     # The served rows, with the features the server read from the online store.
-    served = runs["reports"][1]["results"]["serving"]["predictions"]
+    served = runs["reports"][0]["results"]["serving"]["predictions"]
     # Numbered: the output's row order is the engine's, not the input's.
     feature_rows = [p["request"] | p["features"] | {"row": i} for i, p in enumerate(served)]
     deltalake.write_deltalake(str(tmp_path / "served"), pa.Table.from_pylist(feature_rows))
