@@ -295,6 +295,10 @@ class RayJob:
                 return state
         return "UNKNOWN"
 
+    def logs(self) -> str:
+        """What the job's driver has printed so far."""
+        return self._ray("logs", self.id)
+
     def wait(self, timeout: float) -> str:
         """The final status; the job's logs go to ``log``."""
         final = wait_for(f"ray job {self.id}",
@@ -477,9 +481,13 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
         workers = training_workers_on(cluster)
         return workers if len(workers) == 2 else None
 
-    result["training_workers_before_cut"] = wait_for("2 training workers", both_workers, 300)
-    wait_for("a checkpoint of the disturbed training run",
-             lambda: list(checkpoints.glob(CHECKPOINTS)), 300, every=0.2)  # fmt: skip
+    try:
+        result["training_workers_before_cut"] = wait_for("2 training workers", both_workers, 300)
+        wait_for("a checkpoint of the disturbed training run",
+                 lambda: list(checkpoints.glob(CHECKPOINTS)), 300, every=0.2)  # fmt: skip
+    except TimeoutError:
+        train_log.write_text(training.logs())  # what the job's driver said, for the failure
+        raise
     result["spark_executors_before_cut"] = {h: executors_on(cluster, h) for h in ("h2", "h3")}
     leaders = {}
     from kafka import KafkaAdminClient

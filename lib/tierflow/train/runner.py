@@ -158,7 +158,11 @@ def train(  # noqa: PLR0915 - the run's steps, in order
         UsageError: ``resume`` names a run that does not exist.
     """
     import ray
+    import torch  # noqa: F401 - first: see below
 
+    # torch is imported before the data libraries: imported after them in a `ray job
+    # submit` driver, its bundled oneMKL failed to load (`Intel oneMKL FATAL ERROR: Cannot
+    # load libtorch_cpu.so`, then a segmentation fault; seen in the multi-host lab).
     from tierflow.storage import locate
     from tierflow.train.data import prepare, snapshot_version
     from tierflow.train.loop import WorkerSettings

@@ -212,6 +212,7 @@ def tune_training(
         RuntimeError: no trial ran every epoch.
     """
     import ray
+    import torch  # noqa: F401 - before the data libraries, as in runner.train
 
     from tierflow.storage import locate
     from tierflow.train.data import prepare, snapshot_version
