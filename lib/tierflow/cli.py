@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from tierflow.errors import ExitCode, TierflowError, UsageError
-from tierflow.paths import ProjectPaths
+from tierflow.paths import ProjectPaths, scratch_dir
 from tierflow.services import SERVICE_NAMES
 
 ENGINES = ("single", "dask", "spark")
@@ -248,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     drift.add_argument("model", metavar="MODEL[@VERSION|@ALIAS]")
     drift.add_argument("--input", required=True, help="Delta or Parquet table of scored rows")
     drift.add_argument("--threshold", type=float, help="PSI over which to fail (default: conf)")
+    drift.add_argument("--json", action="store_true", help=_MONITOR_JSON)
     drift.add_argument("--data-dir", help="data folder")
     consistency = mon_actions.add_parser(
         "consistency",
@@ -260,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     consistency.add_argument(
         "--threshold", type=float, help="mismatch share over which to fail (default: conf)"
     )
+    consistency.add_argument("--json", action="store_true", help=_MONITOR_JSON)
     _add_engine_options(consistency)
 
     ts = sub.add_parser("training-set", help="build or rebuild point-in-time training sets")
@@ -550,6 +552,16 @@ def _predict(args: argparse.Namespace, project: Any) -> int:
     return 0
 
 
+_MONITOR_JSON = "print the report's numbers as one JSON object (with the report's path)"
+
+
+def _print_report_json(html: Path, **extra: Any) -> None:
+    """The report's JSON twin on stdout, with where the reports are: for scripts."""
+    numbers = json.loads(html.with_suffix(".json").read_text())
+    print(json.dumps({"report": str(html), "json": str(html.with_suffix(".json")),
+                      **extra, **numbers}))  # fmt: skip
+
+
 def _monitor(args: argparse.Namespace, project: Any) -> int:
     """``monitor drift``: exit 1 when a feature or the score is over the threshold."""
     import tempfile
@@ -575,10 +587,13 @@ def _monitor(args: argparse.Namespace, project: Any) -> int:
     folder = project.logs_dir / "monitor" / new_run_id(f"drift-{predictor.name}")
     out = drift.write_report(folder, drifts, model=f"{predictor.name} ({found.where})",
                              threshold=threshold, rows=(training.num_rows, now.num_rows))  # fmt: skip
-    for d in sorted(drifts, key=lambda d: -d.psi):
-        print(f"{'OVER ' if d.flagged else '     '}{d.name}: PSI {d.psi:.4f}")
+    if args.json:
+        _print_report_json(out)
+    else:
+        for d in sorted(drifts, key=lambda d: -d.psi):
+            print(f"{'OVER ' if d.flagged else '     '}{d.name}: PSI {d.psi:.4f}")
+        print(f"report: {out}")
     flagged = [d.name for d in drifts if d.flagged]
-    print(f"report: {out}")
     if flagged:
         print(f"drift over {threshold:g}: {', '.join(flagged)}", file=sys.stderr)
         return int(ExitCode.DATA)
@@ -634,10 +649,14 @@ def _consistency(args: argparse.Namespace, project: Any) -> int:
     folder = project.logs_dir / "monitor" / new_run_id(f"consistency-{name}")
     out = consistency.write_report(folder, checks, model=args.model, threshold=threshold,
                                    rows=log.num_rows)  # fmt: skip
-    for c in checks:
-        print(f"{'OVER ' if c.flagged else '     '}{c.feature}: {c.mismatches:,} of "
-              f"{c.compared:,} differ ({c.rate:.2%})")  # fmt: skip
-    print(f"{log.num_rows:,} served rows of {args.model} against batch on {where}; report: {out}")
+    if args.json:
+        _print_report_json(out, where=where)
+    else:
+        for c in checks:
+            print(f"{'OVER ' if c.flagged else '     '}{c.feature}: {c.mismatches:,} of "
+                  f"{c.compared:,} differ ({c.rate:.2%})")  # fmt: skip
+        print(f"{log.num_rows:,} served rows of {args.model} against batch on {where}; "
+              f"report: {out}")  # fmt: skip
     flagged = [c.feature for c in checks if c.flagged]
     if flagged:
         print(f"mismatch share over {threshold:g}: {', '.join(flagged)}", file=sys.stderr)
@@ -726,14 +745,12 @@ def _serve(args: argparse.Namespace, project: Any) -> int:
     views = project.feature_views()
     models: dict[str, Any] = {}
     if args.models or args.canaries:
-        import tempfile
-
         from tierflow.serving import Route
         from tierflow.train.batch import find_model
         from tierflow.train.predict import Predictor
         from tierflow.train.tracking import parse_model_ref
 
-        downloads = Path(tempfile.mkdtemp(prefix="tierflow-models-"))
+        downloads = scratch_dir("tierflow-models-")
 
         def load(ref: str) -> tuple[Any, str]:
             found = find_model(project, ref, downloads / ref.replace("@", "-"))

@@ -123,3 +123,34 @@ class ProjectPaths:
     def service_dir(self, name: str) -> Path:
         """Data, logs and process records of one local service."""
         return self.state / name
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new temporary folder of this process, named ``<prefix><pid>-<random>``.
+
+    A killed process cannot remove its scratch: the folders of the same prefix whose
+    process is gone are removed here first, so a machine's temporary folder does not
+    fill with what killed benchmarks and jobs left.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{prefix}*-*"):
+        pid = old.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to judge
+        return True
+    return True

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from tierflow.errors import MissingDependencyError
 from tierflow.jvm import classpath, jars_in, java_executable, spark_home
-from tierflow.paths import ProjectPaths
+from tierflow.paths import ProjectPaths, scratch_dir
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -150,11 +150,10 @@ def spark_auth() -> SparkAuth | None:
 def _secret_properties(secret: str) -> Path:
     import atexit
     import shutil
-    import tempfile
 
     from tierflow.secrets import write_secret_file
 
-    folder = Path(tempfile.mkdtemp(prefix="tierflow-spark-"))  # mode 0700
+    folder = scratch_dir("tierflow-spark-")  # mode 0700
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / "auth.properties"
     write_secret_file(path, f"spark.authenticate.secret={secret}\n")

@@ -320,12 +320,15 @@ def test_served_features_equal_batch_and_a_skewed_feature_is_flagged(runs, tmp_p
     env = dict(os.environ, TIERFLOW_DATA_DIR=str(data), TIERFLOW_LOGS_DIR=str(logs))
     tierflow = str(Path(sys.executable).parent / "tierflow")
     done = subprocess.run(
-        [tierflow, "monitor", "consistency", "flight_delays_mlp", "--log", str(tmp_path / "skewed")],
+        [tierflow, "monitor", "consistency", "flight_delays_mlp", "--log", str(tmp_path / "skewed"),
+         "--json"],
         cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     (found,) = (logs / "monitor").glob("consistency-*/consistency.json")
     numbers = json.loads(found.read_text())
+    printed = json.loads(done.stdout)  # --json: the same numbers, and where the reports are
+    assert printed["json"] == str(found) and printed["flagged"] == numbers["flagged"]
     assert numbers["flagged"] == [name]
     served = pc.is_valid(log["carrier_delays__window_end_us"])
     with_value = pc.sum(pc.and_(served, pc.is_valid(log[name]))).as_py()

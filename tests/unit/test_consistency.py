@@ -36,3 +36,23 @@ def test_served_values_take_their_column_s_type() -> None:
     assert _coerce(3, "float") == 3.0 and isinstance(_coerce(3, "float"), float)
     assert _coerce(7, "string") == "7" and _coerce(None, "string") is None
     assert _coerce(5.0, "int") == 5 and _coerce(True, "other") is True
+
+
+def test_the_vectorised_comparison_is_same_value_by_value() -> None:
+    import pyarrow as pa
+
+    from tierflow.train.consistency import mismatches
+
+    pairs = [(1.0, 1.0 + 1e-12), (0.0, 0.0), (None, None), (math.nan, math.nan),
+             (1.0, 1.001), (None, 0.0), (3.0, None), (math.nan, 1.0), (2.0, math.nan),
+             (1e6, 1e6 + 1e-4), (-5.0, -5.0), (math.nan, None)]  # fmt: skip
+    served = pa.chunked_array([pa.array([a for a, _ in pairs[:5]], pa.float64()),
+                               pa.array([a for a, _ in pairs[5:]], pa.float64())])  # fmt: skip
+    batch = pa.array([b for _, b in pairs], pa.float64())
+    want = [not same(a, b, 1e-9) for a, b in pairs]
+    assert mismatches(served, batch, 1e-9).to_pylist() == want
+    # Integers against floats compare as numbers; strings by equality.
+    counts = mismatches(pa.array([3, 4, None], pa.int64()), pa.array([3.0, 5.0, None]), 1e-9)
+    assert counts.to_pylist() == [False, True, False]
+    names = mismatches(pa.array(["UA", "AA", None, "DL"]), pa.array(["UA", "UA", None, None]), 0)
+    assert names.to_pylist() == [False, True, False, True]

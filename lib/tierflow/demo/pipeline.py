@@ -422,22 +422,20 @@ class Demo:
             reports = {}
             for kind, extra in (("consistency", []), ("drift", ["--input", served])):
                 command = [str(Path(sys.executable).parent / "tierflow"), "monitor", kind, model,
-                           *extra]  # fmt: skip
+                           *extra, "--json"]  # fmt: skip
                 self.say(f"$ tierflow monitor {kind} {model} {' '.join(extra)}".rstrip())
                 log = self.run_dir / f"monitor-{kind}.log"
                 with log.open("wb") as handle:
-                    code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
-                                          env={**os.environ, **env}, check=False).returncode  # fmt: skip
-                text = log.read_text(errors="replace")
-                found = [line.rsplit("report: ", 1)[1] for line in text.splitlines()
-                         if "report: " in line]  # fmt: skip
-                if code not in (0, 1) or not found:
+                    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=handle,
+                                          env={**os.environ, **env}, check=False)  # fmt: skip
+                    handle.write(done.stdout)
+                if done.returncode not in (0, 1):
+                    text = log.read_text(errors="replace")
                     raise RuntimeError(
-                        f"tierflow monitor {kind} exited with {code}:\n{text[-3000:]}"
+                        f"tierflow monitor {kind} exited with {done.returncode}:\n{text[-3000:]}"
                     )
-                report = Path(found[-1].strip())
-                reports[kind] = json.loads(report.with_suffix(".json").read_text())
-                shutil.copyfile(report, self.run_dir / report.name)
+                reports[kind] = json.loads(done.stdout)
+                shutil.copyfile(reports[kind]["report"], self.run_dir / f"{kind}.html")
             checked = reports["consistency"]["features"]
             compared = sum(f["compared"] for f in checked.values())
             differ = sum(f["mismatches"] for f in checked.values())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from tierflow.engines.base import (
 )
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
 from tierflow.io.textdecode import META_FILE, META_RECORD, CsvOptions, decode_to_table
+from tierflow.paths import scratch_dir
 from tierflow.storage import polars_options
 
 #: Without a memory budget from the planner, frames above this are spilled, not kept.
@@ -79,7 +79,7 @@ class PolarsEngine(Engine):
 
     def _scratch_file(self, suffix: str) -> Path:
         if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="tierflow-single-"))
+            self._scratch = scratch_dir("tierflow-single-")
         return self._scratch / f"{uuid.uuid4().hex}{suffix}"
 
     def read_text(

@@ -139,7 +139,7 @@ def final_model(config: TrainingConfig, strategy: str, width: int, state: dict[s
     return strategy_class(strategy).final_model(model, state).eval()
 
 
-def train(  # noqa: PLR0915 - the run's steps, in order
+def train(
     config: TrainingConfig,
     data_dir: Path,
     *,
@@ -157,42 +157,13 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     Raises:
         UsageError: ``resume`` names a run that does not exist.
     """
-    import ray
-    import torch  # noqa: F401 - first: see below
+    opened = open_run(config, data_dir, run_id=run_id, resume=resume,
+                      ray_address=ray_address, progress=progress)  # fmt: skip
+    from tierflow.train.loop import WorkerSettings  # after open_run's torch import
 
-    # torch is imported before the data libraries: imported after them in a `ray job
-    # submit` driver, its bundled oneMKL failed to load (`Intel oneMKL FATAL ERROR: Cannot
-    # load libtorch_cpu.so`, then a segmentation fault; seen in the multi-host lab).
-    from tierflow.storage import locate
-    from tierflow.train.data import prepare, snapshot_version
-    from tierflow.train.loop import WorkerSettings
-
-    if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    path = locate(config.snapshot.path, data_dir)
-    storage = Path(config.storage_path)
-    storage = storage if storage.is_absolute() else data_dir / storage
-    published = storage / config.name
-    folder = run_folder(storage, config.name, run_id)
-    if resume and not folder.is_dir():
-        from tierflow.errors import UsageError
-
-        runs = sorted(p.name for p in (published / "runs").glob("*") if p.is_dir())
-        raise UsageError(f"no run {run_id!r} of {config.name} to resume (runs: {runs or 'none'})")
-    folder.mkdir(parents=True, exist_ok=True)
-    progress(f"run {run_id} in {folder}")
-    recorded = folder / "snapshot.json"
-    pinned = config.snapshot.version
-    if resume and recorded.is_file():
-        # A resumed run reads what the interrupted one read, not newer data.
-        pinned = json.loads(recorded.read_text())["version"]
-    version = snapshot_version(path, pinned)
-    recorded.write_text(json.dumps({"path": path, "version": version}))
-    data = prepare(path, version, config, on_ray)
-    width = data.preprocessor.width
-    gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
-    plan = plan_for(config, data.rows["train"], width, gpus)
-    progress(plan.explain())
+    folder, published, version, data, plan = (
+        opened.folder, opened.published, opened.version, opened.data, opened.plan,
+    )  # fmt: skip
     live = str(folder / "live.json")
     Path(live).unlink(missing_ok=True)
     warm()  # the curves' plotting library, imported while the workers train
@@ -222,6 +193,73 @@ def train(  # noqa: PLR0915 - the run's steps, in order
     resumed = latest_step(latest)
     publish(folder, published, run_id, version)
     return TrainResult(config.name, plan, version, metrics, published, resumed, run_id, folder)
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A run's folder made, its snapshot read and pinned, its strategy planned."""
+
+    folder: Path
+    published: Path
+    snapshot: str
+    version: int
+    data: Any
+    plan: TrainPlan
+
+
+def open_run(
+    config: TrainingConfig,
+    data_dir: Path,
+    *,
+    run_id: str,
+    resume: bool = False,
+    ray_address: str | None = None,
+    progress: Any = print,
+    kind: str = "run",
+) -> OpenedRun:
+    """What a training run and a search share before any worker starts.
+
+    Connects to Ray (unless connected), makes the run's folder, pins the snapshot's
+    version (a resumed run reads what the interrupted one read), reads and splits it
+    and fits the preprocessing, then plans the strategy.
+
+    Raises:
+        UsageError: ``resume`` names a run that does not exist.
+    """
+    import ray
+    import torch  # noqa: F401 - first: see below
+
+    # torch is imported before the data libraries: imported after them in a `ray job
+    # submit` driver, its bundled oneMKL failed to load (`Intel oneMKL FATAL ERROR: Cannot
+    # load libtorch_cpu.so`, then a segmentation fault; seen in the multi-host lab).
+    from tierflow.storage import locate
+    from tierflow.train.data import prepare, snapshot_version
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    path = locate(config.snapshot.path, data_dir)
+    storage = Path(config.storage_path)
+    storage = storage if storage.is_absolute() else data_dir / storage
+    published = storage / config.name
+    folder = run_folder(storage, config.name, run_id)
+    if resume and not folder.is_dir():
+        from tierflow.errors import UsageError
+
+        runs = sorted(p.name for p in (published / "runs").glob("*") if p.is_dir())
+        raise UsageError(f"no run {run_id!r} of {config.name} to resume (runs: {runs or 'none'})")
+    folder.mkdir(parents=True, exist_ok=True)
+    progress(f"{kind} {run_id} in {folder}")
+    recorded = folder / "snapshot.json"
+    pinned = config.snapshot.version
+    if resume and recorded.is_file():
+        pinned = json.loads(recorded.read_text())["version"]
+    version = snapshot_version(path, pinned)
+    recorded.write_text(json.dumps({"path": path, "version": version}))
+    data = prepare(path, version, config, on_ray)
+    gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
+    plan = plan_for(config, data.rows["train"], data.preprocessor.width, gpus)
+    progress(plan.explain())
+    return OpenedRun(folder, published, path, version, data, plan)
 
 
 def fit_on_ray(

@@ -63,6 +63,10 @@ def schema(predictor: Predictor, views: Mapping[str, FeatureViewConfig]) -> Any:
     return pa.schema(list(fields.items()))
 
 
+#: Columns the log fills itself; the others are the served row's.
+_OWN = frozenset({"request_id", "served_at", "model", "version", "score", "request"})
+
+
 class ServedLog:
     """Appends what the server answered to one Delta table per model (see the module doc)."""
 
@@ -78,6 +82,9 @@ class ServedLog:
         self._lock = threading.Lock()
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._schemas: dict[str, Any] = {}
+        # Per model, the columns taken from the request's row and their kinds: built
+        # with the schema, not at every request.
+        self._kinds: dict[str, list[tuple[str, str]]] = {}
         self._stop = threading.Event()
         self.written = 0
         self.dropped = 0
@@ -100,9 +107,12 @@ class ServedLog:
         request_id = uuid.uuid4().hex
         served_at = datetime.now(timezone.utc)
         name = predictor.name
-        if name not in self._schemas:
+        kinds = self._kinds.get(name)
+        if kinds is None:
             self._schemas[name] = schema(predictor, self.views)
-        kinds = [(f.name, _kind(f.type)) for f in self._schemas[name]]
+            kinds = [(f.name, _kind(f.type)) for f in self._schemas[name]
+                     if f.name not in _OWN]  # fmt: skip
+            self._kinds[name] = kinds
         out = []
         for row, served, score in zip(rows, features, scores, strict=True):
             record = {c: _coerce(served.get(c, row.get(c)), kind) for c, kind in kinds}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -211,36 +210,15 @@ def tune_training(
         ConfigError: no ``tune`` block, or a range that gives an invalid config.
         RuntimeError: no trial ran every epoch.
     """
-    import ray
-    import torch  # noqa: F401 - before the data libraries, as in runner.train
-
-    from tierflow.storage import locate
-    from tierflow.train.data import prepare, snapshot_version
-    from tierflow.train.runner import (
-        TrainResult,
-        on_ray,
-        plan_for,
-        publish,
-        run_folder,
-        write_artifacts,
-    )
+    from tierflow.train.runner import TrainResult, open_run, publish, write_artifacts
 
     space = search_space(config)
-    if not ray.is_initialized():
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-    path = locate(config.snapshot.path, data_dir)
-    storage = Path(config.storage_path)
-    storage = storage if storage.is_absolute() else data_dir / storage
-    published = storage / config.name
-    folder = run_folder(storage, config.name, run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    progress(f"search {run_id} in {folder}")
-    version = snapshot_version(path, config.snapshot.version)
-    (folder / "snapshot.json").write_text(json.dumps({"path": path, "version": version}))
-    data = prepare(path, version, config, on_ray)
-    gpus = int(ray.cluster_resources().get("GPU", 0))  # type: ignore[no-untyped-call]
-    plan = plan_for(config, data.rows["train"], data.preprocessor.width, gpus)
-    progress(plan.explain())
+    opened = open_run(config, data_dir, run_id=run_id, ray_address=ray_address,
+                      progress=progress, kind="search")  # fmt: skip
+    folder, published, path, version, data, plan = (
+        opened.folder, opened.published, opened.snapshot, opened.version, opened.data,
+        opened.plan,
+    )  # fmt: skip
     started_ms = int(time.time() * 1000)
     parent = _Parent(tracking, config, run_id, started_ms)
 
