@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -132,12 +133,57 @@ def local_services(*names: str) -> Iterator[Any]:
         manager.down(list(names), purge=True)
 
 
-def run_measured(argv: list[str], *, workers: list[int], timeout_s: float) -> dict[str, Any]:
+#: A runner whose processes (its tree and the workers) use no CPU for this long is hung:
+#: it is killed and reported so, instead of waiting for the whole timeout.
+STALL_S = 300.0
+
+
+def _cpu_seconds(roots: list[int]) -> float:
+    """CPU time used so far by ``roots`` and their descendants (0 for those gone)."""
+    import psutil
+
+    total = 0.0
+    for pid in roots:
+        try:
+            parent = psutil.Process(pid)
+            for proc in [parent, *parent.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # gone meanwhile
+            continue
+    return total
+
+
+class _Watchdog(threading.Thread):
+    """Kills ``child`` when it and ``workers`` use no CPU for ``stall_s`` seconds."""
+
+    def __init__(self, child: Any, workers: list[int], stall_s: float) -> None:
+        super().__init__(daemon=True)
+        self.child, self.workers, self.stall_s = child, workers, stall_s
+        self.stalled = False
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        used, since = -1.0, time.monotonic()
+        while not self.done.wait(5.0):
+            now = _cpu_seconds([self.child.pid, *self.workers])
+            if now - used >= 0.5:
+                used, since = now, time.monotonic()
+            elif time.monotonic() - since >= self.stall_s:
+                self.stalled = True
+                self.child.kill()
+                return
+
+
+def run_measured(
+    argv: list[str], *, workers: list[int], timeout_s: float, stall_s: float = STALL_S
+) -> dict[str, Any]:
     """Run ``argv`` (a runner that prints its result as a JSON line last) in a process of
     its own: the result, with ``peak_bytes`` the highest of the process tree's sampled
     peak and its own, plus the ``workers``' peak (a Dask cluster's) during the run.
 
-    Returns ``{"error": why}`` when it fails, is killed or passes ``timeout_s``.
+    Returns ``{"error": why}`` when it fails, is killed, passes ``timeout_s``, or uses
+    no CPU (nor do the workers) for ``stall_s``: hung.
     """
     import subprocess
 
@@ -145,6 +191,8 @@ def run_measured(argv: list[str], *, workers: list[int], timeout_s: float) -> di
 
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=ROOT)  # fmt: skip
+    watchdog = _Watchdog(child, workers, stall_s)
+    watchdog.start()
     with (
         PeakMemory(lambda: [child.pid], every=0.2) as tree,
         PeakMemory(lambda: workers, every=0.2) as pool,
@@ -155,6 +203,11 @@ def run_measured(argv: list[str], *, workers: list[int], timeout_s: float) -> di
             child.kill()
             child.communicate()
             return {"error": f"stopped after {timeout_s:.0f} s"}
+        finally:
+            watchdog.done.set()
+    if watchdog.stalled:
+        return {"error": f"hung: no CPU used for {stall_s:.0f} s, killed "
+                         f"(peak {tree.peak / 2**30:.2f} GiB)"}  # fmt: skip
     if child.returncode != 0:
         killed = child.returncode < 0 or child.returncode == 137
         why = "killed (out of memory?)" if killed else stderr.strip()[-600:]
