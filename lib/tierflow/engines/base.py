@@ -67,6 +67,23 @@ class WriteResult:
 EntityFunction = Callable[["nw.LazyFrame[Any]", "Engine"], "nw.LazyFrame[Any]"]
 # Shrinks each key's rows without mixing keys (a group-by on the keys and more).
 Reducer = Callable[["nw.LazyFrame[Any]"], "nw.LazyFrame[Any]"]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Shrinks each key's rows without mixing keys, in two steps an engine may place apart.
+
+    ``partial`` of any group of rows gives rows that ``combine`` merges: for the same
+    keys, ``combine(concat(partial(a), partial(b)))`` equals ``partial(a + b)``. A cluster
+    runs ``partial`` where the rows are (a hot key arrives as a few rows per source
+    partition, not as all of its rows) and ``combine`` once the key's rows are together.
+    Both are Narwhals functions.
+    """
+
+    partial: Reducer
+    combine: Reducer
+
+
 #: A function of an Arrow table to an Arrow table of the same rows (a model's scores...).
 ArrowFunction = Callable[[Any], Any]
 
@@ -234,7 +251,7 @@ class Engine(ABC):
         keys: Sequence[str],
         fn: EntityFunction,
         *,
-        reduce: Reducer | None = None,
+        reduce: Reduction | None = None,
     ) -> nw.LazyFrame[Any]:
         """``fn(reduce(rows))`` for groups of whole entities: every row of a key in one call.
 
@@ -243,11 +260,12 @@ class Engine(ABC):
         engines move each key's rows into one partition and run ``fn`` per partition on
         Polars (:func:`run_on_polars`).
 
-        ``reduce`` (Narwhals, per key: applied to a group of keys it gives that group's
-        rows of its result over all) runs where it is cheapest: distributed engines run
-        it natively before moving rows (their group-by combines map-side, so a hot key's
-        rows do not all reach one task), the single-node engine per bucket (so its
-        group-by holds one bucket's table, not the whole input's).
+        ``reduce`` runs where it is cheapest, and never holds the whole input at once:
+        the single-node engine runs its ``partial`` per bucket (a bucket holds every row
+        of its keys); Spark runs ``partial`` natively before moving rows (its group-by
+        combines map-side); Dask runs ``partial`` per source partition, moves what it
+        gives, and ``combine`` per partition after the move. Either way a hot key's rows
+        never all reach one task.
         """
 
     @abstractmethod

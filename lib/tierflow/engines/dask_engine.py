@@ -19,6 +19,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tierflow.engines.base import (
     EngineOptions,
     EntityFunction,
     Reducer,
+    Reduction,
     WriteResult,
     run_on_polars,
 )
@@ -176,6 +178,26 @@ def _by_entity_partition(frame: Any, fn: EntityFunction) -> Any:
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     return run_on_polars(fn, table).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _reduced(frame: nw.LazyFrame[Any], engine: Engine, *, reducer: Reducer) -> nw.LazyFrame[Any]:
+    del engine
+    return reducer(frame)
+
+
+def _combined(
+    frame: nw.LazyFrame[Any], engine: Engine, *, combine: Reducer, fn: EntityFunction
+) -> nw.LazyFrame[Any]:
+    return fn(combine(frame), engine)
+
+
+def _polars_meta(native: Any, fn: EntityFunction) -> Any:
+    """The empty pandas frame ``fn`` gives on Polars for ``native``'s columns."""
+    import pandas as pd
+    import pyarrow as pa
+
+    empty = pa.Table.from_pandas(native._meta, preserve_index=False)
+    return run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def _arrow_partition(frame: Any, fn: ArrowFunction) -> Any:
@@ -393,29 +415,30 @@ class DaskEngine(Engine):
         keys: Sequence[str],
         fn: EntityFunction,
         *,
-        reduce: Reducer | None = None,
+        reduce: Reduction | None = None,
     ) -> nw.LazyFrame[Any]:
         """Shuffle so each key's rows share a partition; ``fn`` per partition on Polars.
 
-        The input is computed once and kept on the workers (they spill), its rows
-        counted, and shuffled into partitions of about :data:`ENTITY_CHUNK_ROWS` rows:
-        the partition count Dask gives a group-by's output (a tenth of its input's) would
-        put most of a large input in one task.
+        With ``reduce``, its ``partial`` runs on Polars in each source partition (what
+        moves is a few rows per key and partition: a hot key's rows are combined before
+        the shuffle), and its ``combine`` after the shuffle, before ``fn``. Nothing is
+        persisted: the source is counted once (an upper bound of what the partials hold)
+        to size the shuffle's partitions at about :data:`ENTITY_CHUNK_ROWS` rows, as the
+        partition count Dask gives a group-by's output (a tenth of its input's) would put
+        most of a large input in one task.
         """
-        import pandas as pd
-        import pyarrow as pa
-        from distributed import wait
-
+        native = optimized(frame.to_native())
+        rows = int(self.client.compute(native.map_partitions(len).sum()).result())
+        after = fn
         if reduce is not None:
-            frame = reduce(frame)
-        native = self.client.persist(optimized(frame.to_native()))
-        wait(native)
-        rows = int(native.map_partitions(len).sum().compute())
+            before = partial(_reduced, reducer=reduce.partial)
+            native = native.map_partitions(_by_entity_partition, before,
+                                           meta=_polars_meta(native, before))  # fmt: skip
+            after = partial(_combined, combine=reduce.combine, fn=fn)
         parts = max(native.npartitions, -(-rows // ENTITY_CHUNK_ROWS))
-        empty = pa.Table.from_pandas(native._meta, preserve_index=False)
-        meta = run_on_polars(fn, empty).to_pandas(types_mapper=pd.ArrowDtype)
+        meta = _polars_meta(native, after)
         shuffled = native.shuffle(on=list(keys), npartitions=parts)
-        return nw.from_native(shuffled.map_partitions(_by_entity_partition, fn, meta=meta))
+        return nw.from_native(shuffled.map_partitions(_by_entity_partition, after, meta=meta))
 
     def map_arrow(self, frame: nw.LazyFrame[Any], fn: ArrowFunction) -> nw.LazyFrame[Any]:
         """``fn`` per partition on the workers (one copy of ``fn`` in the task graph)."""

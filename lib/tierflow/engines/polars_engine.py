@@ -35,7 +35,7 @@ from tierflow.engines.base import (
     Engine,
     EngineOptions,
     EntityFunction,
-    Reducer,
+    Reduction,
     WriteResult,
 )
 from tierflow.io.arrow_sinks import parquet_schemas, write_arrow
@@ -203,7 +203,7 @@ class PolarsEngine(Engine):
         keys: Sequence[str],
         fn: EntityFunction,
         *,
-        reduce: Reducer | None = None,
+        reduce: Reduction | None = None,
     ) -> nw.LazyFrame[Any]:
         """``fn`` over the frame spilled to scratch files, in buckets of entities.
 
@@ -212,8 +212,8 @@ class PolarsEngine(Engine):
         computed and spilled in turn: memory follows one bucket, not the whole frame.
         The input is written twice at most: once to count it, and, when it needs more
         than one bucket, once more split into a file per bucket (each bucket then reads
-        its own file, not the whole input again). ``reduce`` runs per bucket, by the
-        streaming engine.
+        its own file, not the whole input again). ``reduce.partial`` runs per bucket (a
+        bucket holds all of its keys' rows: nothing to combine), by the streaming engine.
         """
         import polars as pl
 
@@ -221,7 +221,7 @@ class PolarsEngine(Engine):
             if reduce is not None:
                 # By the streaming engine: the bucket's rows are read in batches, and
                 # only what they reduce to (fewer rows) is held for ``fn``.
-                reduced = reduce(rows).to_native().collect(engine="streaming")
+                reduced = reduce.partial(rows).to_native().collect(engine="streaming")
                 rows = nw.from_native(reduced.lazy())
             return fn(rows, self)
 

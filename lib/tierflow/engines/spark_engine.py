@@ -27,7 +27,7 @@ from tierflow.engines.base import (
     Engine,
     EngineOptions,
     EntityFunction,
-    Reducer,
+    Reduction,
     WriteResult,
     entity_chunks,
     run_on_polars,
@@ -279,7 +279,7 @@ class SparkEngine(Engine):
         keys: Sequence[str],
         fn: EntityFunction,
         *,
-        reduce: Reducer | None = None,
+        reduce: Reduction | None = None,
     ) -> nw.LazyFrame[Any]:
         """``fn`` on Polars in the executors' Python, over chunks of whole entities.
 
@@ -290,8 +290,8 @@ class SparkEngine(Engine):
         """
         from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-        if reduce is not None:
-            frame = reduce(frame)
+        if reduce is not None:  # Spark's group-by combines map-side by itself
+            frame = reduce.partial(frame)
         native = frame.to_native()
         schema = to_arrow_schema(native.schema)
         out = run_on_polars(fn, schema.empty_table()).schema

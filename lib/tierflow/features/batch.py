@@ -25,7 +25,7 @@ from typing import Any
 import narwhals as nw
 
 from tierflow.config.features import FeatureSpec, FeatureViewConfig
-from tierflow.engines.base import Engine
+from tierflow.engines.base import Engine, Reduction
 from tierflow.errors import ConfigError
 from tierflow.features.eventtime import EventTimeRule
 from tierflow.jobs.expressions import to_expr
@@ -202,16 +202,17 @@ def _windows(
 ) -> nw.LazyFrame[Any]:
     """:func:`_entity_values` of the tile partials (:func:`_tiles`) of the rows' events.
 
-    The partials are :meth:`Engine.by_entity`'s ``reduce``: a cluster computes them with
-    its own group-by before moving rows (a hot key arrives as at most a row per tile),
-    the single-node tier per bucket of entities (a group-by over every event would hold
-    a row per entity and tile in memory at once: 9 GiB for 100 M events).
+    The partials are :meth:`Engine.by_entity`'s ``reduce``: a cluster computes them
+    before moving rows (a hot key arrives as at most a row per tile and source
+    partition; Dask merges those after the move with :func:`combine_partials`), the
+    single-node tier per bucket of entities (a group-by over every event would hold a
+    row per entity and tile in memory at once: 9 GiB for 100 M events).
     """
     return engine.by_entity(
         rows,
         view.entities,
         partial(_entity_values, view=view, at_tile=at_tile),
-        reduce=partial(_tiles, view=view),
+        reduce=Reduction(partial(_tiles, view=view), partial(_combine_tiles, view=view)),
     )
 
 
@@ -230,6 +231,51 @@ def _tiles(rows: nw.LazyFrame[Any], *, view: FeatureViewConfig) -> nw.LazyFrame[
     probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
     events = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
     return _with_probes(tile_partials(events, view), probes, view)
+
+
+def combine_partials(partials: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyFrame[Any]:
+    """Tile partials of an entity and tile computed apart, merged into those of all its events.
+
+    A cluster computes partials per group of events (a source partition) before moving
+    them: counts and sums add up, extremes and the latest time take theirs, and the last
+    value is the one at the latest time (the largest where several share it, as
+    :func:`tile_partials` picks).
+    """
+    keys = [*view.entities, _TILE]
+    aggs = [nw.col(_part("rows", None)).sum()]
+    lasts = []
+    for column, kinds in partial_kinds(view).items():
+        if column == "*":
+            continue
+        for kind in sorted(kinds):
+            name = _part(kind, column)
+            if kind in ("count", "sum", "sq"):
+                aggs.append(nw.col(name).sum())
+            elif kind in ("min", "max", "lts"):
+                aggs.append(getattr(nw.col(name), "max" if kind == "lts" else kind)())
+        if "lts" in kinds:
+            lasts.append(column)
+    merged = partials.group_by(*keys).agg(*aggs)
+    for column in lasts:
+        lts, lval = _part("lts", column), _part("lval", column)
+        latest = (
+            partials.filter(~nw.col(lts).is_null())
+            .join(merged.select(*keys, lts), on=[*keys, lts], how="inner")
+            .group_by(*keys)
+            .agg(nw.col(lval).max())
+        )
+        merged = merged.join(latest, on=keys, how="left")
+    return merged.select(*partials.collect_schema().names())
+
+
+def _combine_tiles(rows: nw.LazyFrame[Any], *, view: FeatureViewConfig) -> nw.LazyFrame[Any]:
+    """:func:`combine_partials` of :func:`_tiles`' output; probe rows kept as they are."""
+    if PROBE not in rows.collect_schema().names():
+        return combine_partials(rows, view)
+    keys = list(view.entities)
+    probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
+    tiles = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
+    return _with_probes(combine_partials(tiles, view), probes, view)
 
 
 def _entity_values(
