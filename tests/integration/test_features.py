@@ -297,3 +297,39 @@ def test_training_sets_agree_across_engines(snapshots):
     assert outputs["single"]
     assert_same_rows(outputs["dask"], outputs["single"], "training set on dask")
     assert_same_rows(outputs["spark"], outputs["single"], "training set on spark")
+
+
+def test_dask_merges_partials_of_entities_spread_over_partitions(dask_scheduler):
+    """Every entity's events spread over four Dask partitions (so its tiles' partials are
+    computed in several, moved and merged): the window rows equal the single-node tier's."""
+    import random
+
+    import dask.dataframe as dd
+    import narwhals as nw
+    import pandas as pd
+
+    from tests.unit.test_stream_state import VIEW
+
+    rng = random.Random(23)
+    t0 = 1_700_000_000_000_000 // HOUR * HOUR
+    n = 4_000
+    table = pa.table({
+        "k": pa.array([rng.choice("abcdefg") for _ in range(n)], pa.string()),
+        "ts": pa.array([t0 + rng.randrange(0, 30 * HOUR) for _ in range(n)], pa.int64())
+              .cast(pa.timestamp("us", tz="UTC")),
+        "x": pa.array([rng.choice([None, 1.5, float(rng.randrange(90))]) for _ in range(n)]),
+        "n": pa.array([rng.randrange(0, 6) for _ in range(n)], pa.int64()),
+    })  # fmt: skip
+    single = create_engine("single", engine_options("single"))
+    dask = create_engine("dask", engine_options("dask", dask_scheduler=dask_scheduler))
+    try:
+        want = single.collect_arrow(feature_rows(single.from_arrow(table), VIEW, single))
+        spread = nw.from_native(
+            dd.from_pandas(table.to_pandas(types_mapper=pd.ArrowDtype), npartitions=4, sort=False)
+        )
+        got = dask.collect_arrow(feature_rows(spread, VIEW, dask))
+    finally:
+        dask.close()
+        single.close()
+    assert want.num_rows > 100
+    assert_same_rows(normalise(got), normalise(want), "window rows on dask")
