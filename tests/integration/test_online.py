@@ -98,6 +98,21 @@ def test_redis_and_sqlite_hold_and_return_the_same_values(
         [r | {"carrier": "AA"} for r in routes],
     )
     assert both[0]["route_history__arrivals_7d"] > 0
+    # One call across views, absent keys first, between and last, and a view asked for
+    # nothing: the same answer, in the same places, from both stores.
+    route = views["route_history"].entities
+    known, unknown = {"origin": "JFK", "dest": "LAX"}, {"origin": "NO", "dest": "PE"}
+    mixed = [
+        ("carrier_delays", [("XX",), ("AA",), ("YY",)]),
+        ("empty", []),
+        ("route_history", [tuple(r[k] for k in route) for r in (known, unknown)]),
+    ]
+    answers = redis_store.read_many(mixed)
+    assert answers == sqlite_store.read_many(mixed)
+    assert [[v is not None for v in view] for view in answers] == [
+        [False, True, False], [], [True, False],
+    ]  # fmt: skip
+    assert redis_store.read_many([("carrier_delays", [])]) == [[]]
     assert (
         redis_store.count("carrier_delays") == sqlite_store.count("carrier_delays") == 15
     )  # carriers flying in January

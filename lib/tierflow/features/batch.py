@@ -18,7 +18,7 @@ it, which is how online stores (:func:`values_as_of`) and the point-in-time join
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -225,12 +225,21 @@ def _events_only(events: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyF
 
 def _tiles(rows: nw.LazyFrame[Any], *, view: FeatureViewConfig) -> nw.LazyFrame[Any]:
     """Tile partials of the events among ``rows``; probe rows (``_tf_probe_e``) kept."""
+    return _probes_kept(rows, view, tile_partials)
+
+
+def _probes_kept(
+    rows: nw.LazyFrame[Any],
+    view: FeatureViewConfig,
+    step: Callable[[nw.LazyFrame[Any], FeatureViewConfig], nw.LazyFrame[Any]],
+) -> nw.LazyFrame[Any]:
+    """``step`` of the rows that are not probes; the probe rows appended as they were."""
     if PROBE not in rows.collect_schema().names():
-        return tile_partials(rows, view)
+        return step(rows, view)
     keys = list(view.entities)
     probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
-    events = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
-    return _with_probes(tile_partials(events, view), probes, view)
+    others = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
+    return _with_probes(step(others, view), probes, view)
 
 
 def combine_partials(partials: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw.LazyFrame[Any]:
@@ -270,12 +279,7 @@ def combine_partials(partials: nw.LazyFrame[Any], view: FeatureViewConfig) -> nw
 
 def _combine_tiles(rows: nw.LazyFrame[Any], *, view: FeatureViewConfig) -> nw.LazyFrame[Any]:
     """:func:`combine_partials` of :func:`_tiles`' output; probe rows kept as they are."""
-    if PROBE not in rows.collect_schema().names():
-        return combine_partials(rows, view)
-    keys = list(view.entities)
-    probes = rows.filter(nw.col(PROBE) != _NO_TIME).select(*keys, PROBE)
-    tiles = rows.filter(nw.col(PROBE) == _NO_TIME).drop(PROBE)
-    return _with_probes(combine_partials(tiles, view), probes, view)
+    return _probes_kept(rows, view, combine_partials)
 
 
 def _entity_values(
