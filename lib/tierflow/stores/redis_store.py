@@ -165,6 +165,7 @@ class RedisOnlineStore(OnlineStore):
         keys = [_key(view, entity) for view, entities in requests for entity in entities]
         if not keys:
             return [[] for _ in requests]
+        flat: list[Any]  # bytes, None where a key or field is absent
         try:
             if len(keys) == 1:  # a plain HMGET, cheaper than running the script
                 flat = self.client.hmget(keys[0], "we", "v")
