@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from pydantic import SecretStr
 
@@ -165,14 +165,14 @@ class RedisOnlineStore(OnlineStore):
         keys = [_key(view, entity) for view, entities in requests for entity in entities]
         if not keys:
             return [[] for _ in requests]
-        flat: list[Any]  # bytes, None where a key or field is absent
         try:
             if len(keys) == 1:  # a plain HMGET, cheaper than running the script
-                flat = self.client.hmget(keys[0], "we", "v")
+                answer = self.client.hmget(keys[0], "we", "v")
             else:
-                flat = self._read(keys=keys)
+                answer = self._read(keys=keys)
         except self._redis.RedisError as exc:
             raise StoreError(f"redis read of {len(keys)} keys failed: {exc}") from exc
+        flat = cast("list[Any]", answer)  # bytes; None where a key or field is absent
         out: list[list[StoredValue | None]] = []
         at = 0
         for _view, entities in requests:
