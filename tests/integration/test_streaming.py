@@ -174,26 +174,6 @@ def committed_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
-def read_to_end(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]:
-    """Every record of ``topic`` up to the end offsets it has now (not until the topic
-    has been quiet for a while: that costs the wait on every call)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    ends = {p: end for p, end in end_offsets(bootstrap, topic).items() if end > 0}
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = [TopicPartition(topic, p) for p in ends]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while any(consumer.position(tp) < ends[tp.partition] for tp in parts):
-        assert time.monotonic() < deadline, f"{topic}: not read to {ends} in {timeout}s"
-        for batch in consumer.poll(timeout_ms=500).values():
-            records += [r for r in batch if r.offset < ends[r.partition]]
-    consumer.close()
-    return records
-
-
 def assert_store_equals(
     store: OnlineStore, view: FeatureViewConfig, expected: Expectation, group: str, topic: str
 ) -> None:
@@ -419,7 +399,7 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
     store_kind: str,
     months: int,
 ) -> None:
-    from kafka import KafkaProducer
+    from kafka import KafkaConsumer, KafkaProducer
 
     view = views["route_history"]
     prefix = unique_name("crash") + "."
@@ -522,10 +502,15 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
     assert sum(s["consumed"] for s in summaries) > 0
 
     # Every poison message is in the dead-letter topic exactly once.
+    dead = KafkaConsumer(
+        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
     seen: list[tuple[int, int]] = []
-    for message in read_to_end(kafka_bootstrap, topic + ".dlq"):
+    for message in dead:
         headers = dict(message.headers)
         seen.append((int(headers["tf.partition"]), int(headers["tf.offset"])))
+    dead.close()
     assert len(seen) == len(set(seen)) == len(poison), (len(seen), len(set(seen)), len(poison))
 
     expected = expected_values(events.select(list(view.source.columns)), view, partitions)
@@ -915,6 +900,7 @@ def test_bad_configuration_fails_at_start(
 def test_late_events_go_to_the_dead_letter_topic_when_configured(
     daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
 ) -> None:
+    from kafka import KafkaConsumer
 
     view = views["carrier_delays"]  # step 1h, allowed lateness 10m
     prefix = unique_name("late") + "."
@@ -949,7 +935,12 @@ def test_late_events_go_to_the_dead_letter_topic_when_configured(
     assert stored.window_end_us == 1362135600000000  # 2013-03-01T11:00:00Z
     assert stored.values["dep_delay_mean_1h"] == 5.0
     assert stored.values["dep_delay_max_24h"] == 5.0
-    letters = read_to_end(kafka_bootstrap, topic + ".dlq")
+    dead = KafkaConsumer(
+        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
+    letters = list(dead)
+    dead.close()
     assert len(letters) == 1
     headers = dict(letters[0].headers)
     assert headers["tf.offset"] == b"2" and headers["tf.partition"] == b"0"
