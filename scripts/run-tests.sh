@@ -12,6 +12,11 @@ export RAY_USAGE_STATS_ENABLED=0
 # cores, so tierflow keeps Ray's default and only the suite's many short runs poll faster
 # (Ray Train's own setting, passed from each driver to its controller and workers).
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="${RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:-0.5}"
+# Ray Train starts a preemption watcher with every worker group: one more actor process,
+# which watches for the notices a cloud sends before it takes a node back. Nothing sends
+# them here, and its start competes with the workers' on two cores (measured below in
+# docs/tests.md); tierflow keeps Ray's default elsewhere.
+export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="${RAY_TRAIN_ENABLE_PREEMPTION_WATCHER:-0}"
 # The suite's JVMs (Spark drivers, Kafka brokers) live for seconds to minutes on little
 # data: the JIT's first tier alone compiles what they run for less than the optimizing
 # tier costs on two cores (measured: the Spark conformance module 77.9 s -> 62.5 s).

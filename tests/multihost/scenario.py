@@ -323,20 +323,24 @@ def latest_step(checkpoints: Path) -> int:
     return max(steps)
 
 
-def training_workers_on(cluster: Cluster) -> list[str]:
-    """The node addresses of the live Ray Train workers."""
-    env = os.environ | cluster.ray_env()
-    run = [str(BIN / "ray"), "list"]
+def _ray_list(cluster: Cluster, *what: str) -> list[dict[str, Any]]:
     address = ["--address", cluster.ray_dashboard, "--format", "json", "--limit", "200"]
-    actors = json.loads(subprocess.run(
-        [*run, "actors", "--filter", "class_name=RayTrainWorker", "--filter", "state=ALIVE",
-         *address], env=env, capture_output=True, text=True, timeout=60, check=True,
-    ).stdout)  # fmt: skip
-    nodes = json.loads(subprocess.run(
-        [*run, "nodes", *address], env=env, capture_output=True, text=True, timeout=60,
-        check=True,
-    ).stdout)  # fmt: skip
-    ip_of = {n["node_id"]: n["node_ip"] for n in nodes}
+    return list(json.loads(subprocess.run(
+        [str(BIN / "ray"), "list", *what, *address], env=os.environ | cluster.ray_env(),
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout))  # fmt: skip
+
+
+def ray_node_ips(cluster: Cluster) -> dict[str, str]:
+    """Each Ray node's address, by node id."""
+    return {n["node_id"]: n["node_ip"] for n in _ray_list(cluster, "nodes")}
+
+
+def training_workers_on(cluster: Cluster, ip_of: dict[str, str]) -> list[str]:
+    """The node addresses of the live Ray Train workers (``ip_of``: the nodes' addresses,
+    asked once: every round of this is a CLI of seconds while the run goes on)."""
+    actors = _ray_list(cluster, "actors", "--filter", "class_name=RayTrainWorker",
+                       "--filter", "state=ALIVE")  # fmt: skip
     return sorted(ip_of.get(a["node_id"], "?") for a in actors)
 
 
@@ -384,6 +388,21 @@ class PlannerJob:
         return {"engine": self.plan["engine"], "address": self.plan["address"],
                 "reason": self.plan["reason"], "estimates": estimates, "rc": self.run.returncode,
                 "summary": out.strip().splitlines()[-1], "table": str(self.data / "silver" / "orders")}  # fmt: skip
+
+
+def partitions_led_by(cluster: Cluster, broker: int) -> list[int]:
+    """The partitions of the scenario's topic whose leader is ``broker``."""
+    from kafka import KafkaAdminClient
+
+    leaders = {}
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    for topic in admin.describe_topics([TOPIC]):
+        for part in topic["partitions"]:
+            # Field names differ between metadata versions (partition/partition_index).
+            index = part.get("partition_index", part.get("partition"))
+            leaders[index] = part.get("leader_id", part.get("leader"))
+    admin.close()
+    return sorted(p for p, leader in leaders.items() if leader == broker)
 
 
 def executors_on(cluster: Cluster, host: str) -> int:
@@ -470,50 +489,55 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     planner = PlannerJob(cluster, spark_data)
     wait_for("a Spark executor on h3", lambda: executors_on(cluster, "h3") > 0, 180, every=0.5)
     wait_for("a Spark executor on h2", lambda: executors_on(cluster, "h2") > 0, 180, every=0.5)
+    # What the cut will take away, asked now: none of it changes until the cut, and the
+    # training run leaves only seconds between its first checkpoint and its end, so
+    # nothing slow may stand between that checkpoint and the cut.
+    result["spark_executors_before_cut"] = {h: executors_on(cluster, h) for h in ("h2", "h3")}
+    result["partitions_led_by_broker_3_before_cut"] = partitions_led_by(cluster, 3)
     train_log = work / "logs" / "train-cut.log"
     training = RayJob(cluster, train_data, "mh_cut", train_log)
     checkpoints = train_data / "models" / "mh_cut" / "runs"
+    published = train_data / "models" / "mh_cut" / "model.pt"  # written once it has ended
 
-    # Where its workers run is asked while they start (the CLI takes seconds), so that
-    # little more than the Kafka leaders' query stands between its first checkpoint and
-    # the cut.
-    def both_workers() -> list[str] | None:
-        workers = training_workers_on(cluster)
-        return workers if len(workers) == 2 else None
+    # Where its workers run is asked (a CLI of seconds) while they start, in a thread, so
+    # that the cut follows the first checkpoint at once, not after a round of the CLI.
+    workers: list[list[str]] = []
 
+    def find_workers() -> None:
+        ip_of: dict[str, str] = {}
+        while not workers and not cut_done.is_set():
+            try:
+                ip_of = ip_of or ray_node_ips(cluster)
+                found = training_workers_on(cluster, ip_of)
+            except (subprocess.SubprocessError, ValueError):  # the dashboard is busy
+                found = []
+            if len(found) == 2 and not cut_done.is_set():  # seen before the cut
+                workers.append(found)
+            time.sleep(0.5)
+
+    finder = threading.Thread(target=find_workers, daemon=True)
+    finder.start()
     try:
-        result["training_workers_before_cut"] = wait_for("2 training workers", both_workers, 300)
-        wait_for("a checkpoint of the disturbed training run",
-                 lambda: list(checkpoints.glob(CHECKPOINTS)), 300, every=0.2)  # fmt: skip
+        wait_for("2 training workers and a checkpoint of the disturbed training run",
+                 lambda: workers and list(checkpoints.glob(CHECKPOINTS)), 300, every=0.1)  # fmt: skip
     except TimeoutError:
         train_log.write_text(training.logs())  # what the job's driver said, for the failure
         raise
-    result["spark_executors_before_cut"] = {h: executors_on(cluster, h) for h in ("h2", "h3")}
-    leaders = {}
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
-    for topic in admin.describe_topics([TOPIC]):
-        for part in topic["partitions"]:
-            # Field names differ between metadata versions (partition/partition_index).
-            index = part.get("partition_index", part.get("partition"))
-            leaders[index] = part.get("leader_id", part.get("leader"))
-    admin.close()
-    result["partitions_led_by_broker_3_before_cut"] = sorted(
-        p for p, leader in leaders.items() if leader == 3
-    )
+    # Each of these is a look at a process or a file: the cut comes within milliseconds.
+    in_flight = {"spark": planner.run.poll() is None, "training": not published.exists(),
+                 "streaming": all(d.poll() is None for d in daemons)}  # fmt: skip
     # The job stays RUNNING after the last step (the evaluation): the step of its newest
     # checkpoint is recorded, and the test compares it with the undisturbed run's steps.
     result["training_checkpoint_step_before_cut"] = latest_step(checkpoints)
-    in_flight = {"spark": planner.run.poll() is None, "training": training.status() == "RUNNING",
-                 "streaming": all(d.poll() is None for d in daemons)}  # fmt: skip
     assert all(in_flight.values()), (
         f"finished before the cut, which would prove nothing: {in_flight}"
     )
-    say(f"cutting h3 off (training workers on {result['training_workers_before_cut']}, "
-        f"executors {result['spark_executors_before_cut']})")  # fmt: skip
     lab.cut("h3")
     cut_done.set()
+    finder.join(timeout=120)
+    result["training_workers_before_cut"] = workers[0]
+    say(f"cut h3 off (training workers on {workers[0]}, "
+        f"executors {result['spark_executors_before_cut']})")  # fmt: skip
     WATCH[:] = [lambda: cluster.check_alive(cut=("h3",))]
     result["cut_at_s"] = round(time.monotonic() - began, 1)
 
