@@ -14,7 +14,7 @@ export RAY_USAGE_STATS_ENABLED=0
 export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="${RAY_TRAIN_HEALTH_CHECK_INTERVAL_S:-0.5}"
 # Ray Train starts a preemption watcher with every worker group: one more actor process,
 # which watches for the notices a cloud sends before it takes a node back. Nothing sends
-# them here, and its start competes with the workers' on two cores (measured below in
+# them here, and its start competes with the workers' on two cores (measured in
 # docs/tests.md); tierflow keeps Ray's default elsewhere.
 export RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="${RAY_TRAIN_ENABLE_PREEMPTION_WATCHER:-0}"
 # The suite's JVMs (Spark drivers, Kafka brokers) live for seconds to minutes on little
