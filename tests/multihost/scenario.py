@@ -312,6 +312,19 @@ class RayJob:
 CHECKPOINTS = "*/ray/checkpoint_*/meta.json"
 
 
+def registered(checkpoints: Path) -> bool:
+    """Whether Ray Train's controller has taken in a checkpoint of the run: a worker
+    writes its checkpoint before it reports it, and a restart resumes only from what the
+    controller registered (in this snapshot; read once, it may be replaced meanwhile)."""
+    for snapshot in checkpoints.glob("*/ray/checkpoint_manager_snapshot.json"):
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                return True
+        except (OSError, ValueError):  # being written
+            continue
+    return False
+
+
 def latest_step(checkpoints: Path) -> int:
     """The step of the newest checkpoint the run has written (0 before the first)."""
     steps = [0]
@@ -518,8 +531,8 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     finder = threading.Thread(target=find_workers, daemon=True)
     finder.start()
     try:
-        wait_for("2 training workers and a checkpoint of the disturbed training run",
-                 lambda: workers and list(checkpoints.glob(CHECKPOINTS)), 300, every=0.1)  # fmt: skip
+        wait_for("2 training workers and a registered checkpoint of the disturbed run",
+                 lambda: workers and registered(checkpoints), 300, every=0.1)  # fmt: skip
     except TimeoutError:
         train_log.write_text(training.logs())  # what the job's driver said, for the failure
         raise
