@@ -192,3 +192,19 @@ def training_outcome(data: Path, name: str, metrics: dict[str, Any]) -> dict[str
     saved = torch.load(folder / "model.pt", weights_only=False)
     return {"metrics": metrics, "losses": [h["loss"] for h in history if "loss" in h],
             "weights": saved["model"], "folder": folder}  # fmt: skip
+
+
+def latest_checkpoint(run_folder: Path) -> str | None:
+    """The last checkpoint Ray Train's controller has taken in (as JSON), or None yet.
+
+    A worker writes its checkpoint folder before it reports it; a restart resumes only
+    from what the controller has registered, which it records in this snapshot. Read once:
+    the controller may replace the file between two reads.
+    """
+    snapshot = run_folder / "checkpoint_manager_snapshot.json"
+    try:
+        state = json.loads(snapshot.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or half written
+        return None
+    latest = state.get("latest_checkpoint_result")
+    return None if latest is None else json.dumps(latest, sort_keys=True)

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import BIN, PROJECT, json_line, train, training_config, training_outcome
+from tests.support import (
+    BIN,
+    PROJECT,
+    json_line,
+    latest_checkpoint,
+    train,
+    training_config,
+    training_outcome,
+)
 
 TIERFLOW = str(BIN / "tierflow")
 RAY = str(BIN / "ray")
@@ -187,22 +195,6 @@ def training_worker_pids(env: dict[str, str]) -> list[int]:
         env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return [int(actor["pid"]) for actor in json.loads(listed.stdout)]
-
-
-def latest_checkpoint(run_folder: Path) -> str | None:
-    """The last checkpoint Ray Train's controller has taken in (as JSON), or None yet.
-
-    A worker writes its checkpoint folder before it reports it; a restart resumes only
-    from what the controller has registered, which it records in this snapshot. Read once:
-    the controller may replace the file between two reads.
-    """
-    snapshot = run_folder / "checkpoint_manager_snapshot.json"
-    try:
-        state = json.loads(snapshot.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or half written
-        return None
-    latest = state.get("latest_checkpoint_result")
-    return None if latest is None else json.dumps(latest, sort_keys=True)
 
 
 def test_a_killed_worker_then_a_killed_run_resume_to_the_same_result(

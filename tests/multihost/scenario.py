@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.multihost.lab import Lab
-from tests.support import training_config, training_snapshot
+from tests.support import latest_checkpoint, training_config, training_snapshot
 from tierflow.jvm import classpath, java_executable, spark_home
 from tierflow.paths import ProjectPaths
 from tierflow.services.process import save_records, tail
@@ -312,19 +312,6 @@ class RayJob:
 CHECKPOINTS = "*/ray/checkpoint_*/meta.json"
 
 
-def registered(checkpoints: Path) -> bool:
-    """Whether Ray Train's controller has taken in a checkpoint of the run: a worker
-    writes its checkpoint before it reports it, and a restart resumes only from what the
-    controller registered (in this snapshot; read once, it may be replaced meanwhile)."""
-    for snapshot in checkpoints.glob("*/ray/checkpoint_manager_snapshot.json"):
-        try:
-            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
-                return True
-        except (OSError, ValueError):  # being written
-            continue
-    return False
-
-
 def latest_step(checkpoints: Path) -> int:
     """The step of the newest checkpoint the run has written (0 before the first)."""
     steps = [0]
@@ -532,7 +519,8 @@ def main(work: Path) -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     finder.start()
     try:
         wait_for("2 training workers and a registered checkpoint of the disturbed run",
-                 lambda: workers and registered(checkpoints), 300, every=0.1)  # fmt: skip
+                 lambda: workers and any(latest_checkpoint(run / "ray") for run in checkpoints.glob("*")),
+                 300, every=0.1)  # fmt: skip
     except TimeoutError:
         train_log.write_text(training.logs())  # what the job's driver said, for the failure
         raise
