@@ -99,10 +99,16 @@ SERVICE_OF = {
 }  # fmt: skip
 #: The order of modules: a file name places that module, a service name the modules that
 #: use it; the rest follow in their own order. The modules that start services of their
-#: own (several hosts; the demo's secure services) run while no session service does:
-#: the lab first (its model is compared with a run on the session's Ray head, so Ray's
-#: modules come next), the demo after Ray's last module.
-ORDER = ("test_multihost.py", "ray", "test_demo.py", "kafka", "redis")
+#: own (several hosts; the demo's and the secure profile's services) run while no session
+#: service does: the lab first (its model is compared with a run on the session's Ray
+#: head, so Ray's modules come next), the demo after Ray's last module.
+ORDER = ("test_multihost.py", "ray", "test_demo.py", "test_secure_profile.py", "kafka", "redis")
+#: `scripts/run-tests.sh` runs the suite as two pytest processes at once, each in a network
+#: namespace and state folder of its own (the services' ports are fixed): the modules ranked
+#: first in ORDER (those that start services of their own, and Ray's) in one, the rest in
+#: the other; the two take about the same time. `TIERFLOW_TEST_LANE` names a process's
+#: lane; unset, one process runs everything.
+LANES = {"own": lambda rank: rank < 4, "shared": lambda rank: rank >= 4}
 _STOP_AFTER: dict[Path, list[str]] = {}
 
 
@@ -111,7 +117,7 @@ def _services_of(item: pytest.Item) -> set[str]:
     return {SERVICE_OF[name] for name in names if name in SERVICE_OF}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     modules: dict[Path, set[str]] = {}
     for item in items:
         modules.setdefault(item.path, set()).update(_services_of(item))
@@ -126,6 +132,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     order = {path: (rank(path), i) for i, path in enumerate(modules)}
     items.sort(key=lambda item: order[item.path])  # stable: tests keep their order
+    lane = os.environ.get("TIERFLOW_TEST_LANE")
+    if lane:
+        if lane not in LANES:
+            raise pytest.UsageError(f"TIERFLOW_TEST_LANE={lane!r}: not one of {sorted(LANES)}")
+        mine = LANES[lane]
+        config.hook.pytest_deselected(items=[i for i in items if not mine(order[i.path][0])])
+        items[:] = [i for i in items if mine(order[i.path][0])]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
