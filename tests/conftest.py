@@ -100,7 +100,7 @@ SERVICE_OF = {
 #: The order of modules: a file name places that module, a service name the modules that
 #: use it; the rest follow in their own order. The modules that start services of their
 #: own (several hosts; the demo's and the secure profile's services) run while no session
-#: service does: the lab first (its model is compared with a run on the session's Ray
+#: service of their process does: the lab first (its model is compared with a run on the session's Ray
 #: head, so Ray's modules come next), the demo after Ray's last module.
 ORDER = ("test_multihost.py", "ray", "test_demo.py", "test_secure_profile.py", "kafka", "redis")
 #: `scripts/run-tests.sh` runs the suite as two pytest processes at once, each in a network
