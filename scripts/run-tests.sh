@@ -48,8 +48,9 @@ suite() {
 # once, each in a private network namespace of its own (the services' ports are fixed)
 # with its own state folder and temporary folder: the modules that start services of
 # their own or need Ray (the lab, training, the demo, the secure profile) in one, the rest
-# in the other (`LANES` in tests/conftest.py). The second process's output is printed when
-# both have ended. TIERFLOW_TEST_LANES=1, or no second namespace possible here, runs one.
+# in the other (`OWN_LANE` in tests/conftest.py). The second process's output is printed
+# when both have ended. TIERFLOW_TEST_LANES=1, or no second namespace possible here, runs
+# one.
 lanes="${TIERFLOW_TEST_LANES:-2}"
 if [ "$lanes" = 2 ] && ! unshare -n true 2>/dev/null; then
   echo "[tests] no second network namespace possible here: one pytest process"

@@ -100,15 +100,17 @@ SERVICE_OF = {
 #: The order of modules: a file name places that module, a service name the modules that
 #: use it; the rest follow in their own order. The modules that start services of their
 #: own (several hosts; the demo's and the secure profile's services) run while no session
-#: service of their process does: the lab first (its model is compared with a run on the session's Ray
-#: head, so Ray's modules come next), the demo after Ray's last module.
-ORDER = ("test_multihost.py", "ray", "test_demo.py", "test_secure_profile.py", "kafka", "redis")
+#: service of their process does: the lab first (its model is compared with a run on the
+#: session's Ray head, so Ray's modules come next), the demo after Ray's last module.
+#:
 #: `scripts/run-tests.sh` runs the suite as two pytest processes at once, each in a network
-#: namespace and state folder of its own (the services' ports are fixed): the modules ranked
-#: first in ORDER (those that start services of their own, and Ray's) in one, the rest in
-#: the other; the two take about the same time. `TIERFLOW_TEST_LANE` names a process's
-#: lane; unset, one process runs everything.
-LANES = {"own": lambda rank: rank < 4, "shared": lambda rank: rank >= 4}
+#: namespace and state folder of its own (the services' ports are fixed), and
+#: `TIERFLOW_TEST_LANE` names a process's lane: "own" keeps the modules OWN_LANE places
+#: (those that start services of their own, and Ray's), "shared" the rest; the two take
+#: about the same time. Unset, one process runs everything.
+OWN_LANE = ("test_multihost.py", "ray", "test_demo.py", "test_secure_profile.py")
+ORDER = (*OWN_LANE, "kafka", "redis")
+LANES = ("own", "shared")
 _STOP_AFTER: dict[Path, list[str]] = {}
 
 
@@ -135,10 +137,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     lane = os.environ.get("TIERFLOW_TEST_LANE")
     if lane:
         if lane not in LANES:
-            raise pytest.UsageError(f"TIERFLOW_TEST_LANE={lane!r}: not one of {sorted(LANES)}")
-        mine = LANES[lane]
-        config.hook.pytest_deselected(items=[i for i in items if not mine(order[i.path][0])])
-        items[:] = [i for i in items if mine(order[i.path][0])]
+            raise pytest.UsageError(f"TIERFLOW_TEST_LANE={lane!r}: not one of {list(LANES)}")
+        kept: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
+        for item in items:
+            own = order[item.path][0] < len(OWN_LANE)
+            (kept if own == (lane == "own") else dropped).append(item)
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

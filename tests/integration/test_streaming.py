@@ -174,6 +174,19 @@ def committed_offsets(admin: Any, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+def dead_letters(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic``'s dead-letter topic, read until it has been quiet for 5 s."""
+    from kafka import KafkaConsumer
+
+    dead = KafkaConsumer(
+        topic + ".dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        consumer_timeout_ms=5000, group_id=None,
+    )  # fmt: skip
+    records = list(dead)
+    dead.close()
+    return records
+
+
 def assert_store_equals(
     store: OnlineStore, view: FeatureViewConfig, expected: Expectation, group: str, topic: str
 ) -> None:
@@ -400,7 +413,7 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
     store_kind: str,
     months: int,
 ) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     view = views["route_history"]
     prefix = unique_name("crash") + "."
@@ -503,15 +516,10 @@ def test_crash_test_kills_and_rescaling_lose_and_double_nothing(  # noqa: PLR091
     assert sum(s["consumed"] for s in summaries) > 0
 
     # Every poison message is in the dead-letter topic exactly once.
-    dead = KafkaConsumer(
-        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-        consumer_timeout_ms=5000, group_id=None,
-    )  # fmt: skip
     seen: list[tuple[int, int]] = []
-    for message in dead:
+    for message in dead_letters(kafka_bootstrap, topic):
         headers = dict(message.headers)
         seen.append((int(headers["tf.partition"]), int(headers["tf.offset"])))
-    dead.close()
     assert len(seen) == len(set(seen)) == len(poison), (len(seen), len(set(seen)), len(poison))
 
     expected = expected_values(events.select(list(view.source.columns)), view, partitions)
@@ -901,8 +909,6 @@ def test_bad_configuration_fails_at_start(
 def test_late_events_go_to_the_dead_letter_topic_when_configured(
     daemons: Daemons, views, kafka_bootstrap: str, redis_url: str, unique_name
 ) -> None:
-    from kafka import KafkaConsumer
-
     view = views["carrier_delays"]  # step 1h, allowed lateness 10m
     prefix = unique_name("late") + "."
     topic = prefix + view.source.topic
@@ -936,12 +942,7 @@ def test_late_events_go_to_the_dead_letter_topic_when_configured(
     assert stored.window_end_us == 1362135600000000  # 2013-03-01T11:00:00Z
     assert stored.values["dep_delay_mean_1h"] == 5.0
     assert stored.values["dep_delay_max_24h"] == 5.0
-    dead = KafkaConsumer(
-        topic + ".dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-        consumer_timeout_ms=5000, group_id=None,
-    )  # fmt: skip
-    letters = list(dead)
-    dead.close()
+    letters = dead_letters(kafka_bootstrap, topic)
     assert len(letters) == 1
     headers = dict(letters[0].headers)
     assert headers["tf.offset"] == b"2" and headers["tf.partition"] == b"0"
