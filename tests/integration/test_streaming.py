@@ -112,13 +112,19 @@ class Daemons:
         return [self.stop(0) for _ in list(self.running)]
 
     def cleanup(self) -> None:
+        if self.running:
+            # Still running at the end: the test failed waiting for one. Its threads'
+            # stacks (SIGUSR1) say where it was waiting.
+            for proc, _port, _out in self.running:
+                proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
         for proc, _port, out in self.running:
             proc.send_signal(signal.SIGKILL)
             self.finished.append((proc.wait(), out))
         self.running.clear()
         for code, out in self.finished[-3:]:
             # Shown by pytest when the test failed.
-            print(f"--- {out.name} (exit {code}) ---\n{out.read_text()[-4000:]}")
+            print(f"--- {out.name} (exit {code}) ---\n{out.read_text()[-12000:]}")
 
 
 def summary_of(out: Path) -> dict[str, Any]:

@@ -93,9 +93,15 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
     config = load_streaming_config(project.paths.settings("streaming.yaml"))
     if args.command == "replay":
         return _replay(args, project, config)
+    import faulthandler
+    import signal
+
     from tierflow.stream.metrics import json_logging
 
     json_logging()
+    # SIGUSR1 writes every thread's stack to stderr, the daemon going on: where a daemon
+    # that seems to wait is waiting (a join, a store, a broker), without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if args.command == "event-log":
         return _event_log(args, project, config)
     return _stream(args, project, config)

@@ -195,3 +195,7 @@ def json_logging(level: int = logging.INFO) -> None:
     client.handlers[:] = [handler]
     client.setLevel(max(level, logging.WARNING))
     client.propagate = False
+    # Its group membership at info too (a few lines per rebalance): a member that joined
+    # and was given no partitions, or one still joining, is told apart from a stuck one.
+    for name in ("kafka.coordinator", "kafka.consumer.subscription_state"):
+        logging.getLogger(name).setLevel(level)
