@@ -577,6 +577,9 @@ def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
     # The restart read only what the first run had not applied.
     assert second["consumed"] == len(messages) - first["consumed"]
     assert second["skipped_replays"] == 0
+    # Alone in its group, each start joined it once: no second rebalance at start-up.
+    joins = [out.read_text().count("Successfully joined group") for _code, out in daemons.finished]
+    assert joins == [1, 1], joins
     expected = expected_values(events.select(list(view.source.columns)), view, 3)
     assert_store_equals(store, view, expected, group, topic)
     store.close()

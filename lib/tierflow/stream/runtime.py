@@ -147,8 +147,13 @@ class ConsumerRuntime:
             )
         except KafkaError as exc:
             raise KafkaUnreachableError(f"cannot reach Kafka at {self.bootstrap}: {exc!r}") from exc
-        self._await_topics(TOPIC_WAIT_S)
+        # Subscribed first, then the metadata fetched: the client keeps a snapshot of the
+        # subscribed topics' partitions, taken at each metadata update. Fetched before
+        # the subscription, that snapshot stays empty until the next update, which then
+        # differs from what the first assignment was made on, and every start paid for a
+        # second rebalance of the whole group at once.
         self.consumer.subscribe(self.topics, listener=_Listener(self))
+        self._await_topics(TOPIC_WAIT_S)
 
     def _await_topics(self, seconds: float) -> None:
         """Have every subscribed topic's partitions in the client's metadata first.
