@@ -70,10 +70,27 @@ echo "[tests] two pytest processes: the lab, Ray's modules, the demo and the sec
   "in $own_log, printed at the end), and the rest"
 export -f suite
 export markers
+# A --basetemp given is the first process's; the second takes the same name with "-own"
+# (pytest empties its basetemp at start, so one folder for both would lose files).
+own_args=()
+basetemp_next=0
+for arg in "$@"; do
+  if [ "$basetemp_next" = 1 ]; then
+    own_args+=("$arg-own")
+    basetemp_next=0
+    continue
+  fi
+  case "$arg" in
+    --basetemp=*) own_args+=("$arg-own") ;;
+    --basetemp) own_args+=("$arg"); basetemp_next=1 ;;
+    *) own_args+=("$arg") ;;
+  esac
+done
 # A process group of its own (setsid), so that an interrupted run stops it as a whole.
 TIERFLOW_TEST_LANE=own TIERFLOW_STATE_DIR="$own_state" \
   PYTEST_DEBUG_TEMPROOT="$own_tmp" \
-  setsid unshare -n -- bash -c 'ip link set lo up && suite "$@"' bash "$@" >"$own_log" 2>&1 &
+  setsid unshare -n -- bash -c 'ip link set lo up && suite "$@"' bash ${own_args[@]+"${own_args[@]}"} \
+  >"$own_log" 2>&1 &
 own=$!
 stop_own() {
   kill -TERM -- "-$own" 2>/dev/null
