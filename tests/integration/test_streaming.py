@@ -564,6 +564,16 @@ def test_graceful_shutdown_loses_nothing_and_resumes_where_it_stopped(
     while sum(stored_offsets(store, group, topic, 3).values()) < half // 4:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    # SIGUSR1 mid-stream: every thread's stack on its output, and the daemon goes on (the
+    # counts below still add up).
+    proc, _port, out = daemons.running[0]
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    # The main thread's stack comes last, in the poll loop.
+    while "tierflow/stream/runtime.py" not in out.read_text(errors="replace"):
+        assert time.monotonic() < deadline, out.read_text()[-3000:]
+        time.sleep(0.05)
+    assert "most recent call first" in out.read_text(errors="replace")
     first = daemons.stop(0)
     stored = sum(stored_offsets(store, group, topic, 3).values())
     assert 0 < first["consumed"] == stored, (first, stored)

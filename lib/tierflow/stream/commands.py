@@ -6,8 +6,10 @@ Parsers are added without importing Kafka; the work is imported when a command r
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,9 +95,6 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
     config = load_streaming_config(project.paths.settings("streaming.yaml"))
     if args.command == "replay":
         return _replay(args, project, config)
-    import faulthandler
-    import signal
-
     from tierflow.stream.metrics import json_logging
 
     json_logging()
@@ -108,8 +107,6 @@ def run_command(args: argparse.Namespace, project: Project) -> int:
 
 
 def _stream(args: argparse.Namespace, project: Project, config: StreamingConfig) -> int:
-    import signal
-
     # A stop asked for while starting up (imports, connections) is honoured too: the
     # daemon then leaves before its first poll, still with exit status 0.
     asked: list[int] = []
@@ -145,8 +142,6 @@ def _stream(args: argparse.Namespace, project: Project, config: StreamingConfig)
 
 
 def _event_log(args: argparse.Namespace, project: Project, config: StreamingConfig) -> int:
-    import signal
-
     from tierflow.storage import locate
     from tierflow.stream.eventlog import EventLogger
 
